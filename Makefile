@@ -1,0 +1,58 @@
+# skiff: the two commands are `make run` and `make test` (see README.md).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# pytest workers; the integration suites are independent and run side by side.
+JOBS ?= 2
+
+.PHONY: run test system-packages venv venv-dev proto lint typecheck pytest install-config clean
+
+run: system-packages venv install-config
+	exec $(BIN)/skiffd
+
+test: system-packages venv-dev lint typecheck pytest
+
+system-packages:
+	deploy/install-packages
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.installed
+
+venv-dev: $(VENV)/.installed-dev
+
+# Regenerate the protobuf/gRPC modules and their .pyi type stubs from api/.
+proto: venv-dev
+	$(BIN)/python -m api.generate
+
+lint: venv-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv-dev
+	$(BIN)/mypy
+
+pytest: venv-dev
+	$(BIN)/pytest -n $(JOBS)
+
+# The default config, and a pod network for a fresh node: only where none exists yet.
+install-config:
+	install -d -m 0755 /etc/skiff /etc/skiff/skiff.d /etc/cni/net.d
+	[ -e /etc/skiff/skiff.yaml ] || install -m 0644 deploy/skiff.yaml /etc/skiff/skiff.yaml
+	[ -n "$$(ls -A /etc/cni/net.d)" ] || \
+		install -m 0644 deploy/cni/10-skiff-bridge.conflist /etc/cni/net.d/
+	[ -e /etc/crictl.yaml ] || install -m 0644 deploy/crictl.yaml /etc/crictl.yaml
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,75 @@
+"""Typed errors of the daemon and their gRPC status codes.
+
+Servicers and managers raise these; one interceptor turns them into a gRPC status. The
+lower layers (image/, runtime/, network/) cannot import this module, so they raise their
+own exceptions carrying a ``grpc_status`` attribute with the name of a status code
+(e.g. ``"NOT_FOUND"``); `status_of` understands both.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class SkiffError(Exception):
+    """An error a client can act on; the message names the object and the problem."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(SkiffError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(SkiffError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(SkiffError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(SkiffError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(SkiffError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(SkiffError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(SkiffError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(SkiffError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(SkiffError):
+    code = grpc.StatusCode.INTERNAL
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """A client's value, short enough to quote in an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def not_built(rpc: str) -> Unimplemented:
+    """The answer of an RPC that skiff does not implement yet."""
+    return Unimplemented(f"{rpc} is not implemented by skiff yet")
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code for an error a client can act on, or None for a bug."""
+    if isinstance(exc, SkiffError):
+        return exc.code
+    name = getattr(exc, "grpc_status", None)
+    if isinstance(name, str):
+        code = getattr(grpc.StatusCode, name, None)
+        if isinstance(code, grpc.StatusCode):
+            return code
+    return None

@@ -1,0 +1,124 @@
+"""The one place where errors become gRPC statuses, and where every call is logged.
+
+Servicers raise typed errors (cri.errors, or a lower layer's error with a
+``grpc_status``); this interceptor aborts the call with that code and the error's
+message. Anything else is a bug: the client gets INTERNAL naming the RPC, the log gets
+the traceback. Each call is logged at debug level with its method, duration, status
+and the ids it carried; request bodies are never logged (they can hold credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from cri.errors import status_of
+
+log = logging.getLogger("skiff.rpc")
+
+# Request fields that identify the object a call is about; safe to log.
+_ID_FIELDS = ("pod_sandbox_id", "container_id")
+
+
+def _ids(request: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in _ID_FIELDS:
+        value = getattr(request, name, None)
+        if isinstance(value, str) and value:
+            out[name] = value
+    return out
+
+
+def _short(method: str) -> str:
+    return method.rsplit("/", 1)[-1]
+
+
+async def _fail(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exception) -> None:
+    code = status_of(exc)
+    if code is None:
+        log.error("internal error", exc_info=exc, extra={"rpc": rpc})
+        code, message = grpc.StatusCode.INTERNAL, f"{rpc}: internal error: {exc!r}"
+    else:
+        message = str(exc)
+    await context.abort(code, message)
+
+
+def _log_call(rpc: str, start: float, code: grpc.StatusCode, ids: dict[str, str]) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        elapsed_ms = round((time.monotonic() - start) * 1000, 3)
+        log.debug("rpc", extra={"rpc": rpc, "status": code.name, "duration_ms": elapsed_ms, **ids})
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        rpc = _short(handler_call_details.method)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(rpc, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(rpc, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(rpc: str, inner: Any) -> Any:
+    async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        start, ids = time.monotonic(), _ids(request)
+        try:
+            response = await inner(request, context)
+        except asyncio.CancelledError:
+            _log_call(rpc, start, grpc.StatusCode.CANCELLED, ids)
+            raise
+        except grpc.aio.AbortError:
+            _log_call(rpc, start, context.code() or grpc.StatusCode.UNKNOWN, ids)
+            raise
+        except Exception as exc:
+            _log_call(rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
+            await _fail(context, rpc, exc)
+        _log_call(rpc, start, grpc.StatusCode.OK, ids)
+        return response
+
+    return unary_unary
+
+
+def _wrap_stream(rpc: str, inner: Any) -> Any:
+    async def unary_stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        start, ids = time.monotonic(), _ids(request)
+        try:
+            async for item in inner(request, context):
+                yield item
+        except asyncio.CancelledError:
+            _log_call(rpc, start, grpc.StatusCode.CANCELLED, ids)
+            raise
+        except grpc.aio.AbortError:
+            _log_call(rpc, start, context.code() or grpc.StatusCode.UNKNOWN, ids)
+            raise
+        except Exception as exc:
+            _log_call(rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
+            await _fail(context, rpc, exc)
+        _log_call(rpc, start, grpc.StatusCode.OK, ids)
+
+    return unary_stream

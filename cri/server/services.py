@@ -1,0 +1,41 @@
+"""The two CRI services, composed from one mixin per RPC family (as cri-o's server/
+keeps one file per family), and their registration on a gRPC server."""
+
+from __future__ import annotations
+
+import grpc.aio
+
+from api.runtime.v1 import api_pb2_grpc
+from cri.daemon_state import DaemonState
+from cri.server.checkpoint import CheckpointRPCs
+from cri.server.container import ContainerRPCs
+from cri.server.events import EventsRPCs
+from cri.server.image import ImageRPCs
+from cri.server.runtime_info import RuntimeInfoRPCs
+from cri.server.sandbox import SandboxRPCs
+from cri.server.stats import StatsRPCs
+from cri.server.streaming import StreamingRPCs
+
+
+class RuntimeService(
+    RuntimeInfoRPCs,
+    SandboxRPCs,
+    ContainerRPCs,
+    StreamingRPCs,
+    StatsRPCs,
+    EventsRPCs,
+    CheckpointRPCs,
+    api_pb2_grpc.RuntimeServiceServicer,
+):
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+
+
+class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+
+
+def register(server: grpc.aio.Server, state: DaemonState) -> None:
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(state), server)
+    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state), server)

@@ -1,0 +1,1 @@
+"""Image management: references, registries, the registry client, blob and layer stores."""

@@ -1,0 +1,1 @@
+"""Pod networking: namespaces, CNI configs and plugins, DNS and hosts files, netlink."""

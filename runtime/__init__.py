@@ -1,0 +1,1 @@
+"""The namespace/cgroup runner: OCI runtime spec, conmon + OCI runtime driver, cgroups."""

@@ -1,0 +1,170 @@
+"""Running the real skiffd for a test: a temp root, runroot and socket, a gRPC client,
+and a clean stop checked at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from api.runtime.v1 import api_pb2 as pb
+from api.runtime.v1 import api_pb2_grpc
+
+SKIFFD = str(Path(sys.executable).parent / "skiffd")
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+
+
+def short_tempdir(tag: str) -> Path:
+    # Unix socket paths are limited to 107 bytes: keep test dirs short, under /tmp.
+    return Path(tempfile.mkdtemp(prefix=f"skiff-{tag}-", dir="/tmp"))
+
+
+def run_skiffd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SKIFFD, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class Skiffd:
+    """One skiffd process and its files; `base` holds everything it writes."""
+
+    def __init__(self, base: Path, config: dict[str, Any] | None = None) -> None:
+        self.base = base
+        self.root = base / "root"
+        self.runroot = base / "run"
+        self.socket = base / "skiff.sock"
+        self.cni_dir = base / "cni"
+        self.cni_dir.mkdir(exist_ok=True)
+        self.config_path = base / "skiff.yaml"
+        self.dropin_dir = base / "skiff.d"
+        self.dropin_dir.mkdir(exist_ok=True)
+        self.log_path = base / "skiffd.log"
+        settings: dict[str, Any] = {
+            "root": str(self.root),
+            "runroot": str(self.runroot),
+            "listen": str(self.socket),
+            "log_level": "debug",
+            "network": {"cni_config_dir": str(self.cni_dir)},
+        }
+        for key, value in (config or {}).items():
+            settings[key] = value
+        self.write_config(settings)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._channel: grpc.Channel | None = None
+
+    def write_config(self, settings: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(settings))
+
+    def args(self) -> list[str]:
+        return ["--config", str(self.config_path), "--config-dir", str(self.dropin_dir)]
+
+    def start(self, wait: bool = True) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [SKIFFD, *self.args()], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"skiffd exited with {self.proc.returncode} while starting:\n{self.logs()}"
+                )
+            if self.socket.exists():
+                try:
+                    self.runtime().Version(pb.VersionRequest(), timeout=2)
+                    return
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"skiffd did not answer within {START_TIMEOUT}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(f"unix://{self.socket}")
+        return self._channel
+
+    def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
+        return api_pb2_grpc.RuntimeServiceStub(self.channel())
+
+    def images(self) -> api_pb2_grpc.ImageServiceStub:
+        return api_pb2_grpc.ImageServiceStub(self.channel())
+
+    def close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal skiffd and wait for it; returns its exit status."""
+        self.close_channel()
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"skiffd ignored {sig} for {STOP_TIMEOUT}s:\n{self.logs()}"
+            ) from None
+
+    def kill(self) -> None:
+        """End the process by pid whatever its state (test cleanup)."""
+        self.close_channel()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextmanager
+def skiffd_process(tag: str, config: dict[str, Any] | None = None) -> Iterator[Skiffd]:
+    """A started skiffd; on exit it must stop cleanly (status 0, socket removed)."""
+    base = short_tempdir(tag)
+    daemon = Skiffd(base, config)
+    try:
+        daemon.start()
+        yield daemon
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            status = daemon.stop()
+            assert status == 0, f"skiffd exited with {status}:\n{daemon.logs()}"
+            assert not daemon.socket.exists(), "skiffd left its socket behind"
+    finally:
+        daemon.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
