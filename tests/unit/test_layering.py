@@ -1,0 +1,38 @@
+"""The layering rules of ARCHITECTURE.md, checked on the source: image/, runtime/ and
+network/ import neither cri/ nor api/ nor each other; api/ imports nothing of ours."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+OURS = {"api", "cri", "image", "runtime", "network", "tests", "bench"}
+ALLOWED = {
+    "api": {"api"},
+    "image": {"image"},
+    "runtime": {"runtime"},
+    "network": {"network"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_it_may(package: str) -> None:
+    files = list((REPO / package).rglob("*.py"))
+    assert files, f"{package}/ has no modules"
+    for path in files:
+        extra = _imports(path) - ALLOWED[package]
+        assert not extra, f"{path.relative_to(REPO)} imports {sorted(extra)}"
