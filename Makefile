@@ -6,15 +6,18 @@ BIN := $(VENV)/bin
 # pytest workers; the integration suites are independent and run side by side.
 JOBS ?= 2
 
-.PHONY: run test system-packages venv venv-dev proto lint typecheck pytest install-config clean
+.PHONY: run test system-packages test-packages venv venv-dev proto lint typecheck pytest install-config clean
 
 run: system-packages venv install-config
 	exec $(BIN)/skiffd
 
-test: system-packages venv-dev lint typecheck pytest
+test: test-packages venv-dev lint typecheck pytest
 
 system-packages:
 	deploy/install-packages
+
+test-packages:
+	deploy/install-packages --test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -110,6 +110,36 @@ class NetworkConfig:
     )
 
 
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    registries_conf: str = field(
+        default="/etc/containers/registries.conf",
+        metadata=_key("registry mirrors, short names, insecure and blocked registries", _absolute),
+    )
+    certs_dir: str = field(
+        default="/etc/containers/certs.d",
+        metadata=_key("per-registry CAs and client certificates (<host[:port]>/)", _absolute),
+    )
+    auth_file: str = field(
+        default="/run/containers/0/auth.json",
+        metadata=_key("registry credentials (containers-auth.json format)", _absolute),
+    )
+    max_parallel_layers: int = field(
+        default=4, metadata=_key("layers downloaded at once per pull", _at_least_one)
+    )
+    pull_progress_timeout: float = field(
+        default=60.0,
+        metadata=_key("seconds a pull may go without receiving a byte", _positive),
+    )
+    pull_retries: int = field(
+        default=3, metadata=_key("retries of a failed request or layer download", _at_least_one)
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     root: str = field(
@@ -129,6 +159,7 @@ class Config:
         metadata=_key("seconds in-flight calls get to finish on SIGTERM", _positive),
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
     @property

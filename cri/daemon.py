@@ -18,6 +18,7 @@ from cri import log as log_mod
 from cri import package_version
 from cri.config import Config, ConfigError, ConfigSources
 from cri.daemon_state import DaemonState
+from cri.images import ImageManager
 from cri.instance_lock import InstanceLock
 from cri.interceptor import CallInterceptor
 from cri.server.services import register
@@ -181,7 +182,13 @@ class Daemon:
             await store.open()
         except Exception as exc:
             raise StartupError(str(exc)) from None
-        state = DaemonState(cfg, store)
+        try:
+            images = ImageManager(cfg)
+            await images.open()
+        except Exception as exc:
+            await store.close()
+            raise StartupError(f"image store: {exc}") from None
+        state = DaemonState(cfg, store, images)
         server = grpc.aio.server(
             interceptors=[CallInterceptor()],
             options=[

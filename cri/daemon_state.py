@@ -4,14 +4,16 @@ the probes of the node's programs and networks. SIGHUP swaps in a new config her
 from __future__ import annotations
 
 from cri.config import Config
+from cri.images import ImageManager
 from cri.store import StateStore
 from network.cni_config import CniConfigDir
 from runtime.programs import ProgramProber
 
 
 class DaemonState:
-    def __init__(self, config: Config, store: StateStore) -> None:
+    def __init__(self, config: Config, store: StateStore, images: ImageManager) -> None:
         self.store = store
+        self.images = images
         self.programs = ProgramProber()
         self.config = config
         self.cni = self._cni_for(config)
@@ -25,3 +27,4 @@ class DaemonState:
         """Take a reloaded config: what can change at run time does, right away."""
         self.config = config
         self.cni = self._cni_for(config)
+        self.images.reload(config)

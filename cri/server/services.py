@@ -34,6 +34,7 @@ class RuntimeService(
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
     def __init__(self, state: DaemonState) -> None:
         self.state = state
+        self.images = state.images
 
 
 def register(server: grpc.aio.Server, state: DaemonState) -> None:

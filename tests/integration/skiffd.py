@@ -57,6 +57,11 @@ class Skiffd:
             "listen": str(self.socket),
             "log_level": "debug",
             "network": {"cni_config_dir": str(self.cni_dir)},
+            "image": {
+                "registries_conf": str(base / "registries.conf"),
+                "certs_dir": str(base / "certs.d"),
+                "auth_file": str(base / "auth.json"),
+            },
         }
         for key, value in (config or {}).items():
             settings[key] = value

@@ -10,7 +10,18 @@ from google.protobuf.message_factory import GetMessageClass
 from api.runtime.v1 import api_pb2 as pb
 from tests.integration.skiffd import Skiffd
 
-BUILT = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"}
+BUILT = {
+    "Version",
+    "Status",
+    "RuntimeConfig",
+    "UpdateRuntimeConfig",
+    "ListImages",
+    "StreamImages",
+    "ImageStatus",
+    "PullImage",
+    "RemoveImage",
+    "ImageFsInfo",
+}
 
 METHODS = [
     (service.name, method)

@@ -1,0 +1,144 @@
+"""The image manager: the daemon's side of image/ — registries config (reloaded on
+SIGHUP), deadlines, name resolution for status/list/remove, and the rule that an image
+a container uses cannot be removed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cri.config import Config
+from cri.errors import DeadlineExceeded, InvalidArgument
+from image.auth import Credentials
+from image.pull import ImagePuller, PullSettings
+from image.reference import ReferenceError, looks_like_image_id, parse
+from image.registries import RegistriesConfError, load_conf
+from image.registry_client import RegistryClient
+from image.store import ImageNotFound, ImageRecord, ImageStore
+
+log = logging.getLogger("skiff.images")
+
+# Answer DEADLINE_EXCEEDED ourselves a little before the client gives up.
+DEADLINE_MARGIN = 0.2
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+    timestamp_ns: int
+
+
+class ImageManager:
+    def __init__(self, config: Config, in_use: Callable[[], set[str]] = set) -> None:
+        self.root = Path(config.root)
+        self.store = ImageStore(self.root)
+        self.in_use = in_use
+        self._config = config
+        self._registries = load_conf(Path(config.image.registries_conf))
+        self.client = self._client(config)
+        self.puller = self._puller(config)
+
+    def _client(self, config: Config) -> RegistryClient:
+        return RegistryClient(
+            Path(config.image.certs_dir),
+            progress_timeout=config.image.pull_progress_timeout,
+            retries=config.image.pull_retries,
+        )
+
+    def _puller(self, config: Config) -> ImagePuller:
+        return ImagePuller(
+            self.store,
+            self.client,
+            lambda: self._registries,
+            Path(config.image.auth_file),
+            PullSettings(
+                max_parallel_layers=config.image.max_parallel_layers,
+                layer_attempts=config.image.pull_retries,
+            ),
+        )
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.store.open)
+
+    def reload(self, config: Config) -> None:
+        try:
+            self._registries = load_conf(Path(config.image.registries_conf))
+        except RegistriesConfError as exc:
+            log.error(
+                "registries config not reloaded, keeping the old one", extra={"error": str(exc)}
+            )
+        if config.image != self._config.image:
+            self.client = self._client(config)
+            self.puller = self._puller(config)
+        self._config = config
+
+    # --- names -------------------------------------------------------------------
+
+    def _names(self, text: str) -> list[str]:
+        """The stored names (repo tags and digests) a client's text may mean."""
+        try:
+            ref = parse(text)
+        except ReferenceError:
+            if looks_like_image_id(text) or text.startswith("sha256:"):
+                return []
+            raise
+        out: list[str] = []
+        for candidate in self._registries.candidates(ref.defaulted() if not ref.digest else ref):
+            if candidate.digest:
+                out.append(f"{candidate.name}@{candidate.digest}")
+            elif candidate.tag:
+                out.append(candidate.tagged)
+        return out
+
+    def find(self, text: str) -> ImageRecord | None:
+        if not text:
+            raise InvalidArgument("image must not be empty: give a name, a digest or an image id")
+        return self.store.find(text, self._names(text))
+
+    # --- RPC work ----------------------------------------------------------------
+
+    async def pull(
+        self, image: str, credentials: Credentials | None, deadline_in: float | None
+    ) -> ImageRecord:
+        if not image:
+            raise InvalidArgument("image.image must name the image to pull")
+        try:
+            if deadline_in is None:
+                return await self.puller.pull(image, credentials)
+            return await asyncio.wait_for(
+                self.puller.pull(image, credentials), max(deadline_in - DEADLINE_MARGIN, 0.01)
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"pulling {image} did not finish before the call's deadline; "
+                "the partial pull was discarded"
+            ) from None
+
+    def list(self, filter_text: str) -> list[ImageRecord]:
+        images = self.store.images()
+        if not filter_text:
+            return images
+        found = self.find(filter_text)
+        return [found] if found is not None else []
+
+    async def remove(self, text: str) -> None:
+        image = self.find(text)
+        if image is None:
+            # RemoveImage of an image that is not there is not an error (CRI: idempotent).
+            return
+        names = self._names(text)
+        tag = next((n for n in names if n in image.repo_tags), None)
+        try:
+            await asyncio.to_thread(self.store.remove, image, tag, self.in_use())
+        except ImageNotFound:
+            return
+
+    async def fs_usage(self) -> FsUsage:
+        used, inodes = self.store.usage()
+        return FsUsage(str(self.store.layers), used, inodes, time.time_ns())

@@ -1,0 +1,401 @@
+"""A client for the registry HTTP API v2 (the OCI distribution spec), blocking, meant
+to run on worker threads.
+
+- TLS is verified against the system trust store plus `certs.d/<host[:port]>/*.crt`;
+  `*.cert`/`*.key` pairs there are client certificates. A registry marked insecure is
+  tried over HTTPS without verification, then over plain HTTP.
+- Auth follows the registry's 401 challenge: Bearer (a token from the realm, anonymous
+  or with credentials, reused until it expires) or Basic.
+- Redirects are followed by hand so that a redirect to another host (blob storage,
+  CDNs) never carries our Authorization header.
+- Connection errors and 5xx answers are retried with backoff; a read that waits longer
+  than the progress timeout fails (a stalled pull ends with a message).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
+
+from image.auth import Credentials
+from image.registries import Endpoint
+
+log = logging.getLogger("skiff.image.registry")
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+
+
+class RegistryError(Exception):
+    grpc_status = "UNKNOWN"
+
+
+class RegistryNotFound(RegistryError):
+    grpc_status = "NOT_FOUND"
+
+
+class RegistryAuthError(RegistryError):
+    grpc_status = "UNAUTHENTICATED"
+
+
+class RegistryUnavailable(RegistryError):
+    grpc_status = "UNAVAILABLE"
+
+
+class PullCancelled(Exception):
+    grpc_status = "CANCELLED"
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+class RegistryClient:
+    """Shared by all pulls: connection pools, TLS settings and tokens per registry."""
+
+    def __init__(
+        self,
+        certs_dir: Path,
+        connect_timeout: float = 10.0,
+        progress_timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+    ) -> None:
+        self.certs_dir = certs_dir
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=progress_timeout)
+        self.progress_timeout = progress_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._lock = threading.Lock()
+        self._pools: dict[tuple[str, bool], urllib3.PoolManager] = {}
+        self._schemes: dict[str, str] = {}
+        self._tokens: dict[tuple[str, str, str, str], _Token] = {}
+
+    # --- TLS and connections ----------------------------------------------------------
+
+    def _tls_context(self, host: str, verify: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if not verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        host_dir = self.certs_dir / host
+        if host_dir.is_dir():
+            for path in sorted(host_dir.iterdir()):
+                if path.suffix == ".crt" and verify:
+                    context.load_verify_locations(cafile=str(path))
+                elif path.suffix == ".cert":
+                    key = path.with_suffix(".key")
+                    if key.exists():
+                        context.load_cert_chain(str(path), str(key))
+        return context
+
+    def _pool(self, host: str, verify: bool) -> urllib3.PoolManager:
+        with self._lock:
+            pool = self._pools.get((host, verify))
+            if pool is None:
+                pool = urllib3.PoolManager(
+                    num_pools=4,
+                    maxsize=8,
+                    ssl_context=self._tls_context(host, verify),
+                    retries=False,
+                    timeout=self.timeout,
+                )
+                self._pools[(host, verify)] = pool
+            return pool
+
+    def _scheme(self, endpoint: Endpoint) -> str:
+        if not endpoint.insecure:
+            return "https"
+        with self._lock:
+            known = self._schemes.get(endpoint.api_host)
+        if known:
+            return known
+        scheme = "http"
+        try:
+            pool = self._pool(endpoint.api_host, verify=False)
+            response = pool.request(
+                "GET", f"https://{endpoint.api_host}/v2/", redirect=False, preload_content=True
+            )
+            if response.status < 500:
+                scheme = "https"
+        except Urllib3Error:
+            scheme = "http"
+        with self._lock:
+            self._schemes[endpoint.api_host] = scheme
+        return scheme
+
+    def clear_tokens(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    def repository(self, endpoint: Endpoint, credentials: Credentials) -> Repository:
+        return Repository(self, endpoint, credentials, self._scheme(endpoint))
+
+    # --- tokens ----------------------------------------------------------------------
+
+    def _cached_token(self, key: tuple[str, str, str, str]) -> str | None:
+        with self._lock:
+            token = self._tokens.get(key)
+            if token is not None and token.expires > time.monotonic():
+                return token.value
+            self._tokens.pop(key, None)
+        return None
+
+    def token(self, challenge: dict[str, str], scope: str, credentials: Credentials) -> str:
+        realm = challenge.get("realm", "")
+        service = challenge.get("service", "")
+        if credentials.registry_token:
+            return credentials.registry_token
+        key = (realm, service, scope, credentials.identity())
+        cached = self._cached_token(key)
+        if cached is not None:
+            return cached
+        if not realm.startswith(("https://", "http://")):
+            raise RegistryError(f"registry asked for a token from an unusable realm {realm!r}")
+        parsed = urllib.parse.urlsplit(realm)
+        pool = self._pool(parsed.netloc, verify=True)
+        query = {"service": service, "scope": scope} if service else {"scope": scope}
+        headers = {"User-Agent": "skiff"}
+        try:
+            if credentials.identity_token:
+                body = urllib.parse.urlencode(
+                    {
+                        "grant_type": "refresh_token",
+                        "refresh_token": credentials.identity_token,
+                        "service": service,
+                        "scope": scope,
+                        "client_id": "skiff",
+                    }
+                )
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+                response = pool.request("POST", realm, body=body, headers=headers, redirect=True)
+            else:
+                if credentials.username or credentials.password:
+                    headers["Authorization"] = _basic(credentials)
+                url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+                response = pool.request("GET", url, headers=headers, redirect=True)
+        except Urllib3Error as exc:
+            raise RegistryUnavailable(
+                f"token server {parsed.netloc} cannot be reached: {type(exc).__name__}"
+            ) from None
+        if response.status in (401, 403):
+            raise RegistryAuthError(
+                f"token server {parsed.netloc} refused the credentials for {scope} "
+                f"(HTTP {response.status})"
+            )
+        if response.status != 200:
+            raise RegistryError(f"token server {parsed.netloc} answered HTTP {response.status}")
+        try:
+            data = json.loads(response.data)
+            value = str(data.get("token") or data.get("access_token") or "")
+            expires_in = float(data.get("expires_in") or 60)
+        except (ValueError, TypeError, AttributeError):
+            raise RegistryError(f"token server {parsed.netloc} sent no usable token") from None
+        if not value:
+            raise RegistryError(f"token server {parsed.netloc} sent no usable token")
+        # Renew a little early so a token never expires in the middle of a request.
+        lifetime = max(expires_in - 10, expires_in / 2)
+        with self._lock:
+            self._tokens[key] = _Token(value, time.monotonic() + lifetime)
+        return value
+
+
+def _basic(credentials: Credentials) -> str:
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode()
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
+
+
+class Repository:
+    """One repository on one endpoint, with the credentials of one pull."""
+
+    def __init__(
+        self, client: RegistryClient, endpoint: Endpoint, credentials: Credentials, scheme: str
+    ) -> None:
+        self.client = client
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.base = f"{scheme}://{endpoint.api_host}"
+        self.verify = not endpoint.insecure
+        self._authorization: str | None = None
+        self.where = f"{endpoint.host}/{endpoint.repository}"
+
+    def _url(self, kind: str, ref: str) -> str:
+        return f"{self.base}/v2/{self.endpoint.repository}/{kind}/{ref}"
+
+    def _authorize(self, challenge_header: str) -> None:
+        scheme, params = parse_challenge(challenge_header)
+        if scheme == "bearer":
+            scope = f"repository:{self.endpoint.repository}:pull"
+            token = self.client.token(params, scope, self.credentials)
+            self._authorization = f"Bearer {token}"
+        elif scheme == "basic":
+            if not (self.credentials.username or self.credentials.password):
+                raise RegistryAuthError(f"{self.where} requires credentials and none were given")
+            self._authorization = _basic(self.credentials)
+        else:
+            raise RegistryAuthError(f"{self.where} asks for unsupported auth scheme {scheme!r}")
+
+    def request(
+        self,
+        url: str,
+        headers: dict[str, str],
+        cancel: threading.Event | None = None,
+        stream: bool = False,
+    ) -> urllib3.BaseHTTPResponse:
+        """GET with auth, redirects and retries; the caller releases the response."""
+        attempt = 0
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise PullCancelled(f"pull from {self.where} was cancelled")
+            try:
+                response = self._get_following(url, headers, stream)
+            except (Urllib3Error, OSError) as exc:
+                if attempt >= self.client.retries:
+                    raise RegistryUnavailable(
+                        f"registry {self.endpoint.host} cannot be reached: "
+                        f"{_describe_network_error(exc)}"
+                    ) from None
+            else:
+                if response.status < 500 or attempt >= self.client.retries:
+                    return response
+                response.drain_conn()
+                response.release_conn()
+            delay = self.client.backoff * (2**attempt)
+            attempt += 1
+            log.info(
+                "registry request failed, retrying",
+                extra={"registry": self.endpoint.host, "attempt": attempt, "delay_s": delay},
+            )
+            time.sleep(delay)
+
+    def _get_following(
+        self, url: str, headers: dict[str, str], stream: bool
+    ) -> urllib3.BaseHTTPResponse:
+        origin = urllib.parse.urlsplit(url).netloc
+        for _ in range(MAX_REDIRECTS + 1):
+            netloc = urllib.parse.urlsplit(url).netloc
+            send = dict(headers, **{"User-Agent": "skiff"})
+            same_origin = netloc == origin
+            if same_origin and self._authorization:
+                send["Authorization"] = self._authorization
+            pool = self.client._pool(netloc, self.verify if same_origin else True)
+            response = pool.request(
+                "GET",
+                url,
+                headers=send,
+                redirect=False,
+                preload_content=False,
+                decode_content=False,
+            )
+            if response.status == 401 and same_origin and "Authorization" not in send:
+                challenge = response.headers.get("WWW-Authenticate", "")
+                response.drain_conn()
+                response.release_conn()
+                if not challenge:
+                    raise RegistryAuthError(f"{self.where} refused access (HTTP 401)")
+                self._authorize(challenge)
+                continue
+            if response.status in REDIRECTS:
+                location = response.headers.get("Location", "")
+                response.drain_conn()
+                response.release_conn()
+                if not location:
+                    raise RegistryError(f"{self.where} sent a redirect without a location")
+                url = urllib.parse.urljoin(url, location)
+                continue
+            return response
+        raise RegistryError(f"{self.where}: too many redirects")
+
+    def manifest(self, reference: str, accept: tuple[str, ...], limit: int) -> tuple[bytes, str]:
+        """The manifest bytes and their media type (from Content-Type)."""
+        response = self.request(self._url("manifests", reference), {"Accept": ", ".join(accept)})
+        try:
+            self._check_status(response, f"manifest {reference}")
+            data = _read_limited(response, limit, f"manifest {reference} from {self.where}")
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            return data, media_type
+        finally:
+            response.release_conn()
+
+    def blob(self, digest: str, cancel: threading.Event | None = None) -> urllib3.BaseHTTPResponse:
+        response = self.request(self._url("blobs", digest), {}, cancel=cancel, stream=True)
+        try:
+            self._check_status(response, f"blob {digest}")
+        except BaseException:
+            response.release_conn()
+            raise
+        return response
+
+    def _check_status(self, response: urllib3.BaseHTTPResponse, what: str) -> None:
+        status = response.status
+        if status == 200:
+            return
+        detail = _error_detail(response)
+        response.drain_conn()
+        if status == 404:
+            raise RegistryNotFound(f"{what} not found in {self.where}{detail}")
+        if status in (401, 403):
+            raise RegistryAuthError(
+                f"{self.where} refused access to {what} (HTTP {status}); "
+                f"check the credentials{detail}"
+            )
+        if status == 429:
+            raise RegistryUnavailable(f"{self.where} is rate limiting pulls (HTTP 429)")
+        raise RegistryError(f"{self.where} answered HTTP {status} for {what}{detail}")
+
+
+def _error_detail(response: urllib3.BaseHTTPResponse) -> str:
+    try:
+        body: Any = json.loads(response.read(64 * 1024, decode_content=True))
+        errors = body.get("errors") or []
+        codes = ", ".join(str(e.get("code", "")) for e in errors if isinstance(e, dict))
+        return f" ({codes})" if codes else ""
+    except Exception:
+        return ""
+
+
+def _read_limited(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = response.read(64 * 1024)
+        except ReadTimeoutError:
+            raise RegistryUnavailable(f"{what}: the registry stopped sending") from None
+        except (Urllib3Error, OSError) as exc:
+            raise RegistryUnavailable(f"{what}: {_describe_network_error(exc)}") from None
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise RegistryError(f"{what} is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    text = str(reason or exc)
+    # urllib3 messages can embed the connection object's repr; keep the useful tail.
+    return text.split(": ", 1)[-1] if "object at 0x" in text else text

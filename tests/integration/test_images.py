@@ -1,0 +1,545 @@
+"""ImageService against real registries on loopback: pull, status, list, remove,
+fs info; auth, TLS, mirrors; bad input leaving nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from api.runtime.v1 import api_pb2 as pb
+from tests.integration import images as img
+from tests.integration.registry import BlobHost, Fault, FaultyProxy, TestRegistry
+from tests.integration.skiffd import Skiffd, short_tempdir
+
+# --- fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_registry() -> Iterator[TestRegistry]:
+    with TestRegistry("insecure") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def tls_registry() -> Iterator[TestRegistry]:
+    with TestRegistry("tls") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def basic_registry() -> Iterator[TestRegistry]:
+    with TestRegistry("basic") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def token_registry() -> Iterator[TestRegistry]:
+    with TestRegistry("token") as registry:
+        yield registry
+
+
+MakeDaemon = Callable[..., Skiffd]
+
+
+@pytest.fixture
+def make_daemon() -> Iterator[MakeDaemon]:
+    """Start skiffd with a registries.conf (and certs.d, auth file) of the test's own."""
+    made: list[tuple[Skiffd, Path]] = []
+
+    def make(
+        insecure: tuple[str, ...] = (),
+        certs_from: TestRegistry | None = None,
+        auth: dict[str, tuple[str, str]] | None = None,
+        extra_conf: str = "",
+    ) -> Skiffd:
+        base = short_tempdir("img")
+        daemon = Skiffd(base)
+        conf = "".join(f'[[registry]]\nlocation = "{h}"\ninsecure = true\n\n' for h in insecure)
+        # Top-level keys must come before the first [[registry]] table in TOML.
+        (base / "registries.conf").write_text(extra_conf + conf)
+        if certs_from is not None:
+            certs_from.write_certs_d(base / "certs.d")
+        if auth:
+            entries = {
+                host: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()}
+                for host, (u, p) in auth.items()
+            }
+            (base / "auth.json").write_text(json.dumps({"auths": entries}))
+        made.append((daemon, base))
+        daemon.start()
+        return daemon
+
+    yield make
+    for daemon, base in made:
+        try:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                assert daemon.stop() == 0, daemon.logs()
+        finally:
+            daemon.kill()
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _user(registry: TestRegistry) -> tuple[str, str]:
+    assert registry.username is not None
+    assert registry.password is not None
+    return registry.username, registry.password
+
+
+def _pull(daemon: Skiffd, ref: str, auth: pb.AuthConfig | None = None, timeout: float = 60) -> str:
+    request = pb.PullImageRequest(image=pb.ImageSpec(image=ref))
+    if auth is not None:
+        request.auth.CopyFrom(auth)
+    return daemon.images().PullImage(request, timeout=timeout).image_ref
+
+
+def _pull_error(daemon: Skiffd, ref: str, **kwargs: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        _pull(daemon, ref, **kwargs)  # type: ignore[arg-type]
+    return err.value
+
+
+def _status(daemon: Skiffd, ref: str, verbose: bool = False) -> pb.ImageStatusResponse:
+    return daemon.images().ImageStatus(
+        pb.ImageStatusRequest(image=pb.ImageSpec(image=ref), verbose=verbose)
+    )
+
+
+def _layer_dirs(daemon: Skiffd) -> list[Path]:
+    layers = daemon.root / "layers"
+    return sorted(layers.iterdir()) if layers.exists() else []
+
+
+def _assert_nothing_left(daemon: Skiffd) -> None:
+    """After a failed pull: no record, no layer, no blob, no work dir."""
+    assert list(daemon.images().ListImages(pb.ListImagesRequest()).images) == []
+    assert _layer_dirs(daemon) == []
+    blobs = daemon.root / "blobs" / "sha256"
+    assert not blobs.exists() or list(blobs.iterdir()) == []
+    tmp = daemon.root / "tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+def _find_in_layers(daemon: Skiffd, path: str) -> list[Path]:
+    return [
+        d / "diff" / path.lstrip("/")
+        for d in _layer_dirs(daemon)
+        if (d / "diff" / path.lstrip("/")).exists() or (d / "diff" / path.lstrip("/")).is_symlink()
+    ]
+
+
+# --- pulls that work -------------------------------------------------------------------
+
+
+def test_pull_status_list_from_an_insecure_registry(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    image = img.busybox_image(run=img.RunConfig(user="1000"))
+    pushed = img.push(plain_registry, "library/busybox", "1.35", image)
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    ref = f"{plain_registry.host}/library/busybox:1.35"
+
+    image_id = _pull(daemon, ref)
+    assert image_id == image.config_digest
+
+    for name in (ref, image_id, image_id.removeprefix("sha256:")[:12], pushed.by_digest):
+        status = _status(daemon, name)
+        assert status.image.id == image_id, name
+    assert list(status.image.repo_tags) == [ref]
+    assert list(status.image.repo_digests) == [
+        f"{plain_registry.host}/library/busybox@{pushed.digest}"
+    ]
+    assert status.image.uid.value == 1000
+    assert status.image.size > 0
+
+    listed = daemon.images().ListImages(pb.ListImagesRequest()).images
+    assert [i.id for i in listed] == [image_id]
+    filtered = daemon.images().ListImages(
+        pb.ListImagesRequest(filter=pb.ImageFilter(image=pb.ImageSpec(image="nope:1")))
+    )
+    assert list(filtered.images) == []
+
+    verbose = _status(daemon, ref, verbose=True)
+    config = json.loads(verbose.info["info"])["imageSpec"]
+    assert config["config"]["User"] == "1000"
+
+    busybox = _find_in_layers(daemon, "/bin/busybox")
+    assert busybox, "the busybox binary was not unpacked"
+    sh = _find_in_layers(daemon, "/bin/sh")[0]
+    assert os.stat(sh).st_ino == os.stat(busybox[0]).st_ino  # applets stay hardlinks
+
+
+def test_missing_image_status_is_empty_not_an_error(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon()
+    status = _status(daemon, "127.0.0.1:1/not/there:1")
+    assert not status.HasField("image")
+
+
+def test_whiteouts_and_opaque_dirs_become_overlay_metadata(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    image = img.layered_image()
+    img.push(plain_registry, "test/layered", "v1", image)
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    _pull(daemon, f"{plain_registry.host}/test/layered:v1")
+
+    whiteouts = _find_in_layers(daemon, "/etc/skiff/remove-me.txt")
+    kinds = [stat.S_ISCHR(os.lstat(p).st_mode) and os.lstat(p).st_rdev == 0 for p in whiteouts]
+    assert True in kinds, "no overlay whiteout (char 0:0) for the removed file"
+    opaque = [
+        p
+        for p in _find_in_layers(daemon, "/data/opaque")
+        if "trusted.overlay.opaque" in os.listxattr(p, follow_symlinks=False)
+        and os.getxattr(p, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    ]
+    assert opaque, "the opaque dir lost its overlay xattr"
+
+
+@pytest.mark.parametrize("kind", ["multiarch", "zstd", "docker"])
+def test_formats(plain_registry: TestRegistry, make_daemon: MakeDaemon, kind: str) -> None:
+    builders: dict[str, Callable[[], img.Image | img.ImageIndex]] = {
+        "multiarch": img.multiarch_index,
+        "zstd": img.zstd_image,
+        "docker": img.docker_image,
+    }
+    pushed_image = builders[kind]()
+    pushed = img.push(plain_registry, f"formats/{kind}", "v1", pushed_image)
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    image_id = _pull(daemon, f"{plain_registry.host}/formats/{kind}:v1")
+    assert image_id == pushed.config_digests["linux/amd64"]
+    status = _status(daemon, image_id)
+    # The repo digest is what the tag names: the index itself for a multi-arch image.
+    assert list(status.image.repo_digests) == [
+        f"{plain_registry.host}/formats/{kind}@{pushed.digest}"
+    ]
+
+
+def test_tls_registry_needs_its_ca_in_certs_d(
+    tls_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    img.push(tls_registry, "tls/app", "v1", img.tiny_image())
+    ref = f"{tls_registry.host}/tls/app:v1"
+    without = make_daemon()
+    error = _pull_error(without, ref)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "CERTIFICATE_VERIFY_FAILED" in (error.details() or "")
+    _assert_nothing_left(without)
+    with_ca = make_daemon(certs_from=tls_registry)
+    assert _pull(with_ca, ref).startswith("sha256:")
+
+
+def test_basic_auth_from_request_and_auth_file(
+    basic_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    user, password = _user(basic_registry)
+    img.push(
+        basic_registry,
+        "private/app",
+        "v1",
+        img.tiny_image(),
+        username=user,
+        password=password,
+    )
+    ref = f"{basic_registry.host}/private/app:v1"
+    daemon = make_daemon(insecure=(basic_registry.host,))
+
+    denied = _pull_error(daemon, ref)
+    assert denied.code() == grpc.StatusCode.UNAUTHENTICATED
+    wrong = _pull_error(daemon, ref, auth=pb.AuthConfig(username=user, password="wrong-pw-123"))
+    assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "wrong-pw-123" not in (wrong.details() or "")
+    _assert_nothing_left(daemon)
+
+    auth = pb.AuthConfig(username=user, password=password)
+    assert _pull(daemon, ref, auth=auth).startswith("sha256:")
+    assert password not in daemon.logs()
+
+    from_file = make_daemon(
+        insecure=(basic_registry.host,), auth={basic_registry.host: (user, password)}
+    )
+    assert _pull(from_file, ref).startswith("sha256:")
+
+
+def test_bearer_token_flow_and_token_reuse(
+    token_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    user, password = _user(token_registry)
+    creds = {"username": user, "password": password}
+    img.push(token_registry, "public/app", "v1", img.tiny_image("public\n"), **creds)
+    img.push(token_registry, "team/app", "v1", img.tiny_image("team\n"), **creds)
+    img.push(token_registry, "team/app", "v2", img.tiny_image("team v2\n"), **creds)
+    daemon = make_daemon(insecure=(token_registry.host,))
+
+    # Anonymous token for a public repository.
+    assert _pull(daemon, f"{token_registry.host}/public/app:v1").startswith("sha256:")
+    denied = _pull_error(daemon, f"{token_registry.host}/team/app:v1")
+    assert denied.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    auth = pb.AuthConfig(username=user, password=password)
+    _pull(daemon, f"{token_registry.host}/team/app:v1", auth=auth)
+    issued = token_registry.tokens_issued
+    _pull(daemon, f"{token_registry.host}/team/app:v2", auth=auth)
+    assert token_registry.tokens_issued == issued, "the token was not reused"
+    assert password not in daemon.logs()
+
+    wrong = _pull_error(
+        daemon,
+        f"{token_registry.host}/team/app:v1",
+        auth=pb.AuthConfig(username=user, password="not-the-password"),
+    )
+    assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "not-the-password" not in (wrong.details() or "")
+
+
+def test_mirror_is_tried_first(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
+    image = img.tiny_image("from the mirror\n")
+    img.push(plain_registry, "mirror/docker.example/app", "v1", image)
+    conf = (
+        '[[registry]]\nprefix = "docker.example"\nlocation = "docker.example"\n'
+        f'[[registry.mirror]]\nlocation = "{plain_registry.host}/mirror/docker.example"\n'
+        "insecure = true\n"
+    )
+    daemon = make_daemon(extra_conf=conf)
+    assert _pull(daemon, "docker.example/app:v1") == image.config_digest
+    assert list(_status(daemon, "docker.example/app:v1").image.repo_tags) == [
+        "docker.example/app:v1"
+    ]
+
+
+def test_short_names_resolve_through_search_registries(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    image = img.tiny_image("short\n")
+    img.push(plain_registry, "shorty", "v1", image)
+    conf = f'unqualified-search-registries = ["{plain_registry.host}"]\n'
+    daemon = make_daemon(insecure=(plain_registry.host,), extra_conf=conf)
+    assert _pull(daemon, "shorty:v1") == image.config_digest
+    assert _status(daemon, "shorty:v1").image.id == image.config_digest
+
+
+def test_blob_redirect_to_another_host_drops_authorization(
+    basic_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    user, password = _user(basic_registry)
+    image = img.tiny_image("redirected\n")
+    img.push(
+        basic_registry,
+        "redirect/app",
+        "v1",
+        image,
+        username=user,
+        password=password,
+    )
+    with BlobHost(basic_registry) as blob_host, FaultyProxy.for_registry(basic_registry) as proxy:
+        for layer in image.layers:
+            proxy.add_fault(Fault("redirect", digest=layer.digest, redirect_to=blob_host.url))
+        daemon = make_daemon(insecure=(proxy.host,))
+        auth = pb.AuthConfig(username=user, password=password)
+        assert _pull(daemon, f"{proxy.host}/redirect/app:v1", auth=auth) == image.config_digest
+        assert blob_host.requests, "the redirect was not followed"
+        for request in blob_host.requests:
+            assert "authorization" not in request.headers
+        assert any("authorization" in r.headers for r in proxy.requests)
+
+
+# --- remove, fs info, restart ------------------------------------------------------------
+
+
+def test_remove_untags_then_deletes(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
+    image = img.tiny_image("two tags\n")
+    img.push(plain_registry, "rm/app", "a", image)
+    img.push(plain_registry, "rm/app", "b", image)
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    ref_a, ref_b = f"{plain_registry.host}/rm/app:a", f"{plain_registry.host}/rm/app:b"
+    _pull(daemon, ref_a)
+    _pull(daemon, ref_b)
+    assert sorted(_status(daemon, ref_a).image.repo_tags) == [ref_a, ref_b]
+    used = daemon.images().ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems[0]
+    assert used.used_bytes.value > 0
+    assert used.inodes_used.value > 0
+    assert used.fs_id.mountpoint.startswith(str(daemon.root))
+
+    daemon.images().RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref_a)))
+    assert list(_status(daemon, ref_b).image.repo_tags) == [ref_b]
+    assert not _status(daemon, ref_a).HasField("image")
+    assert _layer_dirs(daemon), "untagging must not delete layers"
+
+    daemon.images().RemoveImage(
+        pb.RemoveImageRequest(image=pb.ImageSpec(image=image.config_digest))
+    )
+    _assert_nothing_left(daemon)
+    after = daemon.images().ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems[0]
+    assert after.used_bytes.value == 0
+    # Removing what is not there is fine (the kubelet's GC may race with itself).
+    daemon.images().RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref_a)))
+
+
+def test_images_survive_restart(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
+    image = img.tiny_image("persist\n")
+    img.push(plain_registry, "persist/app", "v1", image)
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    ref = f"{plain_registry.host}/persist/app:v1"
+    _pull(daemon, ref)
+    assert daemon.stop() == 0
+    daemon.start()
+    assert _status(daemon, ref).image.id == image.config_digest
+    daemon.kill()
+    daemon.start()
+    assert _status(daemon, ref).image.id == image.config_digest
+
+
+def test_concurrent_pulls_share_the_work(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    image = img.busybox_image(labels={"test": "shared"})
+    img.push(plain_registry, "shared/app", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        daemon = make_daemon(insecure=(proxy.host,))
+        ref = f"{proxy.host}/shared/app:v1"
+        results: list[str] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(_pull(daemon, ref))) for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == [image.config_digest] * 3
+        for layer in image.layers:
+            gets = [
+                r for r in proxy.requests if r.method == "GET" and r.path.endswith(layer.digest)
+            ]
+            assert len(gets) == 1, f"layer {layer.digest} fetched {len(gets)} times"
+
+
+# --- bad input: right code, nothing left -------------------------------------------------
+
+
+def test_malformed_reference(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon()
+    for ref in ("UPPER/case:1", "bad tag:1", "x@sha256:123", ""):
+        error = _pull_error(daemon, ref)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, ref
+    _assert_nothing_left(daemon)
+
+
+def test_unknown_repo_or_tag(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
+    img.push(plain_registry, "known/app", "v1", img.tiny_image())
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    for ref in (f"{plain_registry.host}/unknown/app:v1", f"{plain_registry.host}/known/app:v9"):
+        error = _pull_error(daemon, ref)
+        assert error.code() == grpc.StatusCode.NOT_FOUND, ref
+        assert "not found" in (error.details() or "")
+    _assert_nothing_left(daemon)
+
+
+@pytest.mark.parametrize("fault", ["tamper", "truncate", "drop"])
+def test_broken_blob_downloads_leave_nothing(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon, fault: str
+) -> None:
+    image = img.busybox_image(labels={"fault": fault})
+    img.push(plain_registry, f"faults/{fault}", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        target = image.layers[0].digest
+        proxy.add_fault(Fault(fault, digest=target, nbytes=1000, offset=5000))  # type: ignore[arg-type]
+        daemon = make_daemon(insecure=(proxy.host,))
+        ref = f"{proxy.host}/faults/{fault}:v1"
+        error = _pull_error(daemon, ref)
+        expected = grpc.StatusCode.DATA_LOSS if fault == "tamper" else grpc.StatusCode.UNAVAILABLE
+        assert error.code() == expected, error.details()
+        _assert_nothing_left(daemon)
+        proxy.clear()
+        assert _pull(daemon, ref) == image.config_digest
+
+
+def test_registry_down_mid_pull(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
+    image = img.busybox_image(labels={"down": "yes"})
+    img.push(plain_registry, "down/app", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        proxy.add_fault(Fault("drop", digest=image.layers[0].digest, nbytes=4096, go_down=True))
+        daemon = make_daemon(insecure=(proxy.host,))
+        error = _pull_error(daemon, f"{proxy.host}/down/app:v1")
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        _assert_nothing_left(daemon)
+        proxy.set_down(False)
+        proxy.clear()
+        assert _pull(daemon, f"{proxy.host}/down/app:v1") == image.config_digest
+
+
+@pytest.mark.parametrize("kind", img.MALICIOUS_KINDS)
+def test_malicious_layers_are_refused(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon, kind: img.MaliciousKind
+) -> None:
+    img.push(plain_registry, f"evil/{kind.replace('_', '-')}", "v1", img.malicious_image(kind))
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    error = _pull_error(daemon, f"{plain_registry.host}/evil/{kind.replace('_', '-')}:v1")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "layer" in (error.details() or "")
+    marker = img.escape_marker(kind)
+    assert not Path(marker).exists() or not marker.startswith("/"), f"{marker} was written"
+    _assert_nothing_left(daemon)
+
+
+def test_deadline_stops_the_pull(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
+    workdir = short_tempdir("big")
+    try:
+        image = img.big_image(workdir, total_mb=60)
+        img.push(plain_registry, "big/app", "v1", image)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    error = _pull_error(daemon, f"{plain_registry.host}/big/app:v1", timeout=0.35)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The abandoned pull winds down and cleans up behind itself.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        tmp = daemon.root / "tmp"
+        if not _layer_dirs(daemon) and (not tmp.exists() or not list(tmp.iterdir())):
+            break
+        time.sleep(0.2)
+    _assert_nothing_left(daemon)
+    assert _pull(daemon, f"{plain_registry.host}/big/app:v1") == image.config_digest
+
+
+def test_kill_9_mid_pull_leaves_nothing_partial(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    workdir = short_tempdir("big")
+    try:
+        image = img.big_image(workdir, total_mb=80)
+        img.push(plain_registry, "big/crash", "v1", image)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    daemon = make_daemon(insecure=(plain_registry.host,))
+    ref = f"{plain_registry.host}/big/crash:v1"
+    errors: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            _pull(daemon, ref)
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    puller = threading.Thread(target=pull)
+    puller.start()
+    tmp = daemon.root / "tmp"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (tmp.exists() and any(tmp.iterdir())):
+        time.sleep(0.005)
+    assert tmp.exists() and any(tmp.iterdir()), "the pull never started unpacking"
+    daemon.kill()
+    puller.join(20)
+    assert errors, "the pull should have died with the daemon"
+
+    daemon.start()
+    _assert_nothing_left(daemon)
+    assert _pull(daemon, ref) == image.config_digest

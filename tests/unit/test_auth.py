@@ -1,0 +1,61 @@
+"""Credentials from requests and auth files, and that they never print."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from image.auth import ANONYMOUS, AuthFileError, Credentials, from_request, lookup_auth_file
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_request_auth_field_is_decoded() -> None:
+    creds = from_request("", "", _b64("alice:s3cret:with:colons"), "", "")
+    assert (creds.username, creds.password) == ("alice", "s3cret:with:colons")
+
+
+def test_credentials_never_print() -> None:
+    creds = Credentials("alice", "hunter2", "refresh-xyz", "bearer-abc")
+    for text in (repr(creds), str(creds), f"{creds}", repr([creds])):
+        assert "hunter2" not in text
+        assert "refresh-xyz" not in text
+        assert "bearer-abc" not in text
+    assert "hunter2" not in creds.identity()
+
+
+def test_auth_file_most_specific_entry_wins(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    path.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "reg.example:5000": {"auth": _b64("host:h")},
+                    "reg.example:5000/team": {"auth": _b64("team:t")},
+                    "https://index.docker.io/v1/": {"auth": _b64("hub:x")},
+                }
+            }
+        )
+    )
+    assert lookup_auth_file(path, "reg.example:5000", "team/app").username == "team"
+    assert lookup_auth_file(path, "reg.example:5000", "other/app").username == "host"
+    assert lookup_auth_file(path, "docker.io", "library/busybox").username == "hub"
+    assert lookup_auth_file(path, "elsewhere.io", "a") == ANONYMOUS
+    assert lookup_auth_file(tmp_path / "missing.json", "a", "b") == ANONYMOUS
+
+
+def test_bad_auth_file_is_named_without_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({"auths": {"reg.io": {"auth": "not-base64-!!"}}}))
+    with pytest.raises(AuthFileError) as err:
+        lookup_auth_file(path, "reg.io", "x")
+    assert str(path) in str(err.value)
+    assert "not-base64" not in str(err.value)
+    path.write_text("{")
+    with pytest.raises(AuthFileError, match="not valid JSON"):
+        lookup_auth_file(path, "reg.io", "x")
