@@ -510,8 +510,7 @@ class ImagePuller:
                 try:
                     stats = unpack_layer(cast(BinaryIO, plain), work / "diff")
                     plain.drain()
-                    while buffered.read(1 << 20):
-                        pass
+                    _drain(buffered)
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise StoreFull(f"{what}: no space left in {self.store.root}") from None
@@ -554,8 +553,7 @@ class ImagePuller:
         """Why a layer could not be decompressed or read as tar: a short download, a
         blob that is not what its digest says, or a blob that is broken as sent."""
         try:
-            while buffered.read(1 << 20):
-                pass
+            _drain(buffered)
         except (RegistryUnavailable, IntegrityError) as drained:
             return drained
         if compressed.count < size:
@@ -565,6 +563,12 @@ class ImagePuller:
         if compressed.digest != digest:
             return IntegrityError(f"{what}: content does not match its digest")
         return IntegrityError(f"{what} cannot be unpacked: {exc}")
+
+
+def _drain(reader: io.BufferedReader[Any]) -> None:
+    """Read to the end, so the hashes cover every byte the registry sent."""
+    while reader.read(1 << 20):
+        pass
 
 
 def _media_type(data: bytes, header_type: str, what: str) -> str:

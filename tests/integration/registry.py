@@ -224,7 +224,49 @@ class TokenRequest:
     authorization: str | None
 
 
-class TokenServer:
+class _BackgroundServer:
+    """A socketserver answering on a daemon thread, on a free loopback port."""
+
+    _server: socketserver.TCPServer | None
+    _thread: threading.Thread | None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _serve(self, server: socketserver.TCPServer, name: str) -> None:
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, f"{type(self).__name__} not started"
+        port: int = self._server.server_address[1]
+        return port
+
+
+class TokenServer(_BackgroundServer):
     """A docker/distribution-style token issuer on 127.0.0.1 (own thread, plain HTTP).
 
     ``GET /token?service=S&scope=repository:NAME:pull,push`` (and the OAuth2
@@ -270,26 +312,7 @@ class TokenServer:
     def start(self) -> None:
         server = ThreadingHTTPServer((LOOPBACK, 0), _make_token_handler(self))
         server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="skiff-token-server", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "token server not started"
-        port: int = self._server.server_address[1]
-        return port
+        self._serve(server, "skiff-token-server")
 
     @property
     def realm(self) -> str:
@@ -860,7 +883,7 @@ class _ClientGone(Exception):
     pass
 
 
-class FaultyProxy:
+class FaultyProxy(_BackgroundServer):
     """An HTTP/1.1 reverse proxy on 127.0.0.1 in front of one registry.
 
     Clients talk plain HTTP to `url`; the proxy forwards to ``upstream`` (http or
@@ -901,38 +924,7 @@ class FaultyProxy:
             daemon_threads = True
             allow_reuse_address = True
 
-        self._server = Server((LOOPBACK, 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="skiff-faulty-proxy", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "proxy not started"
-        port: int = self._server.server_address[1]
-        return port
+        self._serve(Server((LOOPBACK, 0), Handler), "skiff-faulty-proxy")
 
     @property
     def host(self) -> str:
@@ -1183,7 +1175,7 @@ def _send_body(sock: socket.socket, chunk: bytes, chunked: bool) -> None:
 # --------------------------------------------------------------------------------------
 
 
-class BlobHost:
+class BlobHost(_BackgroundServer):
     """Serves ``GET /blobs/<digest>`` from a registry's filesystem storage, on its own
     127.0.0.1 port, without any auth, recording each request's headers (lower-case) in
     ``requests``: what a client sends after a cross-host redirect."""
@@ -1234,39 +1226,9 @@ class BlobHost:
             def do_HEAD(self) -> None:
                 self._serve(False)
 
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="skiff-blob-host", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "blob host not started"
-        port: int = self._server.server_address[1]
-        return port
+        server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        server.daemon_threads = True
+        self._serve(server, "skiff-blob-host")
 
     @property
     def url(self) -> str:

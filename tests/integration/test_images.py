@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import stat
 import threading
 import time
@@ -18,34 +19,27 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from tests.integration import images as img
-from tests.integration.registry import BlobHost, Fault, FaultyProxy, TestRegistry
+from tests.integration.registry import BlobHost, Fault, FaultyProxy, Mode, TestRegistry
 from tests.integration.skiffd import Skiffd, short_tempdir
 
 # --- fixtures ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def plain_registry() -> Iterator[TestRegistry]:
-    with TestRegistry("insecure") as registry:
-        yield registry
+def _registry_fixture(mode: Mode) -> Callable[[], Iterator[TestRegistry]]:
+    """A module-scoped real registry in the given mode."""
+
+    @pytest.fixture(scope="module")
+    def registry() -> Iterator[TestRegistry]:
+        with TestRegistry(mode) as started:
+            yield started
+
+    return registry
 
 
-@pytest.fixture(scope="module")
-def tls_registry() -> Iterator[TestRegistry]:
-    with TestRegistry("tls") as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
-def basic_registry() -> Iterator[TestRegistry]:
-    with TestRegistry("basic") as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
-def token_registry() -> Iterator[TestRegistry]:
-    with TestRegistry("token") as registry:
-        yield registry
+plain_registry = _registry_fixture("insecure")
+tls_registry = _registry_fixture("tls")
+basic_registry = _registry_fixture("basic")
+token_registry = _registry_fixture("token")
 
 
 MakeDaemon = Callable[..., Skiffd]
@@ -542,4 +536,22 @@ def test_kill_9_mid_pull_leaves_nothing_partial(
 
     daemon.start()
     _assert_nothing_left(daemon)
+    assert _pull(daemon, ref) == image.config_digest
+
+
+def test_sighup_reloads_the_registries_config(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    image = img.tiny_image("reloaded\n")
+    img.push(plain_registry, "reload/app", "v1", image)
+    daemon = make_daemon()  # the registry is not marked insecure yet: TLS is refused
+    ref = f"{plain_registry.host}/reload/app:v1"
+    assert _pull_error(daemon, ref).code() == grpc.StatusCode.UNAVAILABLE
+
+    conf = daemon.base / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{plain_registry.host}"\ninsecure = true\n')
+    daemon.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "config reloaded" not in daemon.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _pull(daemon, ref) == image.config_digest
