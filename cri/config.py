@@ -138,6 +138,9 @@ class ImageConfig:
     pull_retries: int = field(
         default=3, metadata=_key("retries of a failed request or layer download", _at_least_one)
     )
+    pull_progress_log_interval: float = field(
+        default=5.0, metadata=_key("seconds between log lines on a running pull", _positive)
+    )
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class ImageManager:
             PullSettings(
                 max_parallel_layers=config.image.max_parallel_layers,
                 layer_attempts=config.image.pull_retries,
+                progress_log_interval=config.image.pull_progress_log_interval,
             ),
         )
 

@@ -296,6 +296,8 @@ class TokenServer(_BackgroundServer):
         self.public_prefix = public_prefix
         self.expires_in = expires_in
         self.fail_next = 0  # answer this many next requests with 503
+        # An OAuth2 refresh token (docker's "identity token") standing for the user.
+        self.refresh_token = "refresh-" + secrets.token_hex(8)
         self.tokens_issued = 0
         self.requests: list[TokenRequest] = []
         self._lock = threading.Lock()
@@ -472,6 +474,13 @@ def _make_token_handler(ts: TokenServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             form = urllib.parse.parse_qs(self.rfile.read(length).decode())
             grant = (form.get("grant_type") or [""])[0]
+            if grant == "refresh_token":
+                token = (form.get("refresh_token") or [""])[0]
+                if token != ts.refresh_token:
+                    self._reply(401, {"error": "invalid_grant"}, {})
+                    return
+                self._handle(form, ts.username, ts.password)
+                return
             if grant != "password":
                 self._reply(400, {"error": "unsupported_grant_type"}, {})
                 return
@@ -800,7 +809,7 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 # Faulty proxy
 # --------------------------------------------------------------------------------------
 
-FaultKind = Literal["tamper", "truncate", "drop", "redirect", "status"]
+FaultKind = Literal["tamper", "truncate", "drop", "redirect", "status", "stall"]
 _BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[a-z0-9]+:[A-Fa-f0-9]+)$")
 
 
@@ -823,6 +832,8 @@ class Fault:
     - ``redirect``: answer ``307`` with ``Location: <redirect_to>/blobs/<digest>``
       (for a path match: ``<redirect_to><path>``), e.g. to a `BlobHost`.
     - ``status``: answer ``status`` (e.g. 503) with a small JSON error body.
+    - ``stall``: send ``nbytes`` body bytes (default 0), then hold the connection open
+      without sending more until `FaultyProxy.release_stalls` or the proxy stops.
     """
 
     kind: FaultKind
@@ -903,6 +914,7 @@ class FaultyProxy(_BackgroundServer):
         self.faults: list[Fault] = []
         self.requests: list[RecordedRequest] = []
         self._down = False
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
         self._thread: threading.Thread | None = None
@@ -951,6 +963,14 @@ class FaultyProxy(_BackgroundServer):
             self.faults.clear()
             self.requests.clear()
             self._down = False
+
+    def release_stalls(self) -> None:
+        """Let every stalled response end (its connection closes)."""
+        self._released.set()
+
+    def stop(self) -> None:
+        self._released.set()
+        super().stop()
 
     def set_down(self, down: bool) -> None:
         """While down, every new connection is closed at once (nothing listens)."""
@@ -1061,7 +1081,7 @@ class FaultyProxy(_BackgroundServer):
             limit: int | None = None
             if fault is not None and fault.kind == "truncate":
                 limit = fault.nbytes if fault.nbytes is not None else (length or 0) // 2
-            elif fault is not None and fault.kind == "drop":
+            elif fault is not None and fault.kind in ("drop", "stall"):
                 limit = fault.nbytes or 0
             flip_at: int | None = None
             if fault is not None and fault.kind == "tamper":
@@ -1083,6 +1103,9 @@ class FaultyProxy(_BackgroundServer):
             if fault is not None and fault.kind == "truncate":
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+                return False
+            if fault is not None and fault.kind == "stall":
+                self._released.wait(120)
                 return False
             if fault is not None and fault.kind == "drop":
                 if fault.go_down:

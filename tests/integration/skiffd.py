@@ -64,7 +64,10 @@ class Skiffd:
             },
         }
         for key, value in (config or {}).items():
-            settings[key] = value
+            if isinstance(value, dict) and isinstance(settings.get(key), dict):
+                settings[key] = {**settings[key], **value}
+            else:
+                settings[key] = value
         self.write_config(settings)
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None

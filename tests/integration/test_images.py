@@ -9,8 +9,11 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +22,14 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from tests.integration import images as img
-from tests.integration.registry import BlobHost, Fault, FaultyProxy, Mode, TestRegistry
+from tests.integration.registry import (
+    BlobHost,
+    Fault,
+    FaultyProxy,
+    Mode,
+    TestRegistry,
+    basic_auth_header,
+)
 from tests.integration.skiffd import Skiffd, short_tempdir
 
 # --- fixtures ------------------------------------------------------------------------
@@ -55,9 +65,10 @@ def make_daemon() -> Iterator[MakeDaemon]:
         certs_from: TestRegistry | None = None,
         auth: dict[str, tuple[str, str]] | None = None,
         extra_conf: str = "",
+        config: dict[str, object] | None = None,
     ) -> Skiffd:
         base = short_tempdir("img")
-        daemon = Skiffd(base)
+        daemon = Skiffd(base, config)
         conf = "".join(f'[[registry]]\nlocation = "{h}"\ninsecure = true\n\n' for h in insecure)
         # Top-level keys must come before the first [[registry]] table in TOML.
         (base / "registries.conf").write_text(extra_conf + conf)
@@ -555,3 +566,102 @@ def test_sighup_reloads_the_registries_config(
     while "config reloaded" not in daemon.logs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pull(daemon, ref) == image.config_digest
+
+
+def test_a_stalled_pull_fails_while_lists_stay_responsive(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    image = img.busybox_image(labels={"stall": "yes"})
+    img.push(plain_registry, "stall/app", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        proxy.add_fault(Fault("stall", digest=image.layers[0].digest, nbytes=4096))
+        settings = {"pull_progress_timeout": 1.5, "pull_retries": 1}
+        settings["pull_progress_log_interval"] = 0.2
+        daemon = make_daemon(insecure=(proxy.host,), config={"image": settings})
+        ref = f"{proxy.host}/stall/app:v1"
+        errors: list[grpc.RpcError] = []
+
+        def pull() -> None:
+            try:
+                _pull(daemon, ref)
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+        puller = threading.Thread(target=pull)
+        puller.start()
+        deadline = time.monotonic() + 10
+        while "pull progress" not in daemon.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "pull progress" in daemon.logs()
+        # The stalled pull holds nothing that List or Status wait for.
+        assert list(daemon.images().ListImages(pb.ListImagesRequest(), timeout=1).images) == []
+        assert not _status(daemon, ref).HasField("image")
+        puller.join(30)
+        assert errors, "the stalled pull did not fail"
+        assert errors[0].code() == grpc.StatusCode.UNAVAILABLE
+        assert "stopped sending" in (errors[0].details() or "")
+        progress = [line for line in daemon.logs().splitlines() if "pull progress" in line]
+        assert any("/" in line and image.layers[0].digest[7:19] in line for line in progress)
+        proxy.release_stalls()
+        _assert_nothing_left(daemon)
+
+
+def test_identity_and_registry_tokens(
+    token_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    user, password = _user(token_registry)
+    image = img.tiny_image("tokens\n")
+    img.push(token_registry, "team/tokens", "v1", image, username=user, password=password)
+    daemon = make_daemon(insecure=(token_registry.host,))
+    ref = f"{token_registry.host}/team/tokens:v1"
+    server = token_registry.token_server
+    assert server is not None
+
+    # An identity token is a refresh token, traded at the token server.
+    identity = pb.AuthConfig(identity_token=server.refresh_token)
+    assert _pull(daemon, ref, auth=identity) == image.config_digest
+    daemon.images().RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))
+    bad = _pull_error(daemon, ref, auth=pb.AuthConfig(identity_token="refresh-forged"))
+    assert bad.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "refresh-forged" not in (bad.details() or "")
+
+    # A registry token goes to the registry as it is, with no token server round trip.
+    query = urllib.parse.urlencode(
+        {"service": server.service, "scope": "repository:team/tokens:pull"}
+    )
+    request = urllib.request.Request(
+        f"{server.realm}?{query}", headers={"Authorization": basic_auth_header(user, password)}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        token = json.loads(answer.read())["token"]
+    issued = server.tokens_issued
+    assert _pull(daemon, ref, auth=pb.AuthConfig(registry_token=token)) == image.config_digest
+    assert server.tokens_issued == issued
+    assert token not in daemon.logs()
+
+
+def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    workdir = short_tempdir("big")
+    try:
+        image = img.big_image(workdir, total_mb=24, files=2)
+        img.push(plain_registry, "big/full", "v1", image)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    mount_dir = short_tempdir("tmpfs")
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "skiff-test", str(mount_dir)], check=True
+    )
+    try:
+        daemon = make_daemon(
+            insecure=(plain_registry.host,), config={"root": str(mount_dir / "root")}
+        )
+        error = _pull_error(daemon, f"{plain_registry.host}/big/full:v1")
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert "no space left" in (error.details() or "")
+        _assert_nothing_left(daemon)
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mount_dir)], check=False)
+        shutil.rmtree(mount_dir, ignore_errors=True)
