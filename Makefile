@@ -59,3 +59,19 @@ install-config:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The image-pull benchmark against containerd's CRI (bench/README.md), as root.
+# BENCH_ARGS="--runs 5" to pass options.
+.PHONY: bench bench-packages
+BENCH_ARGS ?=
+
+bench: bench-packages venv-dev
+	$(BIN)/python -m bench.pull $(BENCH_ARGS)
+
+# The test packages (registry, busybox) plus the peer runtime, Debian's containerd.
+bench-packages: test-packages
+	@dpkg-query -W -f='$${Status}' containerd 2>/dev/null | grep -q "install ok installed" || { \
+		[ "$$(id -u)" -eq 0 ] || { echo "bench: containerd is missing; run as root" >&2; exit 1; }; \
+		echo "bench: installing containerd"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends containerd; }
