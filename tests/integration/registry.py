@@ -526,11 +526,14 @@ class TestRegistry:
         public_prefix: str | None = "public/",
         token_expires_in: int = 300,
         startup_timeout: float = 15.0,
+        client_certs: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown registry mode {mode!r}; use one of {MODES}")
         self.mode: Mode = mode
         self.tls = (mode == "tls") if tls is None else tls
+        # Demand a client certificate signed by the test CA (TLS only).
+        self.client_certs = client_certs and self.tls
         if mode == "tls" and not self.tls:
             raise ValueError("mode 'tls' needs tls=True")
         self.username: str | None = username if mode in ("basic", "token") else None
@@ -584,7 +587,24 @@ class TestRegistry:
         if not self.tls:
             return None
         assert self.ca_cert_path is not None
-        return ssl.create_default_context(cafile=str(self.ca_cert_path))
+        context = ssl.create_default_context(cafile=str(self.ca_cert_path))
+        if self.client_certs:
+            assert self.dir is not None
+            # The tests' own client (readiness probe, pushes) presents a certificate too.
+            own = self.write_client_cert(self.dir / "own-client")
+            context.load_cert_chain(own / "client.cert", own / "client.key")
+        return context
+
+    def write_client_cert(self, certs_dir: Path) -> Path:
+        """A client key pair signed by the test CA, as certs.d's client.cert/client.key."""
+        assert self.ca is not None, "registry has no TLS"
+        key, cert = self.ca.issue("skiff test client", server=False)
+        host_dir = certs_dir / self.host
+        host_dir.mkdir(parents=True, exist_ok=True)
+        (host_dir / "client.cert").write_bytes(_cert_pem(cert))
+        (host_dir / "client.key").write_bytes(_key_pem(key))
+        os.chmod(host_dir / "client.key", 0o600)
+        return host_dir
 
     def write_certs_d(self, certs_dir: Path) -> Path:
         """Write ``<certs_dir>/<host:port>/ca.crt`` (containers certs.d layout)."""
@@ -709,6 +729,8 @@ class TestRegistry:
                 f"    certificate: {self.dir / 'server.pem'}",
                 f"    key: {self.dir / 'server-key.pem'}",
             ]
+            if self.client_certs:
+                lines += ["    clientcas:", f"      - {self.ca_cert_path}"]
         if self.mode == "basic":
             lines += [
                 "auth:",

@@ -665,3 +665,16 @@ def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(
     finally:
         subprocess.run(["umount", "-l", str(mount_dir)], check=False)
         shutil.rmtree(mount_dir, ignore_errors=True)
+
+
+def test_client_certificates_from_certs_d(make_daemon: MakeDaemon) -> None:
+    with TestRegistry("tls", client_certs=True) as registry:
+        img.push(registry, "mtls/app", "v1", img.tiny_image())
+        ref = f"{registry.host}/mtls/app:v1"
+        without = make_daemon(certs_from=registry)
+        refused = _pull_error(without, ref)
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        _assert_nothing_left(without)
+        with_cert = make_daemon(certs_from=registry)
+        registry.write_client_cert(with_cert.base / "certs.d")
+        assert _pull(with_cert, ref).startswith("sha256:")
