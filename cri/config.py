@@ -57,6 +57,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
 def _key(doc: str, check: Any = None) -> Any:
     """Field metadata: a one-line help text and an optional value check."""
     return {"doc": doc, "check": check}
@@ -93,6 +97,10 @@ class RuntimeConfig:
     cgroup_driver: CgroupDriver = field(
         default="cgroupfs", metadata=_key("how pod and container cgroups are made")
     )
+    pod_shm_size: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_key("bytes of the tmpfs a pod gets as /dev/shm", _at_least_one),
+    )
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,9 @@ class NetworkConfig:
         default="",
         metadata=_key("the CNI network to use; empty takes the first config by file name"),
     )
-
-
-def _at_least_one(value: int) -> str | None:
-    return None if value >= 1 else "must be at least 1"
+    cni_plugin_timeout: float = field(
+        default=60.0, metadata=_key("seconds a CNI plugin may run before it is killed", _positive)
+    )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from cri.daemon_state import DaemonState
 from cri.images import ImageManager
 from cri.instance_lock import InstanceLock
 from cri.interceptor import CallInterceptor
+from cri.sandboxes import SandboxManager
 from cri.server.services import register
 from cri.store import StateStore
 from runtime.cgroup_driver import driver_problem
@@ -189,6 +190,8 @@ class Daemon:
             await store.close()
             raise StartupError(f"image store: {exc}") from None
         state = DaemonState(cfg, store, images)
+        sandboxes = SandboxManager(state)
+        await sandboxes.load()
         server = grpc.aio.server(
             interceptors=[CallInterceptor()],
             options=[
@@ -196,7 +199,7 @@ class Daemon:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        register(server, state)
+        register(server, state, sandboxes)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig.name)

@@ -1,46 +1,168 @@
-"""Pod sandboxes: shared namespaces, CNI networking, DNS (issue "Pod sandboxes").
-
-Not built yet: each RPC answers UNIMPLEMENTED naming itself.
-"""
+"""Pod sandboxes: run, stop, remove, status, list."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from google.protobuf.json_format import MessageToDict
+from network.cni import PortMapping
+
 from api.runtime.v1 import api_pb2 as pb
-from cri.server.common import Context, not_built, not_built_stream
+from cri.errors import not_built
+from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
+from cri.server.common import Context
+from cri.server.convert import resources
+from network.pod_files import DnsSettings
+
+_PROTOCOLS = {pb.Protocol.TCP: "tcp", pb.Protocol.UDP: "udp", pb.Protocol.SCTP: "sctp"}
+_PID_MODES = {pb.NamespaceMode.POD: "pod", pb.NamespaceMode.CONTAINER: "container"}
+
+
+def spec_from(request: pb.RunPodSandboxRequest) -> SandboxSpec:
+    config = request.config
+    meta = config.metadata
+    linux = config.linux
+    ns = linux.security_context.namespace_options
+    pod_resources = None
+    if linux.HasField("resources"):
+        pod_resources = resources(linux.resources)
+    return SandboxSpec(
+        name=meta.name,
+        namespace=meta.namespace,
+        uid=meta.uid,
+        attempt=meta.attempt,
+        hostname=config.hostname,
+        log_directory=config.log_directory,
+        dns=DnsSettings(
+            tuple(config.dns_config.servers),
+            tuple(config.dns_config.searches),
+            tuple(config.dns_config.options),
+        ),
+        port_mappings=tuple(
+            PortMapping(
+                host_port=p.host_port,
+                container_port=p.container_port,
+                protocol=_PROTOCOLS.get(p.protocol, "tcp"),
+                host_ip=p.host_ip,
+            )
+            for p in config.port_mappings
+            if p.host_port
+        ),
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        runtime_handler=request.runtime_handler,
+        host_network=ns.network == pb.NamespaceMode.NODE,
+        host_ipc=ns.ipc == pb.NamespaceMode.NODE,
+        host_pid=ns.pid == pb.NamespaceMode.NODE,
+        pid_mode="node" if ns.pid == pb.NamespaceMode.NODE else _PID_MODES.get(ns.pid, "container"),
+        cgroup_parent=linux.cgroup_parent,
+        resources=pod_resources,
+        sysctls=dict(linux.sysctls),
+        config_json=MessageToDict(config, preserving_proto_field_name=True),
+    )
+
+
+def _metadata(sandbox: Sandbox) -> pb.PodSandboxMetadata:
+    return pb.PodSandboxMetadata(
+        name=sandbox.name, uid=sandbox.uid, namespace=sandbox.namespace, attempt=sandbox.attempt
+    )
+
+
+def _state(sandbox: Sandbox) -> pb.PodSandboxState.ValueType:
+    return (
+        pb.PodSandboxState.SANDBOX_READY
+        if sandbox.state == READY
+        else pb.PodSandboxState.SANDBOX_NOTREADY
+    )
+
+
+def _mode(host: bool, pod_mode: str = "pod") -> pb.NamespaceMode.ValueType:
+    if host:
+        return pb.NamespaceMode.NODE
+    return pb.NamespaceMode.POD if pod_mode == "pod" else pb.NamespaceMode.CONTAINER
+
+
+def sandbox_to_proto(sandbox: Sandbox) -> pb.PodSandbox:
+    return pb.PodSandbox(
+        id=sandbox.id,
+        metadata=_metadata(sandbox),
+        state=_state(sandbox),
+        created_at=sandbox.created_ns,
+        labels=sandbox.labels,
+        annotations=sandbox.annotations,
+        runtime_handler=sandbox.runtime_handler,
+    )
+
+
+def status_to_proto(sandbox: Sandbox) -> pb.PodSandboxStatus:
+    ips = sandbox.ips
+    network = pb.PodSandboxNetworkStatus(
+        ip=ips[0] if ips else "", additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]]
+    )
+    options = pb.NamespaceOption(
+        network=_mode(sandbox.host_network),
+        pid=_mode(sandbox.host_pid, sandbox.pid_mode),
+        ipc=_mode(sandbox.host_ipc),
+    )
+    return pb.PodSandboxStatus(
+        id=sandbox.id,
+        metadata=_metadata(sandbox),
+        state=_state(sandbox),
+        created_at=sandbox.created_ns,
+        network=network,
+        linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=options)),
+        labels=sandbox.labels,
+        annotations=sandbox.annotations,
+        runtime_handler=sandbox.runtime_handler,
+    )
 
 
 class SandboxRPCs:
+    sandboxes: SandboxManager
+
     async def RunPodSandbox(
         self, request: pb.RunPodSandboxRequest, context: Context
     ) -> pb.RunPodSandboxResponse:
-        raise not_built("RunPodSandbox")
+        sandbox_id = await self.sandboxes.run(spec_from(request))
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     async def StopPodSandbox(
         self, request: pb.StopPodSandboxRequest, context: Context
     ) -> pb.StopPodSandboxResponse:
-        raise not_built("StopPodSandbox")
+        await self.sandboxes.stop(request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
 
     async def RemovePodSandbox(
         self, request: pb.RemovePodSandboxRequest, context: Context
     ) -> pb.RemovePodSandboxResponse:
-        raise not_built("RemovePodSandbox")
+        await self.sandboxes.remove(request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
 
     async def PodSandboxStatus(
         self, request: pb.PodSandboxStatusRequest, context: Context
     ) -> pb.PodSandboxStatusResponse:
-        raise not_built("PodSandboxStatus")
+        sandbox = self.sandboxes.get(request.pod_sandbox_id)
+        info = {"info": sandbox.info_json()} if request.verbose else {}
+        return pb.PodSandboxStatusResponse(status=status_to_proto(sandbox), info=info)
+
+    def _listed(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
+        state = None
+        if f.HasField("state"):
+            state = "ready" if f.state.state == pb.PodSandboxState.SANDBOX_READY else "notready"
+        found = self.sandboxes.list(f.id, state, dict(f.label_selector))
+        return [sandbox_to_proto(s) for s in found]
 
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Context
     ) -> pb.ListPodSandboxResponse:
-        raise not_built("ListPodSandbox")
+        return pb.ListPodSandboxResponse(items=self._listed(request.filter))
 
-    def StreamPodSandboxes(
+    async def StreamPodSandboxes(
         self, request: pb.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
-        return not_built_stream("StreamPodSandboxes")
+        items = self._listed(request.filter)
+        for start in range(0, max(len(items), 1), 500):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + 500])
 
     async def UpdatePodSandboxResources(
         self, request: pb.UpdatePodSandboxResourcesRequest, context: Context

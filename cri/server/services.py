@@ -7,6 +7,7 @@ import grpc.aio
 
 from api.runtime.v1 import api_pb2_grpc
 from cri.daemon_state import DaemonState
+from cri.sandboxes import SandboxManager
 from cri.server.checkpoint import CheckpointRPCs
 from cri.server.container import ContainerRPCs
 from cri.server.events import EventsRPCs
@@ -27,8 +28,9 @@ class RuntimeService(
     CheckpointRPCs,
     api_pb2_grpc.RuntimeServiceServicer,
 ):
-    def __init__(self, state: DaemonState) -> None:
+    def __init__(self, state: DaemonState, sandboxes: SandboxManager) -> None:
         self.state = state
+        self.sandboxes = sandboxes
 
 
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
@@ -37,6 +39,6 @@ class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
         self.images = state.images
 
 
-def register(server: grpc.aio.Server, state: DaemonState) -> None:
-    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(state), server)
+def register(server: grpc.aio.Server, state: DaemonState, sandboxes: SandboxManager) -> None:
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(state, sandboxes), server)
     api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state), server)

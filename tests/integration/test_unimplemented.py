@@ -21,6 +21,12 @@ BUILT = {
     "PullImage",
     "RemoveImage",
     "ImageFsInfo",
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "PodSandboxStatus",
+    "ListPodSandbox",
+    "StreamPodSandboxes",
 }
 
 METHODS = [

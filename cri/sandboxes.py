@@ -1,0 +1,434 @@
+"""The sandbox manager: pod sandboxes from RunPodSandbox to RemovePodSandbox.
+
+A sandbox is a set of pinned namespaces (network, IPC, UTS), the pod's files
+(resolv.conf, hosts, hostname), its /dev/shm, its place in the CNI network and
+possibly a cgroup under the kubelet's cgroup parent. RunPodSandbox builds them in
+order and, on any failure, takes back every step already done. Records live in the
+state store; List and Status read memory only.
+
+The kubelet gives up on a slow RunPodSandbox after its deadline and retries with the
+same name: creation runs detached from the call that started it, a retry joins the
+creation still running, and a result the first caller never received is handed to
+the retry instead of answering "name is reserved".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from network.cni import CniPlugins, PodNetworkRequest, PortMapping
+from network.namespaces import (
+    PinnedNamespaces,
+    PinRequest,
+    namespace_alive,
+    pin_namespaces,
+    unpin_namespaces,
+    validate_sysctls,
+)
+from runtime.cgroups import Cgroupfs, CgroupResources
+
+from cri.daemon_state import DaemonState
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.store import Record
+from network.pod_files import DnsSettings, hosts_file, resolv_conf, write_file
+from runtime.mounts import mount_tmpfs, unmount
+
+log = logging.getLogger("skiff.sandbox")
+
+READY = "ready"
+NOTREADY = "notready"
+MAX_NAME = 253
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What RunPodSandbox asks for, as plain data."""
+
+    name: str
+    namespace: str
+    uid: str
+    attempt: int
+    hostname: str = ""
+    log_directory: str = ""
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    port_mappings: tuple[PortMapping, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    runtime_handler: str = ""
+    host_network: bool = False
+    host_ipc: bool = False
+    host_pid: bool = False
+    pid_mode: str = "container"  # pod | container | node
+    cgroup_parent: str = ""
+    resources: CgroupResources | None = None
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    config_json: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def reserved_name(self) -> str:
+        """Unique per pod incarnation, as the kubelet builds sandbox names."""
+        return f"{self.name}_{self.namespace}_{self.uid}_{self.attempt}"
+
+
+@dataclass
+class Sandbox:
+    """A sandbox as stored (Record.data) and kept in memory."""
+
+    id: str
+    name: str
+    namespace: str
+    uid: str
+    attempt: int
+    state: str
+    created_ns: int
+    runtime_handler: str
+    hostname: str
+    log_directory: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    host_network: bool
+    host_ipc: bool
+    host_pid: bool
+    pid_mode: str
+    cgroup_parent: str
+    cgroup_created: bool
+    netns: str | None
+    ipcns: str | None
+    utsns: str | None
+    ips: list[str]
+    network_name: str
+    files_dir: str
+    shm_path: str | None
+    port_mappings: list[dict[str, Any]]
+    config: dict[str, Any]
+
+    @property
+    def reserved_name(self) -> str:
+        return f"{self.name}_{self.namespace}_{self.uid}_{self.attempt}"
+
+    @property
+    def namespaces(self) -> PinnedNamespaces:
+        return PinnedNamespaces(self.netns, self.ipcns, self.utsns)
+
+    def to_record(self) -> Record:
+        return Record("sandbox", self.id, self.reserved_name, self.created_ns, asdict(self))
+
+    @classmethod
+    def from_record(cls, record: Record) -> Sandbox:
+        return cls(**record.data)
+
+    def info_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class _Undo:
+    """Steps to take back, newest first, if creation fails."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+
+    def push(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        self.steps.append((what, step))
+
+    async def run(self, sandbox_id: str) -> None:
+        for what, step in reversed(self.steps):
+            try:
+                await step()
+            except Exception as exc:
+                log.error(
+                    "rollback step failed",
+                    extra={"sandbox_id": sandbox_id, "step": what, "error": str(exc)},
+                )
+
+
+class SandboxManager:
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+        self.cgroups = Cgroupfs()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._creating: dict[str, asyncio.Task[str]] = {}
+        self._undelivered: dict[str, str] = {}
+        self._sandboxes: dict[str, Sandbox] = {}
+
+    @property
+    def config(self) -> Any:
+        return self.state.config
+
+    @property
+    def runroot(self) -> Path:
+        return Path(self.state.config.runroot)
+
+    def cni(self) -> CniPlugins:
+        net = self.state.config.network
+        return CniPlugins(
+            net.cni_plugin_dirs,
+            Path(self.state.config.root) / "cni-cache",
+            timeout=net.cni_plugin_timeout,
+        )
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    # --- start-up reconciliation ---------------------------------------------------
+
+    async def load(self) -> None:
+        """Take the stored records; a pod whose network namespace vanished while
+        skiffd was down (a reboot, someone's cleanup) is not ready any more."""
+        for record in self.state.store.records("sandbox"):
+            sandbox = Sandbox.from_record(record)
+            self._sandboxes[sandbox.id] = sandbox
+            if sandbox.state == READY and sandbox.netns and not namespace_alive(sandbox.netns):
+                log.warning(
+                    "sandbox lost its network namespace while skiffd was down",
+                    extra={"sandbox_id": sandbox.id},
+                )
+                sandbox.state = NOTREADY
+                await self.state.store.update(sandbox.to_record())
+
+    # --- reads -----------------------------------------------------------------------
+
+    def get(self, id_or_prefix: str) -> Sandbox:
+        record = self.state.store.resolve("sandbox", id_or_prefix)
+        return self._sandboxes[record.id]
+
+    def find(self, id_or_prefix: str) -> Sandbox | None:
+        try:
+            return self.get(id_or_prefix)
+        except NotFound:
+            return None
+
+    def list(
+        self, id_prefix: str = "", state: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[Sandbox]:
+        out = []
+        for sandbox in self._sandboxes.values():
+            if id_prefix and not sandbox.id.startswith(id_prefix):
+                continue
+            if state is not None and sandbox.state != state:
+                continue
+            if labels and any(sandbox.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(sandbox)
+        return sorted(out, key=lambda s: s.created_ns)
+
+    # --- run -------------------------------------------------------------------------
+
+    def validate(self, spec: SandboxSpec) -> None:
+        if not spec.name:
+            raise InvalidArgument("config.metadata.name must not be empty")
+        if not spec.namespace:
+            raise InvalidArgument(f"pod {spec.name!r}: config.metadata.namespace must not be empty")
+        if not spec.uid:
+            raise InvalidArgument(f"pod {spec.name!r}: config.metadata.uid must not be empty")
+        if len(spec.reserved_name) > MAX_NAME * 2:
+            raise InvalidArgument(f"pod {spec.name!r}: name, namespace and uid are too long")
+        handler = spec.runtime_handler or self.config.runtime.default_handler
+        if handler not in self.config.runtime.handlers:
+            raise InvalidArgument(
+                f"pod {spec.name!r}: runtime handler {handler!r} is not configured "
+                f"(configured: {', '.join(sorted(self.config.runtime.handlers))})"
+            )
+        validate_sysctls(spec.sysctls, spec.host_network, spec.host_ipc)
+
+    async def run(self, spec: SandboxSpec) -> str:
+        self.validate(spec)
+        name = spec.reserved_name
+        running = self._creating.get(name)
+        if running is not None:
+            # A kubelet retry of a call still in progress: join it.
+            log.info("joining a sandbox creation in progress", extra={"pod": name})
+            return await asyncio.shield(running)
+        undelivered = self._undelivered.pop(name, None)
+        if undelivered is not None and undelivered in self._sandboxes:
+            log.info("handing a finished sandbox to the retry", extra={"sandbox_id": undelivered})
+            return undelivered
+        existing = self.state.store.get_by_name("sandbox", name)
+        if existing is not None:
+            raise AlreadyExists(
+                f"pod sandbox name {name!r} is reserved by sandbox {existing.id}; "
+                "remove it first or use a new attempt number"
+            )
+        task = asyncio.get_running_loop().create_task(self._create(spec))
+        self._creating[name] = task
+        task.add_done_callback(lambda _t: self._creating.pop(name, None))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The caller gave up; keep the result for its retry.
+            task.add_done_callback(lambda t: self._keep_for_retry(name, t))
+            raise
+
+    def _keep_for_retry(self, name: str, task: asyncio.Task[str]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._undelivered[name] = task.result()
+
+    async def _create(self, spec: SandboxSpec) -> str:
+        sandbox_id = secrets.token_hex(32)
+        started = time.monotonic()
+        undo = _Undo()
+        files_dir = self.runroot / "sandboxes" / sandbox_id
+        sandbox = Sandbox(
+            id=sandbox_id,
+            name=spec.name,
+            namespace=spec.namespace,
+            uid=spec.uid,
+            attempt=spec.attempt,
+            state=READY,
+            created_ns=time.time_ns(),
+            runtime_handler=spec.runtime_handler,
+            hostname=spec.hostname or spec.name,
+            log_directory=spec.log_directory,
+            labels=dict(spec.labels),
+            annotations=dict(spec.annotations),
+            host_network=spec.host_network,
+            host_ipc=spec.host_ipc,
+            host_pid=spec.host_pid,
+            pid_mode=spec.pid_mode,
+            cgroup_parent=spec.cgroup_parent,
+            cgroup_created=False,
+            netns=None,
+            ipcns=None,
+            utsns=None,
+            ips=[],
+            network_name="",
+            files_dir=str(files_dir),
+            shm_path=None,
+            port_mappings=[asdict(p) for p in spec.port_mappings],
+            config=dict(spec.config_json),
+        )
+        try:
+            await self._build(spec, sandbox, undo)
+            await self.state.store.add(sandbox.to_record())
+        except BaseException:
+            await undo.run(sandbox_id)
+            raise
+        self._sandboxes[sandbox_id] = sandbox
+        log.info(
+            "sandbox ready",
+            extra={
+                "sandbox_id": sandbox_id,
+                "pod": spec.reserved_name,
+                "ips": sandbox.ips,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return sandbox_id
+
+    async def _build(self, spec: SandboxSpec, sandbox: Sandbox, undo: _Undo) -> None:
+        network = None
+        if not spec.host_network:
+            readiness = self.state.cni.readiness()
+            if readiness.network is None:
+                raise FailedPrecondition(f"the pod network is not ready: {readiness.message}")
+            network = readiness.network
+
+        files_dir = Path(sandbox.files_dir)
+        await asyncio.to_thread(files_dir.mkdir, 0o755, True)
+        undo.push("files", lambda: asyncio.to_thread(shutil.rmtree, files_dir, True))
+
+        if spec.cgroup_parent:
+            created = await asyncio.to_thread(
+                self.cgroups.create, spec.cgroup_parent, spec.resources
+            )
+            sandbox.cgroup_created = created
+            if created:
+                undo.push(
+                    "cgroup",
+                    lambda: asyncio.to_thread(self.cgroups.delete, spec.cgroup_parent),
+                )
+
+        pinned = await pin_namespaces(
+            PinRequest(
+                sandbox_id=sandbox.id,
+                pin_dir=self.runroot / "ns",
+                net=not spec.host_network,
+                ipc=not spec.host_ipc,
+                uts=not spec.host_network,
+                hostname=sandbox.hostname,
+                sysctls=spec.sysctls,
+            )
+        )
+        sandbox.netns, sandbox.ipcns, sandbox.utsns = pinned.net, pinned.ipc, pinned.uts
+        undo.push("namespaces", lambda: unpin_namespaces(pinned))
+
+        if not spec.host_ipc:
+            shm = files_dir / "shm"
+            await asyncio.to_thread(mount_tmpfs, shm, self.config.runtime.pod_shm_size)
+            sandbox.shm_path = str(shm)
+            undo.push("shm", lambda: asyncio.to_thread(unmount, shm))
+
+        await asyncio.to_thread(write_file, files_dir / "resolv.conf", resolv_conf(spec.dns))
+        await asyncio.to_thread(write_file, files_dir / "hostname", sandbox.hostname + "\n")
+
+        if network is not None and pinned.net is not None:
+            request = self._network_request(sandbox)
+            cni = self.cni()
+            result = await cni.add(network, request)
+            sandbox.ips = list(result.ips)
+            sandbox.network_name = network.name
+            undo.push("network", lambda: cni.delete(network, request))
+
+        write_file(
+            files_dir / "hosts", hosts_file(sandbox.hostname, sandbox.ips, spec.host_network)
+        )
+
+    def _network_request(self, sandbox: Sandbox) -> PodNetworkRequest:
+        pod_cidr = self.state.store.setting("pod_cidr") or ""
+        ranges = tuple((c.strip(),) for c in pod_cidr.split(",") if c.strip())
+        return PodNetworkRequest(
+            container_id=sandbox.id,
+            netns=sandbox.netns or "",
+            pod_namespace=sandbox.namespace,
+            pod_name=sandbox.name,
+            pod_uid=sandbox.uid,
+            port_mappings=tuple(PortMapping(**p) for p in sandbox.port_mappings),
+            ip_ranges=ranges,
+        )
+
+    # --- stop and remove ---------------------------------------------------------
+
+    async def stop(self, id_or_prefix: str) -> None:
+        sandbox = self.find(id_or_prefix)
+        if sandbox is None:
+            return  # CRI: stopping what is not there is fine
+        async with self._lock(sandbox.id):
+            await self._stop_locked(sandbox)
+
+    async def _stop_locked(self, sandbox: Sandbox) -> None:
+        if sandbox.network_name:
+            request = self._network_request(sandbox)
+            if sandbox.netns and not namespace_alive(sandbox.netns):
+                request = replace(request, netns="")
+            await self.cni().delete(None, request)
+            sandbox.network_name = ""
+        if sandbox.state != NOTREADY or sandbox.ips:
+            sandbox.state = NOTREADY
+            sandbox.ips = []
+            await self.state.store.update(sandbox.to_record())
+            log.info("sandbox stopped", extra={"sandbox_id": sandbox.id})
+
+    async def remove(self, id_or_prefix: str) -> None:
+        sandbox = self.find(id_or_prefix)
+        if sandbox is None:
+            return
+        async with self._lock(sandbox.id):
+            await self._stop_locked(sandbox)
+            if sandbox.shm_path:
+                await asyncio.to_thread(unmount, Path(sandbox.shm_path))
+            await unpin_namespaces(sandbox.namespaces)
+            await asyncio.to_thread(shutil.rmtree, sandbox.files_dir, True)
+            if sandbox.cgroup_created and sandbox.cgroup_parent:
+                await asyncio.to_thread(self.cgroups.delete, sandbox.cgroup_parent)
+            await self.state.store.remove("sandbox", sandbox.id)
+            self._sandboxes.pop(sandbox.id, None)
+        self._locks.pop(sandbox.id, None)
+        log.info("sandbox removed", extra={"sandbox_id": sandbox.id})

@@ -1,0 +1,53 @@
+"""Mounts the runner makes itself (a pod's /dev/shm), through mount(2) directly: no
+subprocess, and errors carry the errno."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+class MountError(OSError):
+    grpc_status = "INTERNAL"
+
+
+def mount_tmpfs(target: Path, size_bytes: int, mode: int = 0o1777) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    options = f"mode={mode:o},size={size_bytes}".encode()
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if _libc.mount(b"shm", str(target).encode(), b"tmpfs", flags, options) != 0:
+        err = ctypes.get_errno()
+        raise MountError(err, f"mounting tmpfs on {target}: {os.strerror(err)}")
+
+
+def unmount(target: Path) -> None:
+    """Detach a mount; not mounted (or missing) is fine."""
+    if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        raise MountError(err, f"unmounting {target}: {os.strerror(err)}")
+
+
+def is_mountpoint(path: Path) -> bool:
+    wanted = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == wanted for line in f)
