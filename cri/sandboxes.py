@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cri.daemon_state import DaemonState
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.store import Record
 from network.cni import CniPlugins, PodNetworkRequest, PortMapping
 from network.namespaces import (
     PinnedNamespaces,
@@ -34,12 +37,8 @@ from network.namespaces import (
     unpin_namespaces,
     validate_sysctls,
 )
-from runtime.cgroups import Cgroupfs, CgroupResources
-
-from cri.daemon_state import DaemonState
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from cri.store import Record
 from network.pod_files import DnsSettings, hosts_file, resolv_conf, write_file
+from runtime.cgroups import Cgroupfs, CgroupResources
 from runtime.mounts import mount_tmpfs, unmount
 
 log = logging.getLogger("skiff.sandbox")
@@ -71,6 +70,7 @@ class SandboxSpec:
     cgroup_parent: str = ""
     resources: CgroupResources | None = None
     sysctls: Mapping[str, str] = field(default_factory=dict)
+    bandwidth: Mapping[str, int] | None = None
     config_json: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -110,6 +110,7 @@ class Sandbox:
     shm_path: str | None
     port_mappings: list[dict[str, Any]]
     config: dict[str, Any]
+    bandwidth: dict[str, int] | None = None
 
     @property
     def reserved_name(self) -> str:
@@ -304,6 +305,7 @@ class SandboxManager:
             shm_path=None,
             port_mappings=[asdict(p) for p in spec.port_mappings],
             config=dict(spec.config_json),
+            bandwidth=dict(spec.bandwidth) if spec.bandwidth else None,
         )
         try:
             await self._build(spec, sandbox, undo)
@@ -331,6 +333,9 @@ class SandboxManager:
                 raise FailedPrecondition(f"the pod network is not ready: {readiness.message}")
             network = readiness.network
 
+        if spec.log_directory:
+            # The kubelet normally made it already; containers' logs go there.
+            await asyncio.to_thread(Path(spec.log_directory).mkdir, 0o755, True, True)
         files_dir = Path(sandbox.files_dir)
         await asyncio.to_thread(files_dir.mkdir, 0o755, True)
         undo.push("files", lambda: asyncio.to_thread(shutil.rmtree, files_dir, True))
@@ -392,6 +397,7 @@ class SandboxManager:
             pod_uid=sandbox.uid,
             port_mappings=tuple(PortMapping(**p) for p in sandbox.port_mappings),
             ip_ranges=ranges,
+            bandwidth=sandbox.bandwidth,
         )
 
     # --- stop and remove ---------------------------------------------------------

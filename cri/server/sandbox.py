@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 
 from google.protobuf.json_format import MessageToDict
-from network.cni import PortMapping
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.errors import not_built
+from cri.errors import InvalidArgument, clip, not_built
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
 from cri.server.common import Context
 from cri.server.convert import resources
+from network.cni import PortMapping
 from network.pod_files import DnsSettings
+
+INGRESS_BANDWIDTH = "kubernetes.io/ingress-bandwidth"
+EGRESS_BANDWIDTH = "kubernetes.io/egress-bandwidth"
+# The CNI bandwidth plugin wants a burst; like other runtimes, do not limit bursts.
+UNLIMITED_BURST = 2**32 - 1
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIX = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def bits_per_second(annotation: str, value: str) -> int:
+    """A Kubernetes quantity (e.g. "10M") from a bandwidth annotation, in bit/s."""
+    match = _QUANTITY.match(value.strip())
+    if not match:
+        raise InvalidArgument(
+            f"annotation {annotation}: {clip(value)!r} is not a quantity (e.g. 10M, 1Gi)"
+        )
+    rate = int(float(match.group(1)) * _SUFFIX[match.group(2)])
+    if rate <= 0:
+        raise InvalidArgument(f"annotation {annotation}: the rate must be positive")
+    return rate
+
+
+def bandwidth_from(annotations: Mapping[str, str]) -> dict[str, int] | None:
+    limits: dict[str, int] = {}
+    if INGRESS_BANDWIDTH in annotations:
+        limits["ingressRate"] = bits_per_second(INGRESS_BANDWIDTH, annotations[INGRESS_BANDWIDTH])
+        limits["ingressBurst"] = UNLIMITED_BURST
+    if EGRESS_BANDWIDTH in annotations:
+        limits["egressRate"] = bits_per_second(EGRESS_BANDWIDTH, annotations[EGRESS_BANDWIDTH])
+        limits["egressBurst"] = UNLIMITED_BURST
+    return limits or None
+
 
 _PROTOCOLS = {pb.Protocol.TCP: "tcp", pb.Protocol.UDP: "udp", pb.Protocol.SCTP: "sctp"}
 _PID_MODES = {pb.NamespaceMode.POD: "pod", pb.NamespaceMode.CONTAINER: "container"}
@@ -58,6 +105,7 @@ def spec_from(request: pb.RunPodSandboxRequest) -> SandboxSpec:
         cgroup_parent=linux.cgroup_parent,
         resources=pod_resources,
         sysctls=dict(linux.sysctls),
+        bandwidth=bandwidth_from(config.annotations),
         config_json=MessageToDict(config, preserving_proto_field_name=True),
     )
 

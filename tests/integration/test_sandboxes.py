@@ -597,3 +597,33 @@ def test_pod_cgroup_is_made_and_removed(make_daemon: MakeDaemon, network: PodNet
             for path in (hierarchy / pod_cgroup.lstrip("/"), hierarchy / parent.lstrip("/")):
                 if path.is_dir():
                     path.rmdir()
+
+
+def test_bandwidth_annotations_shape_the_pod_link(
+    make_daemon: MakeDaemon, network: PodNetwork
+) -> None:
+    conflist = network.conflist()
+    conflist["plugins"].append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
+    daemon = make_daemon(conflist=conflist)
+    log_dir = daemon.base / "logs" / "pod-bw"
+    config = _config(
+        "bw",
+        annotations={"kubernetes.io/ingress-bandwidth": "10M"},
+    )
+    config.log_directory = str(log_dir)
+    sandbox_id = _run(daemon, config)
+    assert log_dir.is_dir(), "the pod's log directory was not made"
+    (veth,) = network.veths()
+    qdiscs = subprocess.run(
+        ["tc", "qdisc", "show", "dev", veth.split("@")[0]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "tbf" in qdiscs and "10Mbit" in qdiscs, qdiscs
+    _remove(daemon, sandbox_id)
+    _assert_no_leaks(daemon, network)
+    leftover_ifb = subprocess.run(
+        ["ip", "-o", "link", "show", "type", "ifb"], capture_output=True, text=True, check=False
+    ).stdout
+    assert sandbox_id[:8] not in leftover_ifb
