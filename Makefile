@@ -75,3 +75,9 @@ bench-packages: test-packages
 		echo "bench: installing containerd"; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q && apt-get install -y -q --no-install-recommends containerd; }
+
+# The pod sandbox lifecycle benchmark against containerd's CRI (bench/README.md), as root.
+# BENCH_ARGS="--pods 100 --parallel 20" to pass options.
+.PHONY: bench-sandbox
+bench-sandbox: bench-packages venv-dev
+	$(BIN)/python -m bench.sandbox $(BENCH_ARGS)
