@@ -40,8 +40,8 @@ proto: venv-dev
 	$(BIN)/python -m api.generate
 
 lint: venv-dev
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 
 typecheck: venv-dev
 	$(BIN)/mypy

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from runtime.cgroups import CgroupResources
-
 from api.runtime.v1 import api_pb2 as pb
+from runtime.cgroups import CgroupResources
 
 
 def resources(message: pb.LinuxContainerResources) -> CgroupResources:
