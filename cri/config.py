@@ -97,6 +97,13 @@ class RuntimeConfig:
     cgroup_driver: CgroupDriver = field(
         default="cgroupfs", metadata=_key("how pod and container cgroups are made")
     )
+    restrict_oom_score_adj: bool = field(
+        default=True,
+        metadata=_key(
+            "raise a container's oom_score_adj to skiffd's own when lower (nodes that "
+            "refuse negative values)"
+        ),
+    )
     pod_shm_size: int = field(
         default=64 * 1024 * 1024,
         metadata=_key("bytes of the tmpfs a pod gets as /dev/shm", _at_least_one),

@@ -17,6 +17,7 @@ from cri import config as config_mod
 from cri import log as log_mod
 from cri import package_version
 from cri.config import Config, ConfigError, ConfigSources
+from cri.containers import ContainerManager
 from cri.daemon_state import DaemonState
 from cri.images import ImageManager
 from cri.instance_lock import InstanceLock
@@ -191,7 +192,12 @@ class Daemon:
             raise StartupError(f"image store: {exc}") from None
         state = DaemonState(cfg, store, images)
         sandboxes = SandboxManager(state)
+        containers = ContainerManager(state, sandboxes)
+        sandboxes.stop_containers = containers.stop_all
+        sandboxes.remove_containers = containers.remove_all
+        images.in_use = containers.images_in_use
         await sandboxes.load()
+        await containers.load()
         server = grpc.aio.server(
             interceptors=[CallInterceptor()],
             options=[
@@ -199,7 +205,7 @@ class Daemon:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        register(server, state, sandboxes)
+        register(server, state, sandboxes, containers)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig.name)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.store import Record
@@ -40,6 +41,7 @@ from network.namespaces import (
 from network.pod_files import DnsSettings, hosts_file, resolv_conf, write_file
 from runtime.cgroups import Cgroupfs, CgroupResources
 from runtime.mounts import mount_tmpfs, unmount
+from runtime.pause import PauseProcess, is_running, start_pause, stop_pause
 
 log = logging.getLogger("skiff.sandbox")
 
@@ -111,6 +113,13 @@ class Sandbox:
     port_mappings: list[dict[str, Any]]
     config: dict[str, Any]
     bandwidth: dict[str, int] | None = None
+    # The init of the pod's shared PID namespace, when its containers share one.
+    pause_pid: int = 0
+    pause_start_time: int = 0
+
+    @property
+    def pause(self) -> PauseProcess | None:
+        return PauseProcess(self.pause_pid, self.pause_start_time) if self.pause_pid else None
 
     @property
     def reserved_name(self) -> str:
@@ -156,8 +165,10 @@ class SandboxManager:
         self.state = state
         self.cgroups = Cgroupfs()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._creating: dict[str, asyncio.Task[str]] = {}
-        self._undelivered: dict[str, str] = {}
+        self.creations = Creations("sandbox")
+        # Set by the container manager: a pod's containers stop and go with it.
+        self.stop_containers: Callable[[str], Awaitable[None]] | None = None
+        self.remove_containers: Callable[[str], Awaitable[None]] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
 
     @property
@@ -207,7 +218,7 @@ class SandboxManager:
         except NotFound:
             return None
 
-    def list(
+    def select(
         self, id_prefix: str = "", state: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[Sandbox]:
         out = []
@@ -243,34 +254,17 @@ class SandboxManager:
     async def run(self, spec: SandboxSpec) -> str:
         self.validate(spec)
         name = spec.reserved_name
-        running = self._creating.get(name)
-        if running is not None:
-            # A kubelet retry of a call still in progress: join it.
-            log.info("joining a sandbox creation in progress", extra={"pod": name})
-            return await asyncio.shield(running)
-        undelivered = self._undelivered.pop(name, None)
-        if undelivered is not None and undelivered in self._sandboxes:
-            log.info("handing a finished sandbox to the retry", extra={"sandbox_id": undelivered})
-            return undelivered
-        existing = self.state.store.get_by_name("sandbox", name)
-        if existing is not None:
-            raise AlreadyExists(
-                f"pod sandbox name {name!r} is reserved by sandbox {existing.id}; "
-                "remove it first or use a new attempt number"
-            )
-        task = asyncio.get_running_loop().create_task(self._create(spec))
-        self._creating[name] = task
-        task.add_done_callback(lambda _t: self._creating.pop(name, None))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The caller gave up; keep the result for its retry.
-            task.add_done_callback(lambda t: self._keep_for_retry(name, t))
-            raise
-
-    def _keep_for_retry(self, name: str, task: asyncio.Task[str]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self._undelivered[name] = task.result()
+        if self.creations.pending(name) is None:
+            handed = self.creations.take_undelivered(name)
+            if handed is not None and handed in self._sandboxes:
+                return handed
+            existing = self.state.store.get_by_name("sandbox", name)
+            if existing is not None:
+                raise AlreadyExists(
+                    f"pod sandbox name {name!r} is reserved by sandbox {existing.id}; "
+                    "remove it first or use a new attempt number"
+                )
+        return await self.creations.run(name, lambda: self._create(spec))
 
     async def _create(self, spec: SandboxSpec) -> str:
         sandbox_id = secrets.token_hex(32)
@@ -400,6 +394,27 @@ class SandboxManager:
             bandwidth=sandbox.bandwidth,
         )
 
+    async def shared_pid_namespace(self, sandbox: Sandbox) -> str:
+        """The pod's PID namespace, for containers that share it; its init (a pause
+        process of ours) starts with the first such container."""
+        async with self._lock(sandbox.id):
+            pause = sandbox.pause
+            if pause is not None and is_running(pause):
+                return pause.pid_namespace
+            if sandbox.state != READY:
+                raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+            pause = await start_pause(sandbox.id)
+            sandbox.pause_pid, sandbox.pause_start_time = pause.pid, pause.start_time
+            try:
+                await self.state.store.update(sandbox.to_record())
+            except BaseException:
+                await stop_pause(pause)
+                raise
+            log.info(
+                "pod PID namespace started", extra={"sandbox_id": sandbox.id, "pid": pause.pid}
+            )
+            return pause.pid_namespace
+
     # --- stop and remove ---------------------------------------------------------
 
     async def stop(self, id_or_prefix: str) -> None:
@@ -410,6 +425,13 @@ class SandboxManager:
             await self._stop_locked(sandbox)
 
     async def _stop_locked(self, sandbox: Sandbox) -> None:
+        if self.stop_containers is not None:
+            await self.stop_containers(sandbox.id)
+        pause = sandbox.pause
+        if pause is not None:
+            await stop_pause(pause)
+            sandbox.pause_pid = sandbox.pause_start_time = 0
+            await self.state.store.update(sandbox.to_record())
         if sandbox.network_name:
             request = self._network_request(sandbox)
             if sandbox.netns and not namespace_alive(sandbox.netns):
@@ -428,6 +450,8 @@ class SandboxManager:
             return
         async with self._lock(sandbox.id):
             await self._stop_locked(sandbox)
+            if self.remove_containers is not None:
+                await self.remove_containers(sandbox.id)
             if sandbox.shm_path:
                 await asyncio.to_thread(unmount, Path(sandbox.shm_path))
             await unpin_namespaces(sandbox.namespaces)
@@ -437,4 +461,5 @@ class SandboxManager:
             await self.state.store.remove("sandbox", sandbox.id)
             self._sandboxes.pop(sandbox.id, None)
         self._locks.pop(sandbox.id, None)
+        self.creations.forget(sandbox.id)
         log.info("sandbox removed", extra={"sandbox_id": sandbox.id})

@@ -1,61 +1,295 @@
-"""Containers: create, start, stop, remove, list, status, resources, logs, exec-sync.
-
-Not built yet: each RPC answers UNIMPLEMENTED naming itself.
-"""
+"""Containers: create, start, stop, remove, list, status, resources, logs, exec-sync."""
 
 from __future__ import annotations
 
+import json
+import signal as signals
 from collections.abc import AsyncIterator
+from dataclasses import asdict
+
+from google.protobuf.json_format import MessageToDict
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.server.common import Context, not_built, not_built_stream
+from cri.containers import (
+    CREATED,
+    EXITED,
+    RUNNING,
+    Container,
+    ContainerManager,
+    ContainerRequest,
+    CriMount,
+)
+from cri.errors import InvalidArgument
+from cri.server.common import Context
+from cri.server.convert import resources
+from runtime.container_spec import DeviceSpec, SecuritySpec
+
+_PROPAGATION = {
+    pb.MountPropagation.PROPAGATION_PRIVATE: "private",
+    pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER: "slave",
+    pb.MountPropagation.PROPAGATION_BIDIRECTIONAL: "shared",
+}
+_PROPAGATION_BACK = {v: k for k, v in _PROPAGATION.items()}
+_STATES = {
+    CREATED: pb.ContainerState.CONTAINER_CREATED,
+    RUNNING: pb.ContainerState.CONTAINER_RUNNING,
+    EXITED: pb.ContainerState.CONTAINER_EXITED,
+}
+_STATE_NAMES = {v: k for k, v in _STATES.items()}
+
+
+def _seccomp(ctx: pb.LinuxContainerSecurityContext) -> tuple[str, str]:
+    if ctx.HasField("seccomp"):
+        kind = ctx.seccomp.profile_type
+        if kind == pb.SecurityProfile.ProfileType.Unconfined:
+            return "unconfined", ""
+        if kind == pb.SecurityProfile.ProfileType.Localhost:
+            return "localhost", ctx.seccomp.localhost_ref
+        return "runtime/default", ""
+    legacy = ctx.seccomp_profile_path
+    if legacy == "unconfined":
+        return "unconfined", ""
+    if legacy.startswith("localhost/"):
+        return "localhost", legacy.removeprefix("localhost")
+    if legacy in ("runtime/default", "docker/default"):
+        return "runtime/default", ""
+    # Nothing said means Unconfined, as in the kubelet and the other runtimes.
+    return "unconfined", ""
+
+
+def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
+    config = request.config
+    ctx = config.linux.security_context
+    seccomp_kind, seccomp_path = _seccomp(ctx)
+    ns = ctx.namespace_options
+    pid_mode = {
+        pb.NamespaceMode.POD: "pod",
+        pb.NamespaceMode.CONTAINER: "container",
+        pb.NamespaceMode.NODE: "node",
+        pb.NamespaceMode.TARGET: "target",
+    }[ns.pid]
+    apparmor = ""
+    if (
+        ctx.HasField("apparmor")
+        and ctx.apparmor.profile_type == pb.SecurityProfile.ProfileType.Localhost
+    ):
+        apparmor = ctx.apparmor.localhost_ref or "localhost"
+    elif ctx.apparmor_profile.startswith("localhost/"):
+        apparmor = ctx.apparmor_profile
+    linux_resources = None
+    oom_score_adj = None
+    if config.linux.HasField("resources"):
+        linux_resources = resources(config.linux.resources)
+        oom_score_adj = config.linux.resources.oom_score_adj
+    if not config.HasField("metadata"):
+        raise InvalidArgument("config.metadata is required")
+    return ContainerRequest(
+        sandbox_id=request.pod_sandbox_id,
+        name=config.metadata.name,
+        attempt=config.metadata.attempt,
+        image=config.image.image,
+        command=tuple(config.command),
+        args=tuple(config.args),
+        working_dir=config.working_dir,
+        envs=tuple((e.key, e.value.decode(errors="surrogateescape")) for e in config.envs),
+        mounts=tuple(
+            CriMount(
+                m.container_path,
+                m.host_path,
+                m.readonly,
+                _PROPAGATION.get(m.propagation, "private"),
+            )
+            for m in config.mounts
+        ),
+        devices=tuple(
+            DeviceSpec(d.container_path, d.host_path, d.permissions or "rwm")
+            for d in config.devices
+        ),
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        log_path=config.log_path,
+        stdin=config.stdin,
+        stdin_once=config.stdin_once,
+        tty=config.tty,
+        resources=linux_resources,
+        oom_score_adj=oom_score_adj,
+        security=SecuritySpec(
+            privileged=ctx.privileged,
+            capabilities_add=tuple(ctx.capabilities.add_capabilities),
+            capabilities_drop=tuple(ctx.capabilities.drop_capabilities),
+            no_new_privileges=ctx.no_new_privs,
+            readonly_rootfs=ctx.readonly_rootfs,
+            seccomp=seccomp_kind,  # type: ignore[arg-type]
+            seccomp_profile_path=seccomp_path,
+            masked_paths=tuple(ctx.masked_paths) or None,
+            readonly_paths=tuple(ctx.readonly_paths) or None,
+        ),
+        run_as_user=ctx.run_as_user.value if ctx.HasField("run_as_user") else None,
+        run_as_username=ctx.run_as_username,
+        run_as_group=ctx.run_as_group.value if ctx.HasField("run_as_group") else None,
+        supplemental_groups=tuple(ctx.supplemental_groups),
+        strict_supplemental_groups=ctx.supplemental_groups_policy
+        == pb.SupplementalGroupsPolicy.Strict,
+        pid_mode=pid_mode,
+        pid_target=ns.target_id,
+        apparmor_localhost=apparmor,
+        stop_signal=_signal(config.stop_signal),
+        config_json=MessageToDict(config, preserving_proto_field_name=True),
+    )
+
+
+def _signal(value: pb.Signal.ValueType) -> int:
+    if value == pb.Signal.SIGNAL_RUNTIME_DEFAULT:
+        return 0
+    name = pb.Signal.Name(value).removeprefix("SIGNAL_")
+    if name.startswith("SIGRTMINPLUS"):
+        return int(signals.SIGRTMIN) + int(name.removeprefix("SIGRTMINPLUS"))
+    if name.startswith("SIGRTMAXMINUS"):
+        return int(signals.SIGRTMAX) - int(name.removeprefix("SIGRTMAXMINUS"))
+    return int(getattr(signals, name, 0)) if hasattr(signals, name) else 0
+
+
+def _metadata(c: Container) -> pb.ContainerMetadata:
+    return pb.ContainerMetadata(name=c.name, attempt=c.attempt)
+
+
+def container_to_proto(c: Container) -> pb.Container:
+    return pb.Container(
+        id=c.id,
+        pod_sandbox_id=c.sandbox_id,
+        metadata=_metadata(c),
+        image=pb.ImageSpec(image=c.image),
+        image_ref=c.image_ref,
+        image_id=c.image_id,
+        state=_STATES[c.state],
+        created_at=c.created_ns,
+        labels=c.labels,
+        annotations=c.annotations,
+    )
+
+
+def status_to_proto(c: Container) -> pb.ContainerStatus:
+    status = pb.ContainerStatus(
+        id=c.id,
+        metadata=_metadata(c),
+        state=_STATES[c.state],
+        created_at=c.created_ns,
+        started_at=c.started_ns,
+        finished_at=c.finished_ns,
+        exit_code=c.exit_code,
+        image=pb.ImageSpec(image=c.image),
+        image_ref=c.image_ref,
+        image_id=c.image_id,
+        reason=c.reason,
+        message=c.message,
+        labels=c.labels,
+        annotations=c.annotations,
+        mounts=[
+            pb.Mount(
+                container_path=m["container_path"],
+                host_path=m["host_path"],
+                readonly=m["readonly"],
+                propagation=_PROPAGATION_BACK.get(
+                    m["propagation"], pb.MountPropagation.PROPAGATION_PRIVATE
+                ),
+            )
+            for m in c.mounts
+        ],
+        log_path=c.log_path,
+        user=pb.ContainerUser(
+            linux=pb.LinuxContainerUser(uid=c.uid, gid=c.gid, supplemental_groups=c.groups)
+        ),
+    )
+    if c.resources:
+        r = c.resources
+        status.resources.linux.CopyFrom(
+            pb.LinuxContainerResources(
+                cpu_period=r.get("cpu_period") or 0,
+                cpu_quota=r.get("cpu_quota") or 0,
+                cpu_shares=r.get("cpu_shares") or 0,
+                memory_limit_in_bytes=r.get("memory_limit") or 0,
+                cpuset_cpus=r.get("cpuset_cpus") or "",
+                cpuset_mems=r.get("cpuset_mems") or "",
+                memory_swap_limit_in_bytes=r.get("memory_swap") or 0,
+                unified=r.get("unified") or {},
+            )
+        )
+    return status
 
 
 class ContainerRPCs:
+    containers: ContainerManager
+
     async def CreateContainer(
         self, request: pb.CreateContainerRequest, context: Context
     ) -> pb.CreateContainerResponse:
-        raise not_built("CreateContainer")
+        container_id = await self.containers.create(request_from(request))
+        return pb.CreateContainerResponse(container_id=container_id)
 
     async def StartContainer(
         self, request: pb.StartContainerRequest, context: Context
     ) -> pb.StartContainerResponse:
-        raise not_built("StartContainer")
+        await self.containers.start(request.container_id)
+        return pb.StartContainerResponse()
 
     async def StopContainer(
         self, request: pb.StopContainerRequest, context: Context
     ) -> pb.StopContainerResponse:
-        raise not_built("StopContainer")
+        timeout = float(request.timeout) if request.timeout > 0 else 0.0
+        await self.containers.stop(request.container_id, timeout)
+        return pb.StopContainerResponse()
 
     async def RemoveContainer(
         self, request: pb.RemoveContainerRequest, context: Context
     ) -> pb.RemoveContainerResponse:
-        raise not_built("RemoveContainer")
+        await self.containers.remove(request.container_id)
+        return pb.RemoveContainerResponse()
+
+    async def _listed_containers(self, f: pb.ContainerFilter) -> list[pb.Container]:
+        state = _STATE_NAMES.get(f.state.state) if f.HasField("state") else None
+        if f.HasField("state") and state is None:
+            return []  # CONTAINER_UNKNOWN: skiff always knows
+        found = await self.containers.select(f.id, state, f.pod_sandbox_id, dict(f.label_selector))
+        return [container_to_proto(c) for c in found]
 
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Context
     ) -> pb.ListContainersResponse:
-        raise not_built("ListContainers")
+        return pb.ListContainersResponse(containers=await self._listed_containers(request.filter))
 
-    def StreamContainers(
+    async def StreamContainers(
         self, request: pb.StreamContainersRequest, context: Context
     ) -> AsyncIterator[pb.StreamContainersResponse]:
-        return not_built_stream("StreamContainers")
+        items = await self._listed_containers(request.filter)
+        for start in range(0, max(len(items), 1), 500):
+            yield pb.StreamContainersResponse(containers=items[start : start + 500])
 
     async def ContainerStatus(
         self, request: pb.ContainerStatusRequest, context: Context
     ) -> pb.ContainerStatusResponse:
-        raise not_built("ContainerStatus")
+        container = await self.containers.get(request.container_id)
+        info = {}
+        if request.verbose:
+            info["info"] = json.dumps(asdict(container), sort_keys=True)
+        return pb.ContainerStatusResponse(status=status_to_proto(container), info=info)
 
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: Context
     ) -> pb.UpdateContainerResourcesResponse:
-        raise not_built("UpdateContainerResources")
+        if not request.HasField("linux"):
+            raise InvalidArgument("linux resources are required")
+        await self.containers.update_resources(request.container_id, resources(request.linux))
+        return pb.UpdateContainerResourcesResponse()
 
     async def ReopenContainerLog(
         self, request: pb.ReopenContainerLogRequest, context: Context
     ) -> pb.ReopenContainerLogResponse:
-        raise not_built("ReopenContainerLog")
+        await self.containers.reopen_log(request.container_id)
+        return pb.ReopenContainerLogResponse()
 
     async def ExecSync(self, request: pb.ExecSyncRequest, context: Context) -> pb.ExecSyncResponse:
-        raise not_built("ExecSync")
+        timeout = float(request.timeout) if request.timeout > 0 else None
+        code, out, err = await self.containers.exec_sync(
+            request.container_id, list(request.cmd), timeout
+        )
+        return pb.ExecSyncResponse(stdout=out, stderr=err, exit_code=code)

@@ -193,22 +193,22 @@ class SandboxRPCs:
         info = {"info": sandbox.info_json()} if request.verbose else {}
         return pb.PodSandboxStatusResponse(status=status_to_proto(sandbox), info=info)
 
-    def _listed(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
+    def _listed_sandboxes(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
         state = None
         if f.HasField("state"):
             state = "ready" if f.state.state == pb.PodSandboxState.SANDBOX_READY else "notready"
-        found = self.sandboxes.list(f.id, state, dict(f.label_selector))
+        found = self.sandboxes.select(f.id, state, dict(f.label_selector))
         return [sandbox_to_proto(s) for s in found]
 
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Context
     ) -> pb.ListPodSandboxResponse:
-        return pb.ListPodSandboxResponse(items=self._listed(request.filter))
+        return pb.ListPodSandboxResponse(items=self._listed_sandboxes(request.filter))
 
     async def StreamPodSandboxes(
         self, request: pb.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
-        items = self._listed(request.filter)
+        items = self._listed_sandboxes(request.filter)
         for start in range(0, max(len(items), 1), 500):
             yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + 500])
 

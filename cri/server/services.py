@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc.aio
 
 from api.runtime.v1 import api_pb2_grpc
+from cri.containers import ContainerManager
 from cri.daemon_state import DaemonState
 from cri.sandboxes import SandboxManager
 from cri.server.checkpoint import CheckpointRPCs
@@ -28,9 +29,12 @@ class RuntimeService(
     CheckpointRPCs,
     api_pb2_grpc.RuntimeServiceServicer,
 ):
-    def __init__(self, state: DaemonState, sandboxes: SandboxManager) -> None:
+    def __init__(
+        self, state: DaemonState, sandboxes: SandboxManager, containers: ContainerManager
+    ) -> None:
         self.state = state
         self.sandboxes = sandboxes
+        self.containers = containers
 
 
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
@@ -39,6 +43,12 @@ class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
         self.images = state.images
 
 
-def register(server: grpc.aio.Server, state: DaemonState, sandboxes: SandboxManager) -> None:
-    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(state, sandboxes), server)
+def register(
+    server: grpc.aio.Server,
+    state: DaemonState,
+    sandboxes: SandboxManager,
+    containers: ContainerManager,
+) -> None:
+    runtime = RuntimeService(state, sandboxes, containers)
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
     api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state), server)

@@ -27,6 +27,16 @@ BUILT = {
     "PodSandboxStatus",
     "ListPodSandbox",
     "StreamPodSandboxes",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "ListContainers",
+    "StreamContainers",
+    "ContainerStatus",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
 }
 
 METHODS = [

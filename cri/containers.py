@@ -1,0 +1,673 @@
+"""The container manager: containers from CreateContainer to RemoveContainer.
+
+CreateContainer mounts the image's layers as the container's root filesystem, resolves
+its user, writes an OCI bundle and has conmon run `<runtime> create`; any failure takes
+back the steps already done. conmon stays with the container, so containers keep
+running while skiffd restarts; their exits are read from conmon's exit files whenever
+a status is asked for, and on start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cri.creations import Creations
+from cri.daemon_state import DaemonState
+from cri.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from cri.sandboxes import READY, Sandbox, SandboxManager
+from cri.store import Record
+from image.store import ImageRecord
+from runtime.cgroups import CgroupResources
+from runtime.container_spec import (
+    HOST,
+    NEW,
+    ContainerSpec,
+    DeviceSpec,
+    MountSpec,
+    SecuritySpec,
+    UserSpec,
+)
+from runtime.oci_runtime import ExitStatus, OciRuntime, RuntimeHandlerPaths
+from runtime.oci_spec import HostFacts, build_spec, host_facts
+from runtime.programs import find_program
+from runtime.rootfs import mount_rootfs, unmount_rootfs
+from runtime.users import resolve_user
+
+log = logging.getLogger("skiff.container")
+
+CREATED = "created"
+RUNNING = "running"
+EXITED = "exited"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class CriMount:
+    container_path: str
+    host_path: str
+    readonly: bool = False
+    propagation: str = "private"  # private | rslave | rshared
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """What CreateContainer asks for, as plain data."""
+
+    sandbox_id: str
+    name: str
+    attempt: int
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    working_dir: str = ""
+    envs: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[CriMount, ...] = ()
+    devices: tuple[DeviceSpec, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    log_path: str = ""
+    stdin: bool = False
+    stdin_once: bool = False
+    tty: bool = False
+    resources: CgroupResources | None = None
+    oom_score_adj: int | None = None
+    security: SecuritySpec = field(default_factory=SecuritySpec)
+    run_as_user: int | None = None
+    run_as_username: str = ""
+    run_as_group: int | None = None
+    supplemental_groups: tuple[int, ...] = ()
+    strict_supplemental_groups: bool = False
+    pid_mode: str = "container"  # container | pod | node | target
+    pid_target: str = ""
+    apparmor_localhost: str = ""
+    stop_signal: int = 0
+    config_json: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Container:
+    """A container as stored (Record.data) and kept in memory."""
+
+    id: str
+    sandbox_id: str
+    name: str
+    attempt: int
+    image: str
+    image_id: str
+    image_ref: str
+    state: str
+    created_ns: int
+    started_ns: int
+    finished_ns: int
+    exit_code: int
+    reason: str
+    message: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    log_path: str
+    runtime_handler: str
+    container_dir: str
+    mounts: list[dict[str, Any]]
+    uid: int
+    gid: int
+    groups: list[int]
+    resources: dict[str, Any] | None
+    stop_signal: int
+    pid: int
+    tty: bool
+    stdin: bool
+    config: dict[str, Any]
+
+    @property
+    def reserved_name(self) -> str:
+        return f"{self.sandbox_id}/{self.name}/{self.attempt}"
+
+    @property
+    def bundle(self) -> Path:
+        return Path(self.container_dir) / "bundle"
+
+    def to_record(self) -> Record:
+        return Record("container", self.id, self.reserved_name, self.created_ns, asdict(self))
+
+    @classmethod
+    def from_record(cls, record: Record) -> Container:
+        return cls(**record.data)
+
+
+def merge_command(
+    command: tuple[str, ...], args: tuple[str, ...], image_config: Mapping[str, Any]
+) -> list[str]:
+    """The process the kubelet means: command replaces the image's Entrypoint (and then
+    its Cmd is dropped), args replace the image's Cmd."""
+    entrypoint = list(image_config.get("Entrypoint") or [])
+    cmd = list(image_config.get("Cmd") or [])
+    if command:
+        return [*command, *args]
+    return [*entrypoint, *(args or cmd)]
+
+
+def merge_env(image_env: list[str], envs: tuple[tuple[str, str], ...]) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    for key, value in envs:
+        merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+class ContainerManager:
+    def __init__(self, state: DaemonState, sandboxes: SandboxManager) -> None:
+        self.state = state
+        self.sandboxes = sandboxes
+        self.creations = Creations("container")
+        self._containers: dict[str, Container] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._host: HostFacts | None = None
+
+    # --- wiring ------------------------------------------------------------------------
+
+    def host(self) -> HostFacts:
+        if self._host is None:
+            self._host = host_facts(self.state.config.runtime.restrict_oom_score_adj)
+            if self._host.min_oom_score_adj is not None:
+                log.info(
+                    "oom_score_adj below skiffd's own is raised to it (restrict_oom_score_adj)",
+                    extra={"min_oom_score_adj": self._host.min_oom_score_adj},
+                )
+        return self._host
+
+    def runtime(self, handler: str) -> OciRuntime:
+        config = self.state.config.runtime
+        name = handler or config.default_handler
+        path = find_program(config.handlers[name].path)
+        if path is None:
+            raise FailedPrecondition(
+                f"OCI runtime {config.handlers[name].path!r} of handler {name!r} is not installed"
+            )
+        conmon = find_program(config.conmon)
+        if conmon is None:
+            raise FailedPrecondition(f"conmon ({config.conmon!r}) is not installed")
+        runroot = Path(self.state.config.runroot)
+        return OciRuntime(
+            RuntimeHandlerPaths(name, path, str(runroot / "runtimes" / name)),
+            conmon,
+            runroot / "containers",
+        )
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    def images_in_use(self) -> set[str]:
+        return {c.image_id for c in self._containers.values()}
+
+    # --- start-up ------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        for record in self.state.store.records("container"):
+            container = Container.from_record(record)
+            self._containers[container.id] = container
+            await self._refresh(container)
+
+    async def _refresh(self, container: Container) -> None:
+        """Take in an exit conmon recorded (while skiffd was down, or since)."""
+        if container.state != RUNNING:
+            return
+        status = self.runtime(container.runtime_handler).exit_status(container.id)
+        if status is None:
+            return
+        self._exited(container, status)
+        await self.state.store.update(container.to_record())
+
+    def _exited(self, container: Container, status: ExitStatus) -> None:
+        container.state = EXITED
+        container.exit_code = status.exit_code
+        container.finished_ns = max(status.finished_ns, container.started_ns)
+        if status.oom_killed:
+            container.reason = "OOMKilled"
+        else:
+            container.reason = "Completed" if status.exit_code == 0 else "Error"
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def get(self, id_or_prefix: str) -> Container:
+        record = self.state.store.resolve("container", id_or_prefix)
+        container = self._containers[record.id]
+        await self._refresh(container)
+        return container
+
+    async def select(
+        self,
+        id_prefix: str = "",
+        state: str | None = None,
+        sandbox_prefix: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Container]:
+        out = []
+        for container in list(self._containers.values()):
+            if id_prefix and not container.id.startswith(id_prefix):
+                continue
+            if sandbox_prefix and not container.sandbox_id.startswith(sandbox_prefix):
+                continue
+            if labels and any(container.labels.get(k) != v for k, v in labels.items()):
+                continue
+            await self._refresh(container)
+            if state is not None and container.state != state:
+                continue
+            out.append(container)
+        return sorted(out, key=lambda c: c.created_ns)
+
+    def of_sandbox(self, sandbox_id: str) -> list[Container]:
+        return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]
+
+    # --- create ----------------------------------------------------------------------
+
+    async def create(self, request: ContainerRequest) -> str:
+        if not request.name:
+            raise InvalidArgument("config.metadata.name must not be empty")
+        sandbox = self.sandboxes.get(request.sandbox_id)
+        if sandbox.state != READY:
+            raise FailedPrecondition(
+                f"pod sandbox {sandbox.id} is not ready; containers cannot be created in it"
+            )
+        request = _with_sandbox_id(request, sandbox.id)
+        name = f"{sandbox.id}/{request.name}/{request.attempt}"
+        if self.creations.pending(name) is None:
+            handed = self.creations.take_undelivered(name)
+            if handed is not None and handed in self._containers:
+                return handed
+            existing = self.state.store.get_by_name("container", name)
+            if existing is not None:
+                raise AlreadyExists(
+                    f"container name {request.name!r} (attempt {request.attempt}) in pod "
+                    f"{sandbox.id} is reserved by container {existing.id}"
+                )
+        return await self.creations.run(name, lambda: self._create(request, sandbox))
+
+    async def _create(self, request: ContainerRequest, sandbox: Sandbox) -> str:
+        image = self.state.images.find(request.image)
+        if image is None:
+            raise NotFound(f"image {request.image!r} not found; pull it first")
+        container_id = secrets.token_hex(32)
+        container_dir = Path(self.state.config.root) / "containers" / container_id
+        runtime = self.runtime(sandbox.runtime_handler)
+        started = time.monotonic()
+        rootfs_mounted = False
+        created = False
+        try:
+            layers = [self.state.images.store.layer_path(c) for c in image.chain_ids]
+            rootfs = await asyncio.to_thread(mount_rootfs, layers, container_dir / "rootfs")
+            rootfs_mounted = True
+            container = self._new_container(request, sandbox, image, container_id, container_dir)
+            namespaces = await self._namespaces(request, sandbox)
+            spec = await asyncio.to_thread(
+                self._spec, request, sandbox, image, container, str(rootfs.merged), namespaces
+            )
+            oci = build_spec(spec, self.host())
+            bundle = container.bundle
+            await asyncio.to_thread(_write_bundle, bundle, oci)
+            container.pid = await runtime.create(
+                container_id,
+                bundle,
+                container.log_path,
+                terminal=request.tty,
+                stdin=request.stdin,
+                stdin_once=request.stdin_once,
+            )
+            created = True
+            await self.state.store.add(container.to_record())
+        except BaseException:
+            if created:
+                await _quietly(runtime.delete(container_id), container_id, "runtime delete")
+            if rootfs_mounted:
+                await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
+            await asyncio.to_thread(shutil.rmtree, container_dir, True)
+            raise
+        self._containers[container_id] = container
+        log.info(
+            "container created",
+            extra={
+                "container_id": container_id,
+                "sandbox_id": sandbox.id,
+                "image": request.image,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return container_id
+
+    def _new_container(
+        self,
+        request: ContainerRequest,
+        sandbox: Sandbox,
+        image: ImageRecord,
+        container_id: str,
+        container_dir: Path,
+    ) -> Container:
+        log_path = ""
+        if request.log_path:
+            base = Path(sandbox.log_directory) if sandbox.log_directory else container_dir
+            log_path = str(base / request.log_path)
+        return Container(
+            id=container_id,
+            sandbox_id=sandbox.id,
+            name=request.name,
+            attempt=request.attempt,
+            image=request.image,
+            image_id=image.id,
+            image_ref=image.repo_digests[0] if image.repo_digests else image.id,
+            state=CREATED,
+            created_ns=time.time_ns(),
+            started_ns=0,
+            finished_ns=0,
+            exit_code=0,
+            reason="",
+            message="",
+            labels=dict(request.labels),
+            annotations=dict(request.annotations),
+            log_path=log_path or str(container_dir / "container.log"),
+            runtime_handler=sandbox.runtime_handler,
+            container_dir=str(container_dir),
+            mounts=[asdict(m) for m in request.mounts],
+            uid=0,
+            gid=0,
+            groups=[],
+            resources=asdict(request.resources) if request.resources else None,
+            stop_signal=request.stop_signal,
+            pid=0,
+            tty=request.tty,
+            stdin=request.stdin,
+            config=dict(request.config_json),
+        )
+
+    def _spec(
+        self,
+        request: ContainerRequest,
+        sandbox: Sandbox,
+        image: ImageRecord,
+        container: Container,
+        rootfs: str,
+        namespaces: dict[str, str],
+    ) -> ContainerSpec:
+        image_config = image.config.get("config") or {}
+        if request.apparmor_localhost:
+            raise FailedPrecondition(
+                f"container {request.name!r} asks for AppArmor profile "
+                f"{request.apparmor_localhost!r}, but AppArmor is not enabled on this node"
+            )
+        user = resolve_user(
+            Path(rootfs),
+            image_user=str(image_config.get("User") or ""),
+            run_as_user=request.run_as_user,
+            run_as_username=request.run_as_username,
+            run_as_group=request.run_as_group,
+            supplemental_groups=request.supplemental_groups,
+            strict_supplemental=request.strict_supplemental_groups,
+        )
+        container.uid, container.gid = user.uid, user.gid
+        container.groups = list(user.additional_gids)
+        args = merge_command(request.command, request.args, image_config)
+        if not args:
+            raise InvalidArgument(
+                f"container {request.name!r}: no command given and the image "
+                f"{request.image!r} has no Entrypoint or Cmd"
+            )
+        env = merge_env(list(image_config.get("Env") or []), request.envs)
+        keys = {e.split("=", 1)[0] for e in env}
+        if "PATH" not in keys:
+            env.append(DEFAULT_PATH)
+        if "HOSTNAME" not in keys:
+            env.append(f"HOSTNAME={sandbox.hostname}")
+        if "HOME" not in keys:
+            env.append(f"HOME={user.home}")
+        if not container.stop_signal:
+            container.stop_signal = _signal_number(str(image_config.get("StopSignal") or ""))
+        return ContainerSpec(
+            id=container.id,
+            rootfs=rootfs,
+            args=tuple(args),
+            env=tuple(env),
+            cwd=request.working_dir or str(image_config.get("WorkingDir") or "/"),
+            user=UserSpec(user.uid, user.gid, user.additional_gids),
+            terminal=request.tty,
+            hostname=sandbox.hostname,
+            mounts=self._mounts(request, sandbox),
+            devices=request.devices,
+            namespaces=namespaces,
+            cgroups_path=self._cgroups_path(sandbox, container.id),
+            resources=request.resources,
+            oom_score_adj=request.oom_score_adj,
+            security=request.security,
+            annotations=dict(request.annotations),
+        )
+
+    def _mounts(self, request: ContainerRequest, sandbox: Sandbox) -> tuple[MountSpec, ...]:
+        wanted = {m.container_path for m in request.mounts}
+        files = Path(sandbox.files_dir)
+        mounts: list[MountSpec] = []
+        for name in ("hosts", "resolv.conf", "hostname"):
+            if f"/etc/{name}" not in wanted:
+                mounts.append(
+                    MountSpec(f"/etc/{name}", str(files / name), "bind", ("rbind", "rprivate"))
+                )
+        if "/dev/shm" not in wanted:
+            source = sandbox.shm_path or "/dev/shm"
+            mounts.append(MountSpec("/dev/shm", source, "bind", ("rbind", "rprivate")))
+        for mount in request.mounts:
+            if not mount.container_path.startswith("/"):
+                raise InvalidArgument(
+                    f"mount {mount.container_path!r}: the container path must be absolute"
+                )
+            if not Path(mount.host_path).exists():
+                raise InvalidArgument(
+                    f"mount of {mount.host_path!r} at {mount.container_path!r}: "
+                    "the host path does not exist"
+                )
+            options = [
+                "rbind",
+                "r" + mount.propagation if mount.propagation != "private" else "rprivate",
+            ]
+            options.append("ro" if mount.readonly else "rw")
+            mounts.append(MountSpec(mount.container_path, mount.host_path, "bind", tuple(options)))
+        return tuple(mounts)
+
+    async def _namespaces(self, request: ContainerRequest, sandbox: Sandbox) -> dict[str, str]:
+        namespaces = {
+            "network": sandbox.netns or HOST,
+            "ipc": sandbox.ipcns or HOST,
+            "uts": sandbox.utsns or HOST,
+            "mount": NEW,
+        }
+        if request.pid_mode == "node":
+            namespaces["pid"] = HOST
+        elif request.pid_mode == "pod":
+            namespaces["pid"] = await self.sandboxes.shared_pid_namespace(sandbox)
+        elif request.pid_mode == "target":
+            target = self._containers.get(request.pid_target)
+            if target is None or target.state != RUNNING or not target.pid:
+                raise NotFound(
+                    f"target container {request.pid_target!r} for the PID namespace is not running"
+                )
+            namespaces["pid"] = f"/proc/{target.pid}/ns/pid"
+        else:
+            namespaces["pid"] = NEW
+        return namespaces
+
+    def _cgroups_path(self, sandbox: Sandbox, container_id: str) -> str:
+        parent = sandbox.cgroup_parent or "/skiff"
+        return f"{parent.rstrip('/')}/skiff-{container_id[:12]}"
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, id_or_prefix: str) -> None:
+        container = await self.get(id_or_prefix)
+        async with self._lock(container.id):
+            if container.state != CREATED:
+                raise FailedPrecondition(
+                    f"container {container.id} is {container.state}; only a created "
+                    "container can be started"
+                )
+            runtime = self.runtime(container.runtime_handler)
+            # Taken before the start: a process can exit before `start` returns.
+            started_ns = time.time_ns()
+            try:
+                await runtime.start(container.id)
+            except Exception as exc:
+                container.state = EXITED
+                container.reason = "Error"
+                container.message = str(exc)
+                container.exit_code = 128
+                container.finished_ns = time.time_ns()
+                await self.state.store.update(container.to_record())
+                raise
+            container.state = RUNNING
+            container.started_ns = started_ns
+            await self.state.store.update(container.to_record())
+        log.info("container started", extra={"container_id": container.id})
+
+    async def stop(self, id_or_prefix: str, grace: float) -> None:
+        try:
+            container = await self.get(id_or_prefix)
+        except NotFound:
+            return  # CRI: stopping what is not there is fine
+        async with self._lock(container.id):
+            await self._stop_locked(container, grace)
+
+    async def _stop_locked(self, container: Container, grace: float) -> None:
+        await self._refresh(container)
+        if container.state == EXITED:
+            return
+        runtime = self.runtime(container.runtime_handler)
+        if container.state == CREATED:
+            # Never started: there is no process to signal; it is simply done.
+            await runtime.kill(container.id, signal.SIGKILL)
+            status = await runtime.wait_exit(container.id, 5) or ExitStatus(
+                137, time.time_ns(), False
+            )
+        else:
+            stop_signal = container.stop_signal or signal.SIGTERM
+            status = await runtime.stop(container.id, stop_signal, max(grace, 0))
+        self._exited(container, status)
+        await self.state.store.update(container.to_record())
+        log.info(
+            "container stopped",
+            extra={"container_id": container.id, "exit_code": container.exit_code},
+        )
+
+    async def remove(self, id_or_prefix: str) -> None:
+        try:
+            container = await self.get(id_or_prefix)
+        except NotFound:
+            return
+        async with self._lock(container.id):
+            await self._stop_locked(container, 0)
+            runtime = self.runtime(container.runtime_handler)
+            await runtime.delete(container.id)
+            container_dir = Path(container.container_dir)
+            await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
+            await asyncio.to_thread(shutil.rmtree, container_dir, True)
+            await self.state.store.remove("container", container.id)
+            self._containers.pop(container.id, None)
+        self._locks.pop(container.id, None)
+        self.creations.forget(container.id)
+        log.info("container removed", extra={"container_id": container.id})
+
+    async def stop_all(self, sandbox_id: str) -> None:
+        for container in self.of_sandbox(sandbox_id):
+            async with self._lock(container.id):
+                await self._stop_locked(container, 0)
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        for container in self.of_sandbox(sandbox_id):
+            await self.remove(container.id)
+
+    # --- in a running container ---------------------------------------------------------
+
+    async def exec_sync(
+        self, id_or_prefix: str, command: list[str], time_limit: float | None
+    ) -> tuple[int, bytes, bytes]:
+        container = await self.get(id_or_prefix)
+        if container.state != RUNNING:
+            raise FailedPrecondition(f"container {container.id} is {container.state}, not running")
+        if not command:
+            raise InvalidArgument("cmd must not be empty")
+        result = await self.runtime(container.runtime_handler).exec_sync(
+            container.id, command, time_limit
+        )
+        if result.timed_out:
+            raise DeadlineExceeded(
+                f"command {command[0]!r} in container {container.id} timed out after "
+                f"{time_limit:g}s and was killed"
+            )
+        return result.exit_code, result.stdout, result.stderr
+
+    async def update_resources(self, id_or_prefix: str, resources: CgroupResources) -> None:
+        container = await self.get(id_or_prefix)
+        if container.state not in (CREATED, RUNNING):
+            raise FailedPrecondition(f"container {container.id} is {container.state}")
+        oci = build_spec(
+            ContainerSpec(id=container.id, rootfs="/", args=("true",), resources=resources),
+            self.host(),
+        )
+        await self.runtime(container.runtime_handler).update(
+            container.id, oci["linux"].get("resources", {})
+        )
+        container.resources = asdict(resources)
+        await self.state.store.update(container.to_record())
+
+    async def reopen_log(self, id_or_prefix: str) -> None:
+        container = await self.get(id_or_prefix)
+        if container.state != RUNNING:
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state}; only a running container's "
+                "log can be reopened"
+            )
+        await self.runtime(container.runtime_handler).reopen_log(container.id)
+
+
+def _with_sandbox_id(request: ContainerRequest, sandbox_id: str) -> ContainerRequest:
+    return replace(request, sandbox_id=sandbox_id)
+
+
+def _write_bundle(bundle: Path, oci: Mapping[str, Any]) -> None:
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps(oci))
+
+
+def _signal_number(name: str) -> int:
+    if not name:
+        return 0
+    text = name.upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        return 0
+
+
+async def _quietly(step: Any, container_id: str, what: str) -> None:
+    try:
+        await step
+    except Exception as exc:
+        log.error(
+            "rollback step failed",
+            extra={"container_id": container_id, "step": what, "error": str(exc)},
+        )

@@ -1,0 +1,857 @@
+"""The OCI runtime driver: containers run by runc (or crun) under conmon.
+
+One :class:`OciRuntime` per runtime handler. Every container gets a state directory
+``<state_dir>/<id>/`` (0700) holding what conmon and this driver leave there:
+
+=================  ==================================================================
+``conmon.pid``     the monitor's pid (conmon ``-P``)
+``pidfile``        the container init's host pid (conmon ``-p``, written by the runtime)
+``exit``           the init's exit code as text, written by conmon when it exits
+                   (``--persist-dir``); its mtime is the finish time
+``oom``            created by conmon on a memory cgroup OOM event
+``io``             conmon's symlink to the bundle, where it keeps the ``ctl`` and
+                   ``winsz`` fifos and the ``attach`` socket: ``io/ctl``, ``io/attach``
+``container.json`` what the driver needs later: bundle, log path, memory cgroup dir
+``exec-*.pid``     transient, one per running exec_sync
+=================  ==================================================================
+
+conmon runs with the state directory as cwd (it writes a second ``oom`` file into its
+cwd) and a clean environment. It double-forks, calls setsid and is reparented to init
+(or the nearest subreaper): containers outlive skiffd. There is no shared exits
+directory: ``exit`` is per container; a watcher polls it (:meth:`OciRuntime.wait_exit`
+polls every 25 ms).
+
+Runtime commands are ``<runtime> --root <runtime_root> <verb> ...`` run as asyncio
+subprocesses, each bounded by ``timeout`` seconds. Errors are :class:`OciRuntimeError`
+(``ContainerNotFound`` / ``ContainerExists`` for those two cases) and carry the
+container id and the runtime's (or conmon's) own words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import signal as signals
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime import conmon
+from runtime.cgroups import CgroupError, Cgroupfs
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_MAX_ID = 200
+_POLL = 0.025
+_OUTPUT_GRACE = 1.0  # how long exec_sync reads on after the runtime exited
+_META = "container.json"
+_ERR_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class RuntimeHandlerPaths:
+    name: str  # handler name, e.g. "runc"
+    runtime_path: str  # absolute path of runc/crun
+    runtime_root: str  # state dir passed as --root, e.g. <runroot>/runtimes/<name>
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int
+    finished_ns: int  # wall clock, ns
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+
+
+class OciRuntimeError(Exception):
+    grpc_status = "UNKNOWN"
+
+
+class ContainerNotFound(OciRuntimeError):
+    grpc_status = "NOT_FOUND"
+
+
+class ContainerExists(OciRuntimeError):
+    grpc_status = "ALREADY_EXISTS"
+
+
+def _text(data: bytes) -> str:
+    text = data.decode(errors="replace").strip()
+    return text if len(text) <= _ERR_TAIL else "..." + text[-_ERR_TAIL:]
+
+
+class _CappedReader:
+    """Reads a stream to EOF, keeping the first ``limit`` bytes and discarding the rest
+    (so the writer never blocks on a full pipe). What was kept survives cancellation."""
+
+    def __init__(self, stream: asyncio.StreamReader, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.data = bytearray()
+
+    async def run(self) -> None:
+        while True:
+            chunk = await self.stream.read(65536)
+            if not chunk:
+                return
+            room = self.limit - len(self.data)
+            if room > 0:
+                self.data += chunk[:room]
+
+
+class OciRuntime:
+    def __init__(
+        self,
+        handler: RuntimeHandlerPaths,
+        conmon_path: str,
+        state_dir: Path,
+        timeout: float = 30.0,
+    ) -> None:
+        self.handler = handler
+        self.conmon_path = conmon_path
+        self.state_dir = Path(state_dir)
+        self.timeout = timeout
+
+    # ---- paths --------------------------------------------------------------------
+
+    def _dir(self, container_id: str) -> Path:
+        if not container_id or len(container_id) > _MAX_ID or not _ID.match(container_id):
+            raise OciRuntimeError(
+                f"invalid container id {container_id!r}: use 1-{_MAX_ID} letters, digits, "
+                "'_', '.', '+' or '-', starting with a letter or digit"
+            )
+        return self.state_dir / container_id
+
+    def _runtime_knows(self, container_id: str) -> bool:
+        """runc and crun both keep a container's state in ``<root>/<id>``."""
+        return os.path.lexists(os.path.join(self.handler.runtime_root, container_id))
+
+    def attach_socket_path(self, container_id: str) -> Path:
+        """conmon's attach socket (SOCK_SEQPACKET), through the ``io`` link. When this
+        path is longer than 107 bytes, connect through an O_PATH fd of its directory."""
+        return self._dir(container_id) / conmon.IO_LINK / conmon.ATTACH_SOCKET
+
+    def _meta(self, container_id: str) -> dict[str, Any]:
+        try:
+            doc = json.loads((self._dir(container_id) / _META).read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    # ---- running the runtime ------------------------------------------------------
+
+    async def _run(
+        self,
+        args: list[str],
+        *,
+        what: str,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``<runtime> --root <root> args...``; (exit status, stdout, stderr)."""
+        argv = [self.handler.runtime_path, "--root", self.handler.runtime_root, *args]
+        limit = self.timeout if timeout is None else timeout
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise OciRuntimeError(
+                f"{what}: cannot run {self.handler.runtime_path}: {exc.strerror}"
+            ) from exc
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
+        except TimeoutError:
+            await _kill_and_reap(proc)
+            raise OciRuntimeError(
+                f"{what}: `{self.handler.name} {args[0]}` did not finish in {limit:g}s"
+            ) from None
+        except BaseException:
+            await asyncio.shield(_kill_and_reap(proc))
+            raise
+        assert proc.returncode is not None
+        return proc.returncode, out, err
+
+    def _failure(self, what: str, verb: str, rc: int, err: bytes, out: bytes = b"") -> str:
+        said = _text(err) or _text(out) or "no output"
+        return f"{what}: `{self.handler.name} {verb}` failed (exit status {rc}): {said}"
+
+    # ---- create -------------------------------------------------------------------
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: Path,
+        log_path: str,
+        *,
+        terminal: bool = False,
+        stdin: bool = False,
+        stdin_once: bool = False,
+        log_size_max: int = -1,
+        conmon_cgroup: str | None = None,
+    ) -> int:
+        """Start conmon, which runs ``<runtime> create``; return the container's pid.
+
+        On any failure (or cancellation) nothing is left: the runtime's state is
+        deleted, conmon is gone, the state directory and conmon's files in the bundle
+        are removed, and so is the log file if this call made it.
+        """
+        state = self._dir(container_id)
+        what = f"creating container {container_id}"
+        bundle, log_path, log_existed = await asyncio.to_thread(
+            self._prepare, container_id, Path(bundle), log_path, what
+        )
+        options = conmon.ConmonOptions(
+            container_id=container_id,
+            runtime_path=self.handler.runtime_path,
+            runtime_root=self.handler.runtime_root,
+            bundle=bundle,
+            state=state,
+            log_path=log_path,
+            terminal=terminal,
+            stdin=stdin,
+            stdin_once=stdin_once,
+            log_size_max=log_size_max,
+        )
+        try:
+            pid = await self._start_conmon(options, conmon_cgroup, what)
+            memory_cgroup = await asyncio.to_thread(_memory_cgroup_dir, pid)
+            meta = {
+                "bundle": str(bundle),
+                "log_path": log_path,
+                "memory_cgroup": memory_cgroup,
+                "handler": self.handler.name,
+            }
+            await asyncio.to_thread(_write_atomic, state / _META, json.dumps(meta).encode())
+        except BaseException:
+            await asyncio.shield(
+                self._remove(
+                    container_id, failed_create=(bundle, None if log_existed else log_path)
+                )
+            )
+            raise
+        return pid
+
+    def _prepare(
+        self, container_id: str, bundle: Path, log_path: str, what: str
+    ) -> tuple[Path, str, bool]:
+        """Check the bundle and that the id is free, make the state directory.
+        Returns the absolute bundle and log path (conmon's cwd is the state dir), and
+        whether the log file was already there."""
+        state = self._dir(container_id)
+        bundle = bundle.absolute()
+        if not (bundle / "config.json").is_file():
+            raise OciRuntimeError(f"{what}: {bundle} has no config.json")
+        if ":" in log_path:
+            # conmon splits "--log-path driver:path" at every ':' (strtok).
+            raise OciRuntimeError(f"{what}: conmon cannot log to a path with ':' ({log_path})")
+        exists = ContainerExists(
+            f"{what}: container {container_id} already exists ({state} or "
+            f"{self.handler.runtime_root}/{container_id}); delete it first"
+        )
+        if self._runtime_knows(container_id):
+            raise exists
+        try:
+            os.makedirs(self.handler.runtime_root, mode=0o700, exist_ok=True)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            state.mkdir(mode=0o700)
+        except FileExistsError:
+            raise exists from None
+        except OSError as exc:
+            raise OciRuntimeError(f"{what}: making {state}: {exc.strerror}") from exc
+        log_path = os.path.abspath(log_path)
+        return bundle, log_path, os.path.lexists(log_path)
+
+    async def _start_conmon(
+        self, options: conmon.ConmonOptions, conmon_cgroup: str | None, what: str
+    ) -> int:
+        argv = options.argv(self.conmon_path)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        env = {
+            "PATH": conmon.CONMON_PATH_ENV,
+            "_OCI_SYNCPIPE": str(sync_w),
+            "_OCI_STARTPIPE": str(start_r),
+        }
+        try:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=options.state,
+                    env=env,
+                    pass_fds=(sync_w, start_r),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise OciRuntimeError(
+                    f"{what}: cannot run {self.conmon_path}: {exc.strerror}"
+                ) from exc
+            finally:
+                os.close(sync_w)
+                os.close(start_r)
+            try:
+                # conmon waits on the start pipe before it forks: place it first.
+                if conmon_cgroup:
+                    await asyncio.to_thread(_join_cgroup, conmon_cgroup, proc.pid, what)
+                with contextlib.suppress(BrokenPipeError):
+                    # EPIPE: conmon already quit (a bad option, an unopenable log); its
+                    # exit status and words follow.
+                    os.write(start_w, b"\0")
+                os.close(start_w)
+                start_w = -1
+                # The first process writes conmon.pid and exits once it has forked.
+                out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+            except TimeoutError:
+                await _kill_and_reap(proc)
+                raise OciRuntimeError(
+                    f"{what}: conmon did not detach within {self.timeout:g}s"
+                ) from None
+            except BaseException:
+                await asyncio.shield(_kill_and_reap(proc))
+                raise
+            if proc.returncode != 0:
+                raise OciRuntimeError(
+                    f"{what}: conmon failed (exit status {proc.returncode}): "
+                    f"{_text(out) or 'no output'}"
+                )
+            line = await self._read_sync_line(sync_r, what)
+        finally:
+            if start_w >= 0:
+                os.close(start_w)
+            with contextlib.suppress(OSError):
+                os.close(sync_r)
+        if not line:
+            raise OciRuntimeError(
+                f"{what}: conmon exited without reporting the container's pid "
+                f"(the {self.handler.name} create failed silently?)"
+            )
+        try:
+            message = conmon.parse_sync_message(line)
+        except ValueError as exc:
+            raise OciRuntimeError(f"{what}: unexpected message from conmon: {exc}") from exc
+        if message.value <= 0:
+            said = message.message.strip() or "no message"
+            raise OciRuntimeError(f"{what}: {self.handler.name} create failed: {said}")
+        return message.value
+
+    async def _read_sync_line(self, fd: int, what: str) -> bytes:
+        """One line from conmon's sync pipe (b"" on EOF), within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe
+        )
+        try:
+            return await asyncio.wait_for(reader.readline(), self.timeout)
+        except TimeoutError:
+            raise OciRuntimeError(f"{what}: no word from conmon within {self.timeout:g}s") from None
+        finally:
+            transport.close()
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    async def start(self, container_id: str) -> None:
+        what = f"starting container {container_id}"
+        self._dir(container_id)
+        rc, out, err = await self._run(["start", container_id], what=what)
+        if rc != 0:
+            if not self._runtime_knows(container_id):
+                raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
+            raise OciRuntimeError(self._failure(what, "start", rc, err, out))
+
+    async def kill(self, container_id: str, signal: int) -> None:
+        """Send ``signal`` to the container's init; an already stopped one is fine."""
+        what = f"signalling container {container_id}"
+        state = self._dir(container_id)
+        if not self._runtime_knows(container_id):
+            raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
+        rc, out, err = await self._run(["kill", container_id, str(int(signal))], what=what)
+        if rc == 0:
+            return
+        if conmon.read_exit_file(state) is not None:
+            return
+        if not self._runtime_knows(container_id):
+            raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
+        current = await self.state(container_id)
+        if current is None or current.get("status") == "stopped":
+            return
+        raise OciRuntimeError(self._failure(what, "kill", rc, err, out))
+
+    async def stop(
+        self,
+        container_id: str,
+        stop_signal: int,
+        timeout: float,  # noqa: ASYNC109
+    ) -> ExitStatus:
+        """``stop_signal``, up to ``timeout`` s for the exit, then SIGKILL. Returns once
+        conmon wrote the exit file."""
+        what = f"stopping container {container_id}"
+        state = self._dir(container_id)
+        done = self.exit_status(container_id)
+        if done is not None:
+            return done
+        if not state.is_dir():
+            raise ContainerNotFound(f"{what}: no such container ({state} is missing)")
+        if timeout > 0:
+            await self.kill(container_id, stop_signal)
+            done = await self.wait_exit(container_id, timeout)
+            if done is not None:
+                return done
+            log.info(
+                "container %s did not exit within %gs of signal %d; killing it",
+                container_id,
+                timeout,
+                stop_signal,
+            )
+        await self.kill(container_id, signals.SIGKILL)
+        done = await self.wait_exit(container_id, self.timeout)
+        if done is None:
+            raise OciRuntimeError(
+                f"{what}: still no exit {self.timeout:g}s after SIGKILL "
+                f"(runtime state: {await self.state(container_id)})"
+            )
+        return done
+
+    async def delete(self, container_id: str) -> None:
+        """``<runtime> delete --force``, then conmon gone and the state dir removed.
+        Deleting an unknown container is a no-op."""
+        await self._remove(container_id)
+
+    async def _remove(
+        self, container_id: str, failed_create: tuple[Path, str | None] | None = None
+    ) -> None:
+        """Delete the runtime's container, see conmon gone, remove the state dir.
+        ``failed_create`` (bundle, log file made by the create) cleans up after a create
+        that did not finish: conmon is killed outright, wherever it got to."""
+        what = f"deleting container {container_id}"
+        state = self._dir(container_id)
+        if failed_create is not None:
+            pids = await asyncio.to_thread(conmon.find_conmons, state)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signals.SIGKILL)
+        else:
+            recorded = conmon.read_pid_file(state / conmon.CONMON_PID_FILE)
+            pids = [recorded] if recorded is not None else []
+        if self._runtime_knows(container_id):
+            rc, out, err = await self._run(["delete", "--force", container_id], what=what)
+            if rc != 0 and self._runtime_knows(container_id):
+                raise OciRuntimeError(self._failure(what, "delete --force", rc, err, out))
+        for pid in pids:
+            await self._reap_conmon(state, pid)
+        bundle, log_path = failed_create if failed_create is not None else (None, None)
+        await asyncio.to_thread(_remove_state, state, bundle, log_path)
+
+    async def _reap_conmon(self, state: Path, pid: int) -> None:
+        """Wait for conmon to write the exit file and go; SIGKILL it after a while."""
+        deadline = time.monotonic() + self.timeout
+        killed = False
+        while conmon.is_conmon_of(pid, state):
+            if time.monotonic() >= deadline:
+                if killed:
+                    raise OciRuntimeError(
+                        f"deleting container {state.name}: its conmon {pid} survives SIGKILL"
+                    )
+                log.warning("conmon %d of %s lingers; killing it", pid, state)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signals.SIGKILL)
+                killed = True
+                deadline = time.monotonic() + self.timeout
+            await asyncio.sleep(_POLL)
+
+    async def state(self, container_id: str) -> dict[str, Any] | None:
+        """``<runtime> state``: the OCI state document, None for an unknown container."""
+        what = f"reading the state of container {container_id}"
+        self._dir(container_id)
+        if not self._runtime_knows(container_id):
+            return None
+        rc, out, err = await self._run(["state", container_id], what=what)
+        if rc != 0:
+            if not self._runtime_knows(container_id):
+                return None
+            raise OciRuntimeError(self._failure(what, "state", rc, err))
+        try:
+            doc = json.loads(out)
+        except ValueError as exc:
+            raise OciRuntimeError(f"{what}: `{self.handler.name} state` said {out!r}") from exc
+        if not isinstance(doc, dict):
+            raise OciRuntimeError(f"{what}: `{self.handler.name} state` said {out!r}")
+        return doc
+
+    # ---- exits --------------------------------------------------------------------
+
+    def exit_status(self, container_id: str) -> ExitStatus | None:
+        """From conmon's exit file, None while the container runs (or is unknown).
+
+        ``oom_killed``: conmon's ``oom`` file, or else the container's memory cgroup
+        counting an OOM kill (``oom_kill`` in v1 ``memory.oom_control`` / v2
+        ``memory.events``) while the cgroup is still there (until delete): conmon
+        handles the OOM event in the same loop that ends on the exit, so an OOM kill
+        of the init itself can leave no ``oom`` file.
+        """
+        state = self._dir(container_id)
+        found = conmon.read_exit_file(state)
+        if found is None:
+            return None
+        code, finished = found
+        oom = (state / conmon.OOM_FILE).exists()
+        if not oom:
+            memory = self._meta(container_id).get("memory_cgroup")
+            oom = isinstance(memory, str) and _oom_kills(memory) > 0
+        return ExitStatus(exit_code=code, finished_ns=finished, oom_killed=oom)
+
+    async def wait_exit(
+        self,
+        container_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ExitStatus | None:
+        """Poll for the exit file; None after ``timeout`` s or for an unknown container.
+        Raises when conmon is gone without writing one."""
+        state = self._dir(container_id)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            done = self.exit_status(container_id)
+            if done is not None:
+                return done
+            if not state.is_dir():
+                return None
+            if self.conmon_pid(container_id) is None:
+                done = self.exit_status(container_id)
+                if done is not None:
+                    return done
+                raise OciRuntimeError(
+                    f"waiting for container {container_id}: its conmon is gone and wrote "
+                    "no exit file; the exit code is lost"
+                )
+            now = loop.time()
+            if deadline is not None and now >= deadline:
+                return None
+            await asyncio.sleep(_POLL if deadline is None else min(_POLL, deadline - now))
+
+    def conmon_pid(self, container_id: str) -> int | None:
+        """The running conmon of this container, None once it is gone."""
+        state = self._dir(container_id)
+        pid = conmon.read_pid_file(state / conmon.CONMON_PID_FILE)
+        if pid is None or not conmon.is_conmon_of(pid, state):
+            return None
+        return pid
+
+    # ---- exec, update, logs -------------------------------------------------------
+
+    async def exec_sync(
+        self,
+        container_id: str,
+        command: list[str],
+        timeout: float | None,  # noqa: ASYNC109
+        max_output: int = 16 * 1024 * 1024,
+    ) -> ExecResult:
+        """``<runtime> exec`` with stdout and stderr captured (each capped at
+        ``max_output`` bytes). On timeout (None or <= 0: none) the exec'd process is
+        SIGKILLed by its pid (from ``--pid-file``) together with its process group,
+        and ``timed_out`` is set (``exit_code`` is then the runtime's, usually 137).
+
+        A runtime failure before the command ran (container not running, no such
+        executable) raises OciRuntimeError; a command's own exit status is returned.
+        """
+        what = f"exec in container {container_id}"
+        state = self._dir(container_id)
+        if not command:
+            raise OciRuntimeError(f"{what}: empty command")
+        if not self._runtime_knows(container_id):
+            raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
+        if not state.is_dir():
+            raise ContainerNotFound(f"{what}: no such container ({state} is missing)")
+        pid_file = state / f"exec-{uuid.uuid4().hex[:12]}.pid"
+        argv = [
+            self.handler.runtime_path,
+            "--root",
+            self.handler.runtime_root,
+            "exec",
+            "--pid-file",
+            str(pid_file),
+            container_id,
+            *command,
+        ]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise OciRuntimeError(
+                f"{what}: cannot run {self.handler.runtime_path}: {exc.strerror}"
+            ) from exc
+        assert proc.stdout is not None and proc.stderr is not None
+        out = _CappedReader(proc.stdout, max_output)
+        err = _CappedReader(proc.stderr, max_output)
+        readers = [asyncio.ensure_future(out.run()), asyncio.ensure_future(err.run())]
+        timed_out = False
+        try:
+            try:
+                limit = timeout if timeout is not None and timeout > 0 else None
+                await asyncio.wait_for(proc.wait(), limit)
+            except TimeoutError:
+                timed_out = True
+                await self._kill_exec(proc, pid_file)
+            # Whatever holds the pipes after the runtime exited (a daemon the command
+            # left behind) does not hold up the answer for long.
+            await asyncio.wait(readers, timeout=_OUTPUT_GRACE)
+        except BaseException:
+            await asyncio.shield(self._kill_exec(proc, pid_file))
+            raise
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            ran = pid_file.exists()
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+        assert proc.returncode is not None
+        # A runtime we killed ourselves (timeout) reads as 128+signal, like a shell.
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        if not timed_out and code != 0 and not ran:
+            raise OciRuntimeError(
+                self._failure(what, "exec", code, bytes(err.data), bytes(out.data))
+            )
+        return ExecResult(
+            exit_code=code,
+            stdout=bytes(out.data),
+            stderr=bytes(err.data),
+            timed_out=timed_out,
+        )
+
+    async def _kill_exec(self, proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+        """SIGKILL an exec'd process with its process group, then its runtime.
+
+        The runtime forwards no SIGKILL (and killing it leaves the process running in
+        the container), so the process goes by the pid the runtime wrote. Both runc and
+        crun give it a session of its own (runc: the process leads it; crun: an
+        intermediate process did), so its group holds what it started too."""
+        if proc.returncode is not None:
+            return
+        deadline = time.monotonic() + min(self.timeout, 5.0)
+        pid = conmon.read_pid_file(pid_file)
+        while pid is None and proc.returncode is None and time.monotonic() < deadline:
+            # The runtime writes the pid file as soon as the process exists.
+            await asyncio.sleep(_POLL)
+            pid = conmon.read_pid_file(pid_file)
+        if pid is not None:
+            init = conmon.read_pid_file(pid_file.parent / conmon.CONTAINER_PID_FILE)
+            group = _process_group(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signals.SIGKILL)
+            if group is not None and group > 1 and group not in (os.getpgrp(), init):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signals.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signals.SIGKILL)
+        try:
+            await asyncio.wait_for(proc.wait(), self.timeout)
+        except TimeoutError:
+            log.warning("exec runtime %d in %s did not die", proc.pid, pid_file.parent.name)
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """``<runtime> update --resources=<file>`` with the OCI ``linux.resources`` JSON
+        (a file, not stdin: crun reads no ``-``)."""
+        what = f"updating the resources of container {container_id}"
+        state = self._dir(container_id)
+        if not self._runtime_knows(container_id):
+            raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
+        directory = state if state.is_dir() else Path(self.handler.runtime_root)
+        file = directory / f"resources-{uuid.uuid4().hex[:12]}.json"
+        try:
+            await asyncio.to_thread(_write_atomic, file, json.dumps(resources).encode())
+            rc, out, err = await self._run(
+                ["update", f"--resources={file}", container_id], what=what
+            )
+        finally:
+            with contextlib.suppress(OSError):
+                file.unlink()
+        if rc != 0:
+            if not self._runtime_knows(container_id):
+                raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
+            raise OciRuntimeError(self._failure(what, "update", rc, err, out))
+
+    async def reopen_log(self, container_id: str) -> None:
+        """Ask conmon to reopen its log file, and wait until it did (a new file at the
+        log path). conmon *replaces* the file at the log path: rename it away first."""
+        what = f"reopening the log of container {container_id}"
+        state = self._dir(container_id)
+        if not state.is_dir():
+            raise ContainerNotFound(f"{what}: no such container ({state} is missing)")
+        log_path = self._meta(container_id).get("log_path")
+        before = _identity(log_path) if isinstance(log_path, str) else None
+        try:
+            conmon.write_ctl(state, conmon.ctl_message(conmon.REOPEN_LOGS_EVENT))
+        except ProcessLookupError as exc:
+            raise OciRuntimeError(f"{what}: the container is not running ({exc})") from exc
+        except OSError as exc:
+            raise OciRuntimeError(f"{what}: writing conmon's control fifo: {exc}") from exc
+        if not isinstance(log_path, str):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            now = _identity(log_path)
+            if now is not None and now != before:
+                return
+            if self.conmon_pid(container_id) is None:
+                raise OciRuntimeError(f"{what}: conmon exited before it reopened {log_path}")
+            if loop.time() >= deadline:
+                raise OciRuntimeError(
+                    f"{what}: conmon did not reopen {log_path} within {self.timeout:g}s"
+                )
+            await asyncio.sleep(_POLL)
+
+
+# ---- helpers (blocking ones run in threads) --------------------------------------------
+
+
+async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    with contextlib.suppress(Exception):
+        await proc.wait()
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[2]) if len(fields) > 2 else None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _join_cgroup(path: str, pid: int, what: str) -> None:
+    """Move ``pid`` into cgroup ``path`` (every v1 hierarchy the cgroup driver uses,
+    or the v2 directory). The cgroup must exist."""
+    try:
+        fs = Cgroupfs()
+        if fs.version == 2:
+            directories = [fs.directory(path, "")]
+        else:
+            seen: set[str] = set()
+            directories = []
+            for controller in fs.hierarchies:
+                directory = fs.directory(path, controller)
+                real = os.path.realpath(directory)
+                if real not in seen:
+                    seen.add(real)
+                    directories.append(directory)
+    except CgroupError as exc:
+        raise OciRuntimeError(f"{what}: conmon cgroup {path}: {exc}") from exc
+    for directory in directories:
+        try:
+            with open(directory / "cgroup.procs", "w") as f:
+                f.write(str(pid))
+        except OSError as exc:
+            raise OciRuntimeError(
+                f"{what}: moving conmon into cgroup {path} ({directory}): {exc.strerror}"
+            ) from exc
+
+
+def _memory_cgroup_dir(pid: int) -> str | None:
+    """The memory cgroup directory of ``pid`` (v1 memory hierarchy, or v2), or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    unified = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if "memory" in controllers.split(","):
+            return str(Path("/sys/fs/cgroup/memory") / path.lstrip("/"))
+        if parts[0] == "0" and controllers == "":
+            unified = path
+    if unified is not None and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return str(Path("/sys/fs/cgroup") / unified.lstrip("/"))
+    return None
+
+
+def _oom_kills(memory_cgroup: str) -> int:
+    """The cgroup's OOM kill count (0 when unknown or the cgroup is gone)."""
+    for name in ("memory.oom_control", "memory.events"):
+        try:
+            text = Path(memory_cgroup, name).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                with contextlib.suppress(ValueError):
+                    return int(value)
+    return 0
+
+
+def _remove_state(state: Path, bundle: Path | None, log_path: str | None) -> None:
+    """Remove conmon's files in the bundle (found through the io link unless given),
+    the state dir and, for a failed create, the log file it made."""
+    if bundle is None:
+        with contextlib.suppress(OSError):
+            bundle = state / os.readlink(state / conmon.IO_LINK)
+    if bundle is not None:
+        for name in conmon.BUNDLE_FILES:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                (bundle / name).unlink()
+    if log_path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(log_path)
+    try:
+        shutil.rmtree(state)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise

@@ -1,0 +1,732 @@
+"""Containers under the real skiffd, conmon and runc: images from a real registry, pods
+on a real CNI bridge. Exit codes, logs, users, security, resources, exec, restarts,
+bad input and leaks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from api.runtime.v1 import api_pb2 as pb
+from api.runtime.v1 import api_pb2_grpc
+from tests.integration import images as img
+from tests.integration.registry import TestRegistry
+from tests.integration.skiffd import Skiffd, short_tempdir
+
+CNI_BIN = "/usr/lib/cni"
+
+
+@dataclass
+class World:
+    registry: TestRegistry
+    busybox: str  # the image reference of a busybox image with USER app
+    stopper: str  # an image whose StopSignal is SIGUSR1
+    bridge: str
+    subnet_prefix: str
+    ipam_dir: Path
+
+    def conflist(self) -> dict[str, Any]:
+        return {
+            "cniVersion": "1.0.0",
+            "name": f"net-{self.bridge}",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": self.subnet_prefix + "0/24"}]],
+                        "dataDir": str(self.ipam_dir),
+                    },
+                }
+            ],
+        }
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    tag = secrets.token_hex(3)
+    ipam = short_tempdir("ipam")
+    with TestRegistry("insecure") as registry:
+        busybox = img.busybox_image(
+            run=img.RunConfig(
+                cmd=("sh",), env=(img.DEFAULT_PATH_ENV, "FROM_IMAGE=yes", "SHARED=image")
+            )
+        )
+        img.push(registry, "library/busybox", "1.35", busybox)
+        stopper = img.busybox_image(
+            run=img.RunConfig(
+                entrypoint=("sh", "-c"),
+                cmd=("trap 'echo got usr1; exit 0' USR1; while true; do sleep 0.1; done",),
+                stop_signal="SIGUSR1",
+                user="app",
+            )
+        )
+        img.push(registry, "test/stopper", "v1", stopper)
+        try:
+            yield World(
+                registry=registry,
+                busybox=f"{registry.host}/library/busybox:1.35",
+                stopper=f"{registry.host}/test/stopper:v1",
+                bridge=f"skc{tag}",
+                subnet_prefix=f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}.",
+                ipam_dir=ipam,
+            )
+        finally:
+            subprocess.run(["ip", "link", "del", f"skc{tag}"], capture_output=True, check=False)
+            shutil.rmtree(ipam, ignore_errors=True)
+
+
+@dataclass
+class Node:
+    """A started skiffd with the test images pulled and one ready pod."""
+
+    daemon: Skiffd
+    world: World
+    pod: str
+    log_dir: Path
+
+    @property
+    def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
+        return self.daemon.runtime()
+
+    def create(
+        self, name: str, image: str | None = None, pod: str | None = None, **config: Any
+    ) -> str:
+        return self.runtime.CreateContainer(
+            pb.CreateContainerRequest(
+                pod_sandbox_id=pod or self.pod,
+                config=container_config(name, image or self.world.busybox, **config),
+            ),
+            timeout=30,
+        ).container_id
+
+    def create_error(
+        self, name: str, image: str | None = None, pod: str | None = None, **config: Any
+    ) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as err:
+            self.create(name, image, pod, **config)
+        return err.value
+
+    def start(self, container_id: str) -> None:
+        self.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
+
+    def run(self, name: str, **config: Any) -> str:
+        container_id = self.create(name, **config)
+        self.start(container_id)
+        return container_id
+
+    def status(self, container_id: str, verbose: bool = False) -> pb.ContainerStatusResponse:
+        return self.runtime.ContainerStatus(
+            pb.ContainerStatusRequest(container_id=container_id, verbose=verbose)
+        )
+
+    def wait_exit(self, container_id: str, timeout: float = 20) -> pb.ContainerStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(container_id).status
+            if status.state == pb.ContainerState.CONTAINER_EXITED:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"container {container_id} did not exit in {timeout}s")
+
+    def logs(self, container_id: str) -> str:
+        path = Path(self.status(container_id).status.log_path)
+        return path.read_text() if path.exists() else ""
+
+    def output(self, container_id: str) -> str:
+        """The container's stdout as text, from its CRI log lines."""
+        lines = []
+        for line in self.logs(container_id).splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[1] == "stdout":
+                lines.append(parts[3])
+        return "\n".join(lines)
+
+    def exec(self, container_id: str, *cmd: str, timeout: int = 10) -> pb.ExecSyncResponse:
+        return self.runtime.ExecSync(
+            pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout),
+            timeout=30,
+        )
+
+    def remove(self, container_id: str) -> None:
+        self.runtime.RemoveContainer(
+            pb.RemoveContainerRequest(container_id=container_id), timeout=30
+        )
+
+
+def container_config(name: str, image: str, **extra: Any) -> pb.ContainerConfig:
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name, attempt=extra.pop("attempt", 0)),
+        image=pb.ImageSpec(image=image),
+        log_path=f"{name}.log",
+    )
+    envs = extra.pop("envs", {})
+    for key, value in envs.items():
+        config.envs.append(pb.KeyValue(key=key, value=value.encode()))
+    linux = extra.pop("linux", None)
+    if linux is not None:
+        config.linux.CopyFrom(linux)
+    if not config.linux.security_context.HasField("namespace_options"):
+        # What the kubelet sends; crictl's zero value (POD) is tested on its own.
+        config.linux.security_context.namespace_options.pid = pb.NamespaceMode.CONTAINER
+    for key, value in extra.items():
+        if isinstance(value, list):
+            getattr(config, key).extend(value)
+        elif isinstance(value, dict):
+            getattr(config, key).update(value)
+        elif isinstance(value, str | bool | int):
+            setattr(config, key, value)
+        else:
+            getattr(config, key).CopyFrom(value)
+    return config
+
+
+def sandbox_config(name: str, log_dir: Path, handler_ns: str = "default") -> pb.PodSandboxConfig:
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(
+            name=name, namespace=handler_ns, uid=f"uid-{name}", attempt=0
+        ),
+        hostname=name,
+        log_directory=str(log_dir),
+    )
+
+
+MakeNode = Callable[..., Node]
+
+
+@pytest.fixture
+def make_node(world: World) -> Iterator[MakeNode]:
+    made: list[Node] = []
+
+    def make(pod_name: str = "pod", runtime_handler: str = "") -> Node:
+        base = short_tempdir("ctr")
+        daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}})
+        (base / "registries.conf").write_text(
+            f'[[registry]]\nlocation = "{world.registry.host}"\ninsecure = true\n'
+        )
+        (daemon.cni_dir / "10-test.conflist").write_text(json.dumps(world.conflist()))
+        daemon.start()
+        for image in (world.busybox, world.stopper):
+            daemon.images().PullImage(
+                pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60
+            )
+        log_dir = base / "logs" / pod_name
+        pod = (
+            daemon.runtime()
+            .RunPodSandbox(
+                pb.RunPodSandboxRequest(
+                    config=sandbox_config(pod_name, log_dir), runtime_handler=runtime_handler
+                ),
+                timeout=30,
+            )
+            .pod_sandbox_id
+        )
+        node = Node(daemon, world, pod, log_dir)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        daemon = node.daemon
+        try:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                for pod in daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest()).items:
+                    daemon.runtime().RemovePodSandbox(
+                        pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
+                    )
+                assert daemon.stop() == 0, daemon.logs()
+        finally:
+            daemon.kill()
+            _kill_conmons_of(daemon.base)
+            _unmount_below(daemon.base)
+            shutil.rmtree(daemon.base, ignore_errors=True)
+
+
+def _mounts_below(path: Path) -> list[str]:
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def _unmount_below(path: Path) -> None:
+    for mount in sorted(_mounts_below(path), reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_conmons_of(base: Path) -> None:
+    for pid in _processes_mentioning(str(base)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _assert_no_container_leaks(node: Node) -> None:
+    runtime = node.runtime
+    assert list(runtime.ListContainers(pb.ListContainersRequest()).containers) == []
+    containers_dir = node.daemon.root / "containers"
+    assert not containers_dir.exists() or list(containers_dir.iterdir()) == [], (
+        "container dirs left"
+    )
+    rootfs_mounts = [m for m in _mounts_below(node.daemon.root) if "/containers/" in m]
+    assert rootfs_mounts == [], "rootfs mounts left"
+    assert [
+        p
+        for p in _processes_mentioning(str(node.daemon.base))
+        if p != (node.daemon.proc.pid if node.daemon.proc else 0)
+    ] == [], "conmon/runc processes left"
+
+
+# --- running and exiting ------------------------------------------------------------------
+
+
+def test_exit_code_reason_and_cri_logs(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run("exits", command=["sh", "-c", "echo out; echo err >&2; printf partial; exit 3"])
+    status = node.wait_exit(cid)
+    assert status.exit_code == 3
+    assert status.reason == "Error"
+    assert status.finished_at >= status.started_at > status.created_at > 0
+    assert status.log_path == str(node.log_dir / "exits.log")
+    lines = node.logs(cid).splitlines()
+    pattern = re.compile(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) "
+    )
+    assert lines and all(pattern.match(line) for line in lines), lines
+    assert any(line.endswith(" stdout F out") for line in lines), lines
+    assert any(line.endswith(" stderr F err") for line in lines), lines
+    assert any(" stdout P partial" in line for line in lines), lines
+
+    ok = node.run("completes", command=["true"])
+    status = node.wait_exit(ok)
+    assert (status.exit_code, status.reason) == (0, "Completed")
+
+    listed = node.runtime.ListContainers(
+        pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=node.pod))
+    ).containers
+    assert sorted(c.id for c in listed) == sorted([cid, ok])
+    exited = node.runtime.ListContainers(
+        pb.ListContainersRequest(
+            filter=pb.ContainerFilter(
+                state=pb.ContainerStateValue(state=pb.ContainerState.CONTAINER_RUNNING)
+            )
+        )
+    ).containers
+    assert list(exited) == []
+
+
+def test_env_and_command_merging(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run(
+        "env",
+        command=["sh", "-c"],
+        args=["echo $FROM_IMAGE $SHARED $FROM_CONFIG $HOSTNAME; pwd"],
+        envs={"SHARED": "config", "FROM_CONFIG": "yes"},
+        working_dir="/tmp",
+    )
+    node.wait_exit(cid)
+    assert node.output(cid).splitlines() == ["yes config yes pod", "/tmp"]
+    # Only args: the image's entrypoint (none) + args replace its Cmd.
+    args_only = node.run("args", args=["echo", "args only"])
+    node.wait_exit(args_only)
+    assert node.output(args_only) == "args only"
+
+
+def test_stop_signal_from_the_image_then_kill(make_node: MakeNode) -> None:
+    node = make_node()
+    polite = node.run("polite", image=node.world.stopper)
+    time.sleep(0.5)
+    node.runtime.StopContainer(pb.StopContainerRequest(container_id=polite, timeout=10), timeout=30)
+    status = node.status(polite).status
+    assert status.state == pb.ContainerState.CONTAINER_EXITED
+    assert status.exit_code == 0
+    assert "got usr1" in node.output(polite)
+
+    stubborn = node.run(
+        "stubborn", command=["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+    )
+    time.sleep(0.3)
+    started = time.monotonic()
+    node.runtime.StopContainer(
+        pb.StopContainerRequest(container_id=stubborn, timeout=1), timeout=30
+    )
+    assert time.monotonic() - started < 10
+    status = node.status(stubborn).status
+    assert status.state == pb.ContainerState.CONTAINER_EXITED
+    assert status.exit_code == 137
+
+
+def test_users_and_groups(make_node: MakeNode) -> None:
+    node = make_node()
+    from_image = node.run("img-user", image=node.world.stopper)  # USER app in the image
+    time.sleep(0.3)
+    assert node.exec(from_image, "id", "-u").stdout.strip() == b"1000"
+    status = node.status(from_image).status
+    assert (status.user.linux.uid, status.user.linux.gid) == (1000, 1000)
+
+    ctx = pb.LinuxContainerSecurityContext(
+        run_as_user=pb.Int64Value(value=65534),
+        run_as_group=pb.Int64Value(value=1000),
+        supplemental_groups=[4242],
+    )
+    cid = node.run("override", command=["id"], linux=pb.LinuxContainerConfig(security_context=ctx))
+    node.wait_exit(cid)
+    output = node.output(cid)
+    assert "uid=65534" in output and "gid=1000" in output and "4242" in output, output
+
+    unknown = pb.LinuxContainerSecurityContext(run_as_username="ghost")
+    error = node.create_error("ghost", linux=pb.LinuxContainerConfig(security_context=unknown))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ghost" in (error.details() or "")
+
+
+def test_readonly_rootfs_and_capabilities(make_node: MakeNode) -> None:
+    node = make_node()
+    ro = pb.LinuxContainerSecurityContext(readonly_rootfs=True)
+    cid = node.run(
+        "ro",
+        command=["sh", "-c", "touch /x && echo wrote || echo refused"],
+        linux=pb.LinuxContainerConfig(security_context=ro),
+    )
+    node.wait_exit(cid)
+    assert node.output(cid) == "refused"
+
+    def cap_eff(name: str, ctx: pb.LinuxContainerSecurityContext) -> int:
+        container = node.run(
+            name,
+            command=["grep", "CapEff", "/proc/self/status"],
+            linux=pb.LinuxContainerConfig(security_context=ctx),
+        )
+        node.wait_exit(container)
+        return int(node.output(container).split()[-1], 16)
+
+    default = cap_eff("caps-default", pb.LinuxContainerSecurityContext())
+    net_admin = 1 << 12
+    assert not default & net_admin
+    added = cap_eff(
+        "caps-add",
+        pb.LinuxContainerSecurityContext(
+            capabilities=pb.Capability(add_capabilities=["NET_ADMIN"])
+        ),
+    )
+    assert added & net_admin
+    dropped = cap_eff(
+        "caps-drop",
+        pb.LinuxContainerSecurityContext(capabilities=pb.Capability(drop_capabilities=["ALL"])),
+    )
+    assert dropped == 0
+    privileged = cap_eff("caps-priv", pb.LinuxContainerSecurityContext(privileged=True))
+    with open("/proc/self/status") as f:
+        host_bounding = int(next(line for line in f if line.startswith("CapBnd")).split()[1], 16)
+    assert privileged == host_bounding
+
+
+def test_mounts(make_node: MakeNode) -> None:
+    node = make_node()
+    host_dir = short_tempdir("mnt")
+    try:
+        (host_dir / "hello.txt").write_text("from the host\n")
+        mounts = [
+            pb.Mount(container_path="/data", host_path=str(host_dir), readonly=True),
+            pb.Mount(container_path="/rw", host_path=str(host_dir)),
+        ]
+        cid = node.run(
+            "mounts",
+            command=[
+                "sh",
+                "-c",
+                "cat /data/hello.txt; touch /data/x 2>/dev/null || echo ro; touch /rw/y && echo rw",
+            ],
+            mounts=mounts,
+        )
+        node.wait_exit(cid)
+        assert node.output(cid).splitlines() == ["from the host", "ro", "rw"]
+        assert (host_dir / "y").exists()
+        status = node.status(cid).status
+        assert [m.container_path for m in status.mounts] == ["/data", "/rw"]
+
+        missing = [pb.Mount(container_path="/nope", host_path=str(host_dir / "missing"))]
+        error = node.create_error("missing-mount", command=["true"], mounts=missing)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "missing" in (error.details() or "")
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)
+
+
+def test_pod_files_are_mounted(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run(
+        "files",
+        command=[
+            "sh",
+            "-c",
+            "cat /etc/hostname; hostname; grep -c localhost /etc/hosts; df /dev/shm | tail -1",
+        ],
+    )
+    node.wait_exit(cid)
+    lines = node.output(cid).splitlines()
+    assert lines[0] == "pod" and lines[1] == "pod"
+    assert int(lines[2]) >= 1
+    assert "shm" in lines[3] or "tmpfs" in lines[3] or "65536" in lines[3], lines
+
+
+# --- exec, resources, logs -------------------------------------------------------------------
+
+
+def test_exec_sync(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run("sleeper", command=["sleep", "1000"])
+    time.sleep(0.3)
+    response = node.exec(cid, "echo", "hi")
+    assert (response.exit_code, response.stdout) == (0, b"hi\n")
+    assert node.exec(cid, "sh", "-c", "echo e >&2; exit 5").exit_code == 5
+    assert node.exec(cid, "sh", "-c", "echo e >&2; exit 5").stderr == b"e\n"
+    with pytest.raises(grpc.RpcError) as err:
+        node.exec(cid, "sleep", "100", timeout=1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "timed out" in (err.value.details() or "")
+    processes = node.exec(cid, "ps", "-o", "args").stdout.decode().splitlines()
+    # Killed; at most a zombie ("[sleep]") that the container's own init never reaps.
+    assert "sleep 100" not in processes, processes
+
+
+def test_update_resources_reach_the_cgroup(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run("limited", command=["sleep", "1000"])
+    info = json.loads(node.status(cid, verbose=True).info["info"])
+    node.runtime.UpdateContainerResources(
+        pb.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=pb.LinuxContainerResources(
+                memory_limit_in_bytes=64 * 1024 * 1024, cpu_shares=512
+            ),
+        )
+    )
+    pid = info["pid"]
+    cgroup_line = next(
+        line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in line
+    )
+    memory_dir = Path("/sys/fs/cgroup/memory" + cgroup_line.split(":", 2)[2])
+    assert int((memory_dir / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
+    status = node.status(cid).status
+    assert status.resources.linux.memory_limit_in_bytes == 64 * 1024 * 1024
+
+
+def test_reopen_container_log(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run("chatty", command=["sh", "-c", "while true; do echo tick; sleep 0.1; done"])
+    time.sleep(0.5)
+    log_path = Path(node.status(cid).status.log_path)
+    rotated = log_path.with_suffix(".1")
+    log_path.rename(rotated)
+    node.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    time.sleep(0.5)
+    assert log_path.exists(), "no new log file after ReopenContainerLog"
+    assert "tick" in log_path.read_text()
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_requests_leave_nothing(make_node: MakeNode) -> None:
+    node = make_node()
+    error = node.create_error(
+        "noimage", image=f"{node.world.registry.host}/not/pulled:1", command=["true"]
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "not/pulled" in (error.details() or "")
+    error = node.create_error("nopod", pod="0" * 64, command=["true"])
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    node.create("dup", command=["true"])
+    error = node.create_error("dup", command=["true"])
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    bad = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpu_shares=1))
+    error = node.create_error("badres", command=["true"], linux=bad)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for container in node.runtime.ListContainers(pb.ListContainersRequest()).containers:
+        node.remove(container.id)
+    _assert_no_container_leaks(node)
+
+
+def test_an_image_in_use_cannot_be_removed(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.create("user-of-image", command=["true"])
+    with pytest.raises(grpc.RpcError) as err:
+        node.daemon.images().RemoveImage(
+            pb.RemoveImageRequest(image=pb.ImageSpec(image=node.world.busybox))
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "container" in (err.value.details() or "")
+    node.remove(cid)
+    node.daemon.images().RemoveImage(
+        pb.RemoveImageRequest(image=pb.ImageSpec(image=node.world.busybox))
+    )
+
+
+# --- pods, restarts, cycles ------------------------------------------------------------------
+
+
+def test_stopping_and_removing_the_pod_takes_its_containers(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run("in-pod", command=["sleep", "1000"])
+    node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
+    assert node.status(cid).status.state == pb.ContainerState.CONTAINER_EXITED
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
+    assert list(node.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
+    _assert_no_container_leaks(node)
+
+
+def test_containers_outlive_skiffd_and_exits_are_reconciled(make_node: MakeNode) -> None:
+    node = make_node()
+    survivor = node.run("survivor", command=["sleep", "1000"])
+    short = node.run("short", command=["sh", "-c", "sleep 2; exit 7"])
+    pid = json.loads(node.status(survivor, verbose=True).info["info"])["pid"]
+    node.daemon.kill()
+    time.sleep(3)  # "short" exits while skiffd is down
+    assert Path(f"/proc/{pid}").exists(), "the container died with skiffd"
+    node.daemon.start()
+    assert node.status(survivor).status.state == pb.ContainerState.CONTAINER_RUNNING
+    status = node.status(short).status
+    assert status.state == pb.ContainerState.CONTAINER_EXITED
+    assert status.exit_code == 7
+
+
+def _hybrid_cgroups() -> bool:
+    """cgroup v1 controllers with a cgroup2 mount beside them (this CI's layout)."""
+    with open("/proc/self/mountinfo") as f:
+        kinds = {line.split(" - ")[1].split()[0] for line in f if " - " in line}
+    return "cgroup" in kinds and "cgroup2" in kinds
+
+
+def test_crun_handler(make_node: MakeNode) -> None:
+    node = make_node("crunpod", runtime_handler="crun")
+    if _hybrid_cgroups():
+        # crun 1.8 refuses hybrid cgroup hosts; the error must say so, not hide it.
+        error = node.create_error("on-crun", command=["sh", "-c", "exit 4"])
+        assert "hybrid" in (error.details() or ""), error.details()
+        _assert_no_container_leaks(node)
+        return
+    cid = node.run("on-crun", command=["sh", "-c", "exit 4"])
+    assert node.wait_exit(cid).exit_code == 4
+
+
+def test_fifty_cycles_leave_nothing(make_node: MakeNode) -> None:
+    node = make_node()
+    for i in range(50):
+        cid = node.run(f"cycle-{i}", command=["sleep", "100"])
+        node.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+        node.remove(cid)
+    _assert_no_container_leaks(node)
+
+
+def test_runtime_default_seccomp_blocks_what_the_profile_denies(make_node: MakeNode) -> None:
+    node = make_node()
+    # Making a user namespace needs no capability: only seccomp can refuse it.
+    script = ["sh", "-c", "unshare -U true && echo allowed || echo denied"]
+    confined = pb.LinuxContainerSecurityContext(
+        seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.ProfileType.RuntimeDefault)
+    )
+    cid = node.run(
+        "seccomp", command=script, linux=pb.LinuxContainerConfig(security_context=confined)
+    )
+    node.wait_exit(cid)
+    assert node.output(cid) == "denied"
+    open_ = pb.LinuxContainerSecurityContext(
+        seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.ProfileType.Unconfined)
+    )
+    cid = node.run(
+        "no-seccomp", command=script, linux=pb.LinuxContainerConfig(security_context=open_)
+    )
+    node.wait_exit(cid)
+    assert node.output(cid) == "allowed"
+
+
+def test_oom_kill_is_reported(make_node: MakeNode) -> None:
+    node = make_node()
+    limits = pb.LinuxContainerResources(memory_limit_in_bytes=16 * 1024 * 1024)
+    # `tail /dev/zero` keeps one ever-growing line in memory.
+    cid = node.run(
+        "hog", command=["tail", "/dev/zero"], linux=pb.LinuxContainerConfig(resources=limits)
+    )
+    status = node.wait_exit(cid, timeout=30)
+    assert status.reason == "OOMKilled", (status.reason, status.exit_code)
+    assert status.exit_code == 137
+
+
+def test_guaranteed_pod_oom_score_adj_is_clamped(make_node: MakeNode) -> None:
+    node = make_node()
+    # The kubelet asks -997 for Guaranteed pods; this node refuses negative values.
+    resources = pb.LinuxContainerResources(oom_score_adj=-997)
+    cid = node.run(
+        "guaranteed",
+        command=["cat", "/proc/self/oom_score_adj"],
+        linux=pb.LinuxContainerConfig(resources=resources),
+    )
+    node.wait_exit(cid)
+    assert (
+        int(node.output(cid)) == int(Path("/proc/self/oom_score_adj").read_text())
+        or int(node.output(cid)) >= 0
+    )
+    assert "restrict_oom_score_adj" in node.daemon.logs()
+
+
+def test_containers_sharing_the_pod_pid_namespace(make_node: MakeNode) -> None:
+    node = make_node()
+    shared = pb.LinuxContainerSecurityContext(
+        namespace_options=pb.NamespaceOption(pid=pb.NamespaceMode.POD)
+    )
+    linux = pb.LinuxContainerConfig(security_context=shared)
+    first = node.run("first", command=["sleep", "1000"], linux=linux)
+    second = node.run("second", command=["sleep", "2000"], linux=linux)
+    time.sleep(0.3)
+    seen = node.exec(second, "ps", "-o", "pid,args").stdout.decode()
+    assert "sleep 1000" in seen and "sleep 2000" in seen, seen
+    # PID 1 is the pod's own init, not either container.
+    assert not any(line.split(None, 1)[0] == "1" and "sleep" in line for line in seen.splitlines())
+    info = json.loads(
+        node.daemon.runtime()
+        .PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True))
+        .info["info"]
+    )
+    pause_pid = info["pause_pid"]
+    assert pause_pid and Path(f"/proc/{pause_pid}").exists()
+    node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
+    for cid in (first, second):
+        assert node.status(cid).status.state == pb.ContainerState.CONTAINER_EXITED
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{pause_pid}/stat")
+        if not state.exists() or state.read_text().split(") ", 1)[1].startswith("Z"):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the pod's init survived StopPodSandbox")
