@@ -43,6 +43,7 @@ from runtime.container_spec import (
     SecuritySpec,
     UserSpec,
 )
+from runtime.mounts import propagation_of
 from runtime.oci_runtime import ExitStatus, OciRuntime, RuntimeHandlerPaths
 from runtime.oci_spec import HostFacts, build_spec, host_facts
 from runtime.programs import find_program
@@ -62,7 +63,10 @@ class CriMount:
     container_path: str
     host_path: str
     readonly: bool = False
-    propagation: str = "private"  # private | rslave | rshared
+    propagation: str = "private"  # private | slave | shared
+    # An image volume: the image's files (or a directory of them), read-only.
+    image: str = ""
+    image_sub_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class Container:
     tty: bool
     stdin: bool
     config: dict[str, Any]
+    # Images mounted as volumes (CRI image volumes), by id.
+    volume_image_ids: list[str] = field(default_factory=list)
 
     @property
     def reserved_name(self) -> str:
@@ -215,7 +221,10 @@ class ContainerManager:
         return self._locks.setdefault(container_id, asyncio.Lock())
 
     def images_in_use(self) -> set[str]:
-        return {c.image_id for c in self._containers.values()}
+        used = {c.image_id for c in self._containers.values()}
+        for container in self._containers.values():
+            used.update(container.volume_image_ids)
+        return used
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -315,6 +324,7 @@ class ContainerManager:
             rootfs = await asyncio.to_thread(mount_rootfs, layers, container_dir / "rootfs")
             rootfs_mounted = True
             container = self._new_container(request, sandbox, image, container_id, container_dir)
+            request = await self._mount_image_volumes(request, container, container_dir)
             namespaces = await self._namespaces(request, sandbox)
             spec = await asyncio.to_thread(
                 self._spec, request, sandbox, image, container, str(rootfs.merged), namespaces
@@ -335,6 +345,7 @@ class ContainerManager:
         except BaseException:
             if created:
                 await _quietly(runtime.delete(container_id), container_id, "runtime delete")
+            await asyncio.to_thread(_unmount_volumes, container_dir)
             if rootfs_mounted:
                 await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
             await asyncio.to_thread(shutil.rmtree, container_dir, True)
@@ -350,6 +361,41 @@ class ContainerManager:
             },
         )
         return container_id
+
+    async def _mount_image_volumes(
+        self, request: ContainerRequest, container: Container, container_dir: Path
+    ) -> ContainerRequest:
+        """Mount each image volume's layers (read-only) and point its mount there."""
+        mounts: list[CriMount] = []
+        for index, mount in enumerate(request.mounts):
+            if not mount.image:
+                mounts.append(mount)
+                continue
+            volume_image = self.state.images.find(mount.image)
+            if volume_image is None:
+                raise NotFound(
+                    f"image {mount.image!r} for the volume at {mount.container_path!r} "
+                    "not found; pull it first"
+                )
+            sub_path = mount.image_sub_path.strip("/")
+            if sub_path and (".." in sub_path.split("/") or mount.image_sub_path.startswith("/")):
+                raise InvalidArgument(
+                    f"image volume at {mount.container_path!r}: sub path "
+                    f"{mount.image_sub_path!r} must stay inside the image"
+                )
+            layers = [self.state.images.store.layer_path(c) for c in volume_image.chain_ids]
+            volume = await asyncio.to_thread(
+                mount_rootfs, layers, container_dir / "volumes" / str(index), True
+            )
+            source = Path(volume.merged) / sub_path if sub_path else Path(volume.merged)
+            if sub_path and not await asyncio.to_thread(source.is_dir):
+                raise InvalidArgument(
+                    f"image volume at {mount.container_path!r}: {mount.image_sub_path!r} "
+                    f"is not a directory in image {mount.image!r}"
+                )
+            container.volume_image_ids.append(volume_image.id)
+            mounts.append(replace(mount, host_path=str(source), readonly=True, image=""))
+        return replace(request, mounts=tuple(mounts))
 
     def _new_container(
         self,
@@ -454,6 +500,7 @@ class ContainerManager:
             oom_score_adj=request.oom_score_adj,
             security=request.security,
             annotations=dict(request.annotations),
+            rootfs_propagation=_rootfs_propagation(request.mounts),
         )
 
     def _mounts(self, request: ContainerRequest, sandbox: Sandbox) -> tuple[MountSpec, ...]:
@@ -478,10 +525,16 @@ class ContainerManager:
                     f"mount of {mount.host_path!r} at {mount.container_path!r}: "
                     "the host path does not exist"
                 )
-            options = [
-                "rbind",
-                "r" + mount.propagation if mount.propagation != "private" else "rprivate",
-            ]
+            if mount.propagation != "private":
+                source = propagation_of(Path(mount.host_path))
+                allowed = ("shared",) if mount.propagation == "shared" else ("shared", "slave")
+                if source not in allowed:
+                    raise FailedPrecondition(
+                        f"mount of {mount.host_path!r} at {mount.container_path!r} asks for "
+                        f"{mount.propagation} propagation, but the host mount holding it is "
+                        f"{source}; make it shared (mount --make-rshared)"
+                    )
+            options = ["rbind", "r" + mount.propagation]
             options.append("ro" if mount.readonly else "rw")
             mounts.append(MountSpec(mount.container_path, mount.host_path, "bind", tuple(options)))
         return tuple(mounts)
@@ -579,6 +632,7 @@ class ContainerManager:
             runtime = self.runtime(container.runtime_handler)
             await runtime.delete(container.id)
             container_dir = Path(container.container_dir)
+            await asyncio.to_thread(_unmount_volumes, container_dir)
             await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
             await asyncio.to_thread(shutil.rmtree, container_dir, True)
             await self.state.store.remove("container", container.id)
@@ -642,6 +696,24 @@ class ContainerManager:
 
 def _with_sandbox_id(request: ContainerRequest, sandbox_id: str) -> ContainerRequest:
     return replace(request, sandbox_id=sandbox_id)
+
+
+def _rootfs_propagation(mounts: tuple[CriMount, ...]) -> str:
+    """A mount propagating into (or out of) the container needs the root's mount to
+    propagate likewise, or runc cannot make it so."""
+    kinds = {m.propagation for m in mounts}
+    if "shared" in kinds:
+        return "rshared"
+    if "slave" in kinds:
+        return "rslave"
+    return ""
+
+
+def _unmount_volumes(container_dir: Path) -> None:
+    volumes = container_dir / "volumes"
+    if volumes.is_dir():
+        for volume in volumes.iterdir():
+            unmount_rootfs(volume)
 
 
 def _write_bundle(bundle: Path, oci: Mapping[str, Any]) -> None:

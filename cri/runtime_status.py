@@ -91,7 +91,8 @@ async def status(state: DaemonState, verbose: bool) -> RuntimeReport:
     runtime_ready, programs = await runtime_condition(state)
     network_ready, network = network_condition(state)
     config = state.config
-    # Not yet supported by skiff's container runner: reported false until it is.
+    # Recursive read-only mounts and user namespaces are not supported by skiff's
+    # runner yet: reported false until they are.
     handler_names = [config.runtime.default_handler, *sorted(config.runtime.handlers)]
     handlers = [HandlerFeatures(name, False, False) for name in handler_names]
     handlers.insert(0, HandlerFeatures("", False, False))
@@ -106,7 +107,8 @@ async def status(state: DaemonState, verbose: bool) -> RuntimeReport:
     return RuntimeReport(
         conditions=(runtime_ready, network_ready),
         handlers=tuple(_unique(handlers)),
-        supplemental_groups_policy=False,
+        # Merge and Strict are both honoured when containers' users are resolved.
+        supplemental_groups_policy=True,
         user_namespaces_host_network=False,
         mount_options=False,
         info=info,

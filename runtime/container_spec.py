@@ -73,3 +73,5 @@ class ContainerSpec:
     security: SecuritySpec = field(default_factory=SecuritySpec)
     sysctls: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # rslave or rshared when a mount propagates from (or to) the host; empty: private.
+    rootfs_propagation: str = ""

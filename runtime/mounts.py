@@ -51,3 +51,21 @@ def is_mountpoint(path: Path) -> bool:
     wanted = str(path)
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == wanted for line in f)
+
+
+def propagation_of(path: Path) -> str:
+    """How the mount holding `path` propagates: "shared", "slave" or "private"."""
+    target = str(path.resolve())
+    best, best_fields = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" - ")[0].split()
+            point = fields[4]
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, best_fields = point, " ".join(fields[6:])
+    if "shared:" in best_fields:
+        return "shared"
+    if "master:" in best_fields:
+        return "slave"
+    return "private"

@@ -207,6 +207,8 @@ def build_spec(spec: ContainerSpec, host: HostFacts) -> dict[str, Any]:
             linux["seccomp"] = seccomp
     if spec.sysctls:
         linux["sysctl"] = dict(spec.sysctls)
+    if spec.rootfs_propagation:
+        linux["rootfsPropagation"] = spec.rootfs_propagation
     oci["linux"] = linux
     if spec.annotations:
         oci["annotations"] = dict(spec.annotations)

@@ -98,6 +98,8 @@ def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
                 m.host_path,
                 m.readonly,
                 _PROPAGATION.get(m.propagation, "private"),
+                m.image.image,
+                m.image_sub_path,
             )
             for m in config.mounts
         ),

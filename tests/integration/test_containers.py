@@ -730,3 +730,91 @@ def test_containers_sharing_the_pod_pid_namespace(make_node: MakeNode) -> None:
         time.sleep(0.05)
     else:
         raise AssertionError("the pod's init survived StopPodSandbox")
+
+
+def test_image_volumes(make_node: MakeNode) -> None:
+    node = make_node()
+    busybox = node.world.busybox
+    mounts = [
+        pb.Mount(container_path="/vol", image=pb.ImageSpec(image=busybox)),
+        pb.Mount(container_path="/etcvol", image=pb.ImageSpec(image=busybox), image_sub_path="etc"),
+    ]
+    script = "ls /vol/bin/busybox; grep -c app /etcvol/passwd; touch /vol/x 2>/dev/null || echo ro"
+    cid = node.run("imgvol", image=node.world.stopper, command=["sh", "-c", script], mounts=mounts)
+    node.wait_exit(cid)
+    assert node.output(cid).splitlines() == ["/vol/bin/busybox", "1", "ro"]
+    with pytest.raises(grpc.RpcError) as err:
+        node.daemon.images().RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=busybox)))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    node.remove(cid)
+    escape = [
+        pb.Mount(container_path="/v", image=pb.ImageSpec(image=busybox), image_sub_path="../..")
+    ]
+    error = node.create_error("badvol", command=["true"], mounts=escape)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _assert_no_container_leaks(node)
+
+
+def test_mount_propagation_from_the_host(make_node: MakeNode) -> None:
+    node = make_node()
+    shared = short_tempdir("prop")
+    try:
+        subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+        subprocess.run(["mount", "--make-rshared", str(shared)], check=True)
+        mount = pb.Mount(
+            container_path="/prop",
+            host_path=str(shared),
+            propagation=pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER,
+        )
+        cid = node.run("prop", command=["sleep", "1000"], mounts=[mount])
+        (shared / "late").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "skiff-prop", str(shared / "late")], check=True)
+        (shared / "late" / "seen.txt").write_text("after start\n")
+        assert node.exec(cid, "cat", "/prop/late/seen.txt").stdout == b"after start\n"
+        node.remove(cid)
+
+        private = short_tempdir("priv")
+        try:
+            # Its own private mount, whatever the propagation of / on this node.
+            subprocess.run(["mount", "--bind", str(private), str(private)], check=True)
+            subprocess.run(["mount", "--make-private", str(private)], check=True)
+            bad = pb.Mount(
+                container_path="/p",
+                host_path=str(private),
+                propagation=pb.MountPropagation.PROPAGATION_BIDIRECTIONAL,
+            )
+            error = node.create_error("private", command=["true"], mounts=[bad])
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "shared" in (error.details() or "")
+        finally:
+            subprocess.run(["umount", "-l", str(private)], check=False)
+            shutil.rmtree(private, ignore_errors=True)
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(shared)], check=False)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_devices_and_apparmor_requests(make_node: MakeNode) -> None:
+    node = make_node()
+    devices = [pb.Device(container_path="/dev/mynull", host_path="/dev/null", permissions="rwm")]
+    cid = node.run(
+        "dev", command=["sh", "-c", "echo x > /dev/mynull && echo wrote"], devices=devices
+    )
+    node.wait_exit(cid)
+    assert node.output(cid) == "wrote"
+    missing = [pb.Device(container_path="/dev/nope", host_path="/dev/skiff-no-such-device")]
+    error = node.create_error("nodev", command=["true"], devices=missing)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "skiff-no-such-device" in (error.details() or "")
+    apparmor = pb.LinuxContainerSecurityContext(
+        apparmor=pb.SecurityProfile(
+            profile_type=pb.SecurityProfile.ProfileType.Localhost, localhost_ref="my-profile"
+        )
+    )
+    error = node.create_error(
+        "aa", command=["true"], linux=pb.LinuxContainerConfig(security_context=apparmor)
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "AppArmor" in (error.details() or "")
+    node.remove(cid)
+    _assert_no_container_leaks(node)

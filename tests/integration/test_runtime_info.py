@@ -89,7 +89,8 @@ def test_status_lists_every_handler_and_the_default_as_empty_name(skiffd: Skiffd
         # Not supported by skiff's runner yet, and so not claimed.
         assert handler.features.recursive_read_only_mounts is False
         assert handler.features.user_namespaces is False
-    assert response.features.supplemental_groups_policy is False
+    assert response.features.supplemental_groups_policy is True
+    assert response.features.mount_options is False
 
 
 def test_status_verbose_carries_the_config_as_json(skiffd: Skiffd) -> None:
