@@ -81,3 +81,9 @@ bench-packages: test-packages
 .PHONY: bench-sandbox
 bench-sandbox: bench-packages venv-dev
 	$(BIN)/python -m bench.sandbox $(BENCH_ARGS)
+
+# The pod + container lifecycle, List latency and memory benchmark against containerd's
+# CRI (bench/README.md), as root. BENCH_ARGS="--pods 100 --parallel 20 --list-pods 50".
+.PHONY: bench-lifecycle
+bench-lifecycle: bench-packages venv-dev
+	$(BIN)/python -m bench.lifecycle $(BENCH_ARGS)

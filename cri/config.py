@@ -157,6 +157,30 @@ class ImageConfig:
     )
 
 
+def _optional_absolute(value: str) -> str | None:
+    return None if not value or value.startswith("/") else "must be empty or an absolute path"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number from 0 (any free port) to 65535"
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    address: str = field(
+        default="127.0.0.1", metadata=_key("where the exec/attach/port-forward server listens")
+    )
+    port: int = field(default=0, metadata=_key("its port; 0 picks a free one", _port))
+    token_ttl: float = field(
+        default=60.0,
+        metadata=_key("seconds an Exec/Attach/PortForward URL stays usable", _positive),
+    )
+    tls_cert: str = field(
+        default="", metadata=_key("PEM certificate for https streaming", _optional_absolute)
+    )
+    tls_key: str = field(default="", metadata=_key("its PEM private key", _optional_absolute))
+
+
 @dataclass(frozen=True)
 class Config:
     root: str = field(
@@ -178,6 +202,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     @property
     def socket_path(self) -> Path:
@@ -393,3 +418,7 @@ def validate(config: Config) -> None:
         )
     if config.root == config.runroot:
         raise ConfigError("effective config", "runroot", "must differ from root")
+    if bool(config.streaming.tls_cert) != bool(config.streaming.tls_key):
+        raise ConfigError(
+            "effective config", "streaming.tls_key", "tls_cert and tls_key go together"
+        )

@@ -186,6 +186,9 @@ class ContainerManager:
         self._containers: dict[str, Container] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._host: HostFacts | None = None
+        self._runtimes: dict[str, OciRuntime] = {}
+        self._runtimes_for: object = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -202,6 +205,18 @@ class ContainerManager:
     def runtime(self, handler: str) -> OciRuntime:
         config = self.state.config.runtime
         name = handler or config.default_handler
+        if self._runtimes_for is not config:
+            # A reloaded config may name other programs: look them up again.
+            self._runtimes, self._runtimes_for = {}, config
+        cached = self._runtimes.get(name)
+        if cached is not None:
+            return cached
+        runtime = self._make_runtime(name)
+        self._runtimes[name] = runtime
+        return runtime
+
+    def _make_runtime(self, name: str) -> OciRuntime:
+        config = self.state.config.runtime
         path = find_program(config.handlers[name].path)
         if path is None:
             raise FailedPrecondition(
@@ -233,6 +248,29 @@ class ContainerManager:
             container = Container.from_record(record)
             self._containers[container.id] = container
             await self._refresh(container)
+
+    def start_watching(self, interval: float = 0.5) -> None:
+        """Notice exits in the background, so List reads memory only."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                for container in list(self._containers.values()):
+                    if container.state == RUNNING:
+                        try:
+                            await self._refresh(container)
+                        except Exception as exc:
+                            log.warning(
+                                "exit check failed",
+                                extra={"container_id": container.id, "error": str(exc)},
+                            )
+
+        self._watcher = asyncio.get_running_loop().create_task(watch())
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     async def _refresh(self, container: Container) -> None:
         """Take in an exit conmon recorded (while skiffd was down, or since)."""
@@ -276,7 +314,6 @@ class ContainerManager:
                 continue
             if labels and any(container.labels.get(k) != v for k, v in labels.items()):
                 continue
-            await self._refresh(container)
             if state is not None and container.state != state:
                 continue
             out.append(container)
@@ -466,7 +503,10 @@ class ContainerManager:
             strict_supplemental=request.strict_supplemental_groups,
         )
         container.uid, container.gid = user.uid, user.gid
-        container.groups = list(user.additional_gids)
+        # The primary gid leads the groups, as getgroups(2) shows them inside the
+        # container and as kubelets expect them in ContainerStatus.
+        groups = tuple(dict.fromkeys([user.gid, *user.additional_gids]))
+        container.groups = list(groups)
         args = merge_command(request.command, request.args, image_config)
         if not args:
             raise InvalidArgument(
@@ -489,7 +529,7 @@ class ContainerManager:
             args=tuple(args),
             env=tuple(env),
             cwd=request.working_dir or str(image_config.get("WorkingDir") or "/"),
-            user=UserSpec(user.uid, user.gid, user.additional_gids),
+            user=UserSpec(user.uid, user.gid, groups),
             terminal=request.tty,
             hostname=sandbox.hostname,
             mounts=self._mounts(request, sandbox),

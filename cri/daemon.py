@@ -25,6 +25,7 @@ from cri.interceptor import CallInterceptor
 from cri.sandboxes import SandboxManager
 from cri.server.services import register
 from cri.store import StateStore
+from cri.streaming.server import StreamingServer
 from runtime.cgroup_driver import driver_problem
 
 log = logging.getLogger("skiff.daemon")
@@ -198,6 +199,7 @@ class Daemon:
         images.in_use = containers.images_in_use
         await sandboxes.load()
         await containers.load()
+        containers.start_watching()
         server = grpc.aio.server(
             interceptors=[CallInterceptor()],
             options=[
@@ -205,7 +207,16 @@ class Daemon:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        register(server, state, sandboxes, containers)
+        streaming = StreamingServer(cfg.streaming)
+        try:
+            await streaming.start()
+        except OSError as exc:
+            await store.close()
+            raise StartupError(
+                f"streaming server cannot listen on {cfg.streaming.address}:"
+                f"{cfg.streaming.port}: {exc.strerror}"
+            ) from None
+        register(server, state, sandboxes, containers, streaming)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
@@ -230,6 +241,8 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self._remove_socket()
+            containers.stop_watching()
+            await streaming.stop()
             await store.close()
         log.info("skiffd stopped")
 

@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +49,8 @@ log = logging.getLogger("skiff.sandbox")
 READY = "ready"
 NOTREADY = "notready"
 MAX_NAME = 253
+# What the kubelet allows (RFC 1123 label); the kernel itself takes 64 bytes.
+MAX_HOSTNAME = 63
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,11 @@ class SandboxManager:
                 f"pod {spec.name!r}: runtime handler {handler!r} is not configured "
                 f"(configured: {', '.join(sorted(self.config.runtime.handlers))})"
             )
+        if len(spec.hostname.encode()) > MAX_HOSTNAME:
+            raise InvalidArgument(
+                f"pod {spec.name!r}: hostname {spec.hostname[:20]!r}... is longer than "
+                f"{MAX_HOSTNAME} bytes"
+            )
         validate_sysctls(spec.sysctls, spec.host_network, spec.host_ipc)
 
     async def run(self, spec: SandboxSpec) -> str:
@@ -280,7 +288,8 @@ class SandboxManager:
             state=READY,
             created_ns=time.time_ns(),
             runtime_handler=spec.runtime_handler,
-            hostname=spec.hostname or spec.name,
+            hostname=spec.hostname
+            or (socket.gethostname() if spec.host_network else sandbox_id[:12]),
             log_directory=spec.log_directory,
             labels=dict(spec.labels),
             annotations=dict(spec.annotations),

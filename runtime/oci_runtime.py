@@ -671,6 +671,13 @@ class OciRuntime:
             if group is not None and group > 1 and group not in (os.getpgrp(), init):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(group, signals.SIGKILL)
+        # The runtime is the killed process's parent: let it reap it and exit, so no
+        # zombie is handed to the node's init. Only a runtime that lingers is killed.
+        try:
+            await asyncio.wait_for(proc.wait(), 2.0)
+            return
+        except TimeoutError:
+            pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signals.SIGKILL)
         try:

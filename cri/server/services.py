@@ -17,6 +17,7 @@ from cri.server.runtime_info import RuntimeInfoRPCs
 from cri.server.sandbox import SandboxRPCs
 from cri.server.stats import StatsRPCs
 from cri.server.streaming import StreamingRPCs
+from cri.streaming.server import StreamingServer
 
 
 class RuntimeService(
@@ -30,11 +31,16 @@ class RuntimeService(
     api_pb2_grpc.RuntimeServiceServicer,
 ):
     def __init__(
-        self, state: DaemonState, sandboxes: SandboxManager, containers: ContainerManager
+        self,
+        state: DaemonState,
+        sandboxes: SandboxManager,
+        containers: ContainerManager,
+        streaming: StreamingServer,
     ) -> None:
         self.state = state
         self.sandboxes = sandboxes
         self.containers = containers
+        self.streaming = streaming
 
 
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
@@ -48,7 +54,8 @@ def register(
     state: DaemonState,
     sandboxes: SandboxManager,
     containers: ContainerManager,
+    streaming: StreamingServer,
 ) -> None:
-    runtime = RuntimeService(state, sandboxes, containers)
+    runtime = RuntimeService(state, sandboxes, containers, streaming)
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
     api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state), server)

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.nodes import make_node, world  # noqa: F401  (shared fixtures)
 from tests.integration.skiffd import Skiffd, skiffd_process
 
 

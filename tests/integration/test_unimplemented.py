@@ -37,6 +37,9 @@ BUILT = {
     "UpdateContainerResources",
     "ReopenContainerLog",
     "ExecSync",
+    "Exec",
+    "Attach",
+    "PortForward",
 }
 
 METHODS = [

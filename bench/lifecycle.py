@@ -1,0 +1,873 @@
+"""Pod + container lifecycle benchmark (issue 5): skiff against containerd's CRI.
+
+For each runtime, one daemon, the same CNI conflist (bridge + host-local + portmap, as in
+`bench.sandbox`) and the same busybox image, pushed to a loopback registry and pulled
+through each runtime's CRI ImageService before anything is timed:
+
+1. **idle memory**: the daemon plus its per-container helpers, with no pod yet.
+2. **lifecycle**: ``--pods`` (50) pods, each RunPodSandbox, CreateContainer (one busybox
+   container configured as the kubelet would: log path, its own PID namespace, seccomp
+   unconfined), StartContainer, StopContainer (timeout 10 s; once its log says "ready",
+   untimed, the container has trapped SIGTERM and exits on it), RemoveContainer,
+   StopPodSandbox, RemovePodSandbox, each RPC timed client side; one pod at a time,
+   then ``--parallel`` (10) workers over as many.
+3. **list latency**: ``--list-pods`` (100) pods with 2 running containers each (made
+   untimed, 10 at a time), then ``--list-calls`` (200) ListContainers calls in a row,
+   then as many ListPodSandbox calls, each timed.
+4. **memory with those pods**: PSS (``/proc/<pid>/smaps_rollup``; RSS beside it) summed
+   over skiffd + every conmon whose command line names skiffd's base directory + skiff
+   pause processes of its pods (none here: the containers have PID namespaces of their
+   own), against containerd + every ``containerd-shim-*`` whose ``-address`` lies in its
+   directory. Container processes (and containerd's sandbox ``sleep``) are workloads and
+   are not counted.
+5. Every pod is removed, then leak checks: pods/containers still listed, IPs left in
+   host-local's ``dataDir``, veths on the bridge, helpers still running, mounts left
+   below the runtime's directory (containerd: cached CNI results); what is found is
+   reported and removed.
+
+skiff: skiffd through `tests.integration.skiffd.Skiffd`, the registry marked insecure in
+its ``registries.conf``. containerd: Debian's 1.6 through `bench.peer.containerd_cri`
+(its sandbox image a busybox ``sleep`` image from the same registry). Printed: p50/p99
+per RPC and per cycle, list p50/p99, memory, with ratio skiff/containerd, and the
+targets: lifecycle p50 no slower than containerd's, List p99 ≤ 5 ms with 200
+containers, memory with the pods no more than containerd's. Exit status 0 whatever the
+numbers; 1 when the benchmark could not run.
+
+Run as root from the repository root: ``make bench-lifecycle`` or
+``.venv/bin/python -m bench.lifecycle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from api.runtime.v1 import api_pb2 as pb
+from api.runtime.v1 import api_pb2_grpc
+from bench.peer import (
+    CNI_BIN,
+    BenchNetwork,
+    containerd_cri,
+    delete_containers,
+    pause_image,
+    shims_under,
+    tail,
+)
+from bench.pull import BenchError, mounts_under, unmount_under
+from runtime.pause_process import PAUSE_MARKER
+from tests.integration import images as img
+from tests.integration.registry import TestRegistry
+from tests.integration.skiffd import Skiffd, short_tempdir
+
+BUSYBOX_REPO = "bench/busybox"
+PAUSE_REPO = "bench/pause"
+RPC_TIMEOUT = 60.0
+PULL_TIMEOUT = 120.0
+STOP_TIMEOUT_S = 10
+#: PID 1 of the container: exits 0 on SIGTERM at once, idle otherwise (no busy loop
+#: to disturb the list and memory measurements with 200 of them). It says "ready" once
+#: the trap is set: PID 1 of a PID namespace ignores a SIGTERM it has no handler for, so
+#: a stop before that would wait out the whole timeout.
+CONTAINER_COMMAND = ("sh", "-c", "trap 'exit 0' TERM; echo ready; sleep 3600 & wait")
+READY_LINE = " stdout F ready"
+READY_TIMEOUT = 20.0
+SETUP_WORKERS = 10
+SETTLE_S = 2.0
+MEMORY_SAMPLES = 3
+RATIO_TARGET = 1.0
+LIST_P99_TARGET_MS = 5.0
+MB = 1_000_000
+PHASES = (
+    "RunPodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+)
+MODES = ("sequential", "parallel")
+LISTS = ("ListContainers", "ListPodSandbox")
+
+
+# --------------------------------------------------------------------------------------
+# Processes and their memory
+# --------------------------------------------------------------------------------------
+
+
+def argv_of(pid: int) -> list[str]:
+    """The command line of ``pid``; empty once it is gone (or for a kernel thread)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def all_pids() -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def conmons_under(base: Path) -> list[int]:
+    """conmon processes whose command line names a path below ``base``."""
+    top = str(base) + "/"
+    return [
+        pid
+        for pid in all_pids()
+        if (argv := argv_of(pid))
+        and os.path.basename(argv[0]).startswith("conmon")
+        and any(top in arg for arg in argv)
+    ]
+
+
+def pauses_of(sandbox_ids: Iterable[str]) -> list[int]:
+    """skiff pause processes (``... skiff-pause <sandbox id>``) of these sandboxes."""
+    wanted = set(sandbox_ids)
+    found: list[int] = []
+    for pid in all_pids():
+        argv = argv_of(pid)
+        if PAUSE_MARKER in argv[:-1] and argv[argv.index(PAUSE_MARKER) + 1] in wanted:
+            found.append(pid)
+    return found
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Summed PSS and RSS (bytes) of a runtime's processes, and how many there were."""
+
+    pss: int
+    rss: int
+    daemon_pss: int
+    helpers: int
+
+
+def rollup_kib(pid: int) -> tuple[int, int] | None:
+    """(Pss, Rss) of ``pid`` in KiB from ``/proc/<pid>/smaps_rollup``; None once gone."""
+    pss = rss = -1
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (pss, rss) if pss >= 0 and rss >= 0 else None
+
+
+def measure_memory(daemon_pid: int, helpers: Callable[[], list[int]]) -> Memory:
+    """The median over a few samples of the daemon + helpers' summed PSS."""
+    samples: list[Memory] = []
+    for i in range(MEMORY_SAMPLES):
+        if i:
+            time.sleep(0.5)
+        daemon = rollup_kib(daemon_pid)
+        if daemon is None:
+            raise BenchError(f"daemon pid {daemon_pid} is gone")
+        pss, rss = daemon
+        pids = helpers()
+        for pid in pids:
+            got = rollup_kib(pid)
+            if got is not None:
+                pss += got[0]
+                rss += got[1]
+        samples.append(Memory(pss * 1024, rss * 1024, daemon[0] * 1024, len(pids)))
+    samples.sort(key=lambda m: m.pss)
+    return samples[len(samples) // 2]
+
+
+# --------------------------------------------------------------------------------------
+# One runtime under test
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A started runtime: its CRI, its pid, how to find its helpers, its log."""
+
+    name: str
+    pid: int
+    base: Path
+    runtime: api_pb2_grpc.RuntimeServiceStub
+    images: api_pb2_grpc.ImageServiceStub
+    log_path: Path
+    #: pids of its per-pod/per-container helpers, given the sandboxes that run.
+    helpers: Callable[[Iterable[str]], list[int]]
+
+    def pull(self, ref: str) -> str:
+        try:
+            response = self.images.PullImage(
+                pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=PULL_TIMEOUT
+            )
+        except grpc.RpcError as exc:
+            raise BenchError(
+                f"{self.name}: PullImage({ref}) failed: {exc.code()} {exc.details()}\n"
+                f"{tail(self.log_path)}"
+            ) from None
+        image_ref: str = response.image_ref
+        return image_ref
+
+    def memory(self, sandbox_ids: Iterable[str] = ()) -> Memory:
+        ids = list(sandbox_ids)
+        return measure_memory(self.pid, lambda: self.helpers(ids))
+
+
+def end_skiff_leftovers(base: Path) -> list[str]:
+    """After a failed run: containers still in skiff's runc state, conmons; by pid."""
+    found: list[str] = []
+    for runc_root in sorted((base / "run" / "runtimes").glob("*")):
+        ids = delete_containers(runc_root)
+        if ids:
+            found.append(f"{len(ids)} container(s) deleted with runc")
+    for pid in conmons_under(base):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            found.append(f"conmon {pid} killed")
+    return found
+
+
+@contextmanager
+def skiff_target(
+    base: Path, cni_conf_dir: Path, registry_host: str, log_level: str
+) -> Iterator[Target]:
+    """skiffd with a fresh root, the registry insecure, reading ``cni_conf_dir``."""
+    daemon = Skiffd(
+        base,
+        {
+            "log_level": log_level,
+            "log_format": "json",
+            "network": {"cni_config_dir": str(cni_conf_dir), "cni_plugin_dirs": [CNI_BIN]},
+        },
+    )
+    (base / "registries.conf").write_text(
+        f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n'
+    )
+
+    def helpers(sandbox_ids: Iterable[str]) -> list[int]:
+        return conmons_under(base) + pauses_of(sandbox_ids)
+
+    try:
+        try:
+            daemon.start()
+        except AssertionError as exc:
+            raise BenchError(str(exc)) from None
+        assert daemon.proc is not None
+        yield Target(
+            "skiff",
+            daemon.proc.pid,
+            base,
+            daemon.runtime(),
+            daemon.images(),
+            daemon.log_path,
+            helpers,
+        )
+        status = daemon.stop()
+        if status != 0:
+            raise BenchError(f"skiffd exited with {status}:\n{tail(daemon.log_path)}")
+    finally:
+        daemon.kill()
+        for what in end_skiff_leftovers(base):
+            print(f"warning: skiff left {what}", file=sys.stderr)
+        left = unmount_under(base)
+        if left:
+            print(f"warning: skiffd left mounts behind: {left[:5]}", file=sys.stderr)
+
+
+@contextmanager
+def containerd_target(
+    registry_host: str, sandbox_image: str, cni_conf_dir: Path
+) -> Iterator[Target]:
+    """`bench.peer.containerd_cri` as a Target; its helpers are its shims."""
+    with containerd_cri(registry_host, sandbox_image, cni_conf_dir) as peer:
+
+        def helpers(sandbox_ids: Iterable[str]) -> list[int]:
+            return [shim.pid for shim in shims_under(peer.base)]
+
+        yield Target(
+            "containerd",
+            peer.pid,
+            peer.base,
+            peer.runtime(),
+            peer.images(),
+            peer.log_path,
+            helpers,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Pods and containers, as the kubelet sends them
+# --------------------------------------------------------------------------------------
+
+
+def pod_config(tag: str, index: int, log_root: Path) -> pb.PodSandboxConfig:
+    name = f"bench-{tag}-{index}"
+    log_dir = log_root / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(
+            name=name, uid=f"uid-{tag}-{index}", namespace=f"ns-{tag}", attempt=0
+        ),
+        hostname=name,
+        log_directory=str(log_dir),
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption())
+        ),
+    )
+
+
+def container_config(name: str, image: str) -> pb.ContainerConfig:
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name, attempt=0),
+        image=pb.ImageSpec(image=image),
+        command=list(CONTAINER_COMMAND),
+        log_path=f"{name}_0.log",
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pb.NamespaceOption(pid=pb.NamespaceMode.CONTAINER),
+                seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.ProfileType.Unconfined),
+            )
+        ),
+    )
+
+
+class Calls:
+    """RPCs on one target, each timed; failures name the runtime, RPC and pod."""
+
+    def __init__(self, target: Target, pod: str) -> None:
+        self.target = target
+        self.pod = pod
+        self.times: dict[str, float] = {}
+
+    def __call__(self, rpc: str, request: Any) -> Any:
+        method = getattr(self.target.runtime, rpc)
+        start = time.perf_counter()
+        try:
+            response = method(request, timeout=RPC_TIMEOUT)
+        except grpc.RpcError as exc:
+            raise BenchError(
+                f"{self.target.name}: {rpc}({self.pod}) failed: {exc.code()} {exc.details()}\n"
+                f"{tail(self.target.log_path)}"
+            ) from None
+        self.times[rpc] = time.perf_counter() - start
+        return response
+
+
+def start_pod(
+    target: Target, config: pb.PodSandboxConfig, image: str, containers: int, calls: Calls
+) -> str:
+    """RunPodSandbox, then create and start ``containers`` containers in it."""
+    sandbox_id: str = calls("RunPodSandbox", pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    for i in range(containers):
+        container_id = calls(
+            "CreateContainer",
+            pb.CreateContainerRequest(
+                pod_sandbox_id=sandbox_id,
+                config=container_config(f"c{i}", image),
+                sandbox_config=config,
+            ),
+        ).container_id
+        calls("StartContainer", pb.StartContainerRequest(container_id=container_id))
+    return sandbox_id
+
+
+def wait_ready(target: Target, log_file: Path) -> None:
+    """Until the container's CRI log shows its "ready" line (untimed)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        with suppress(FileNotFoundError):
+            if READY_LINE in log_file.read_text(errors="replace"):
+                return
+        time.sleep(0.002)
+    raise BenchError(f"{target.name}: no 'ready' line in {log_file} after {READY_TIMEOUT}s")
+
+
+def cycle(target: Target, config: pb.PodSandboxConfig, image: str) -> dict[str, float]:
+    """One pod's full lifecycle with one container; seconds per RPC."""
+    calls = Calls(target, config.metadata.name)
+    sandbox_id = calls("RunPodSandbox", pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    container_id = calls(
+        "CreateContainer",
+        pb.CreateContainerRequest(
+            pod_sandbox_id=sandbox_id, config=container_config("c0", image), sandbox_config=config
+        ),
+    ).container_id
+    calls("StartContainer", pb.StartContainerRequest(container_id=container_id))
+    wait_ready(target, Path(config.log_directory) / "c0_0.log")
+    calls(
+        "StopContainer", pb.StopContainerRequest(container_id=container_id, timeout=STOP_TIMEOUT_S)
+    )
+    calls("RemoveContainer", pb.RemoveContainerRequest(container_id=container_id))
+    calls("StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    calls("RemovePodSandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    return calls.times
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    cycles: list[dict[str, float]]
+    wall_s: float
+
+    def phase(self, name: str) -> list[float]:
+        if name == "full cycle":
+            return [sum(c.values()) for c in self.cycles]
+        return [c[name] for c in self.cycles]
+
+
+def pool_map(fn: Callable[[int], Any], count: int, workers: int) -> list[Any]:
+    if workers == 1:
+        return [fn(i) for i in range(count)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod") as pool:
+        return list(pool.map(fn, range(count)))
+
+
+def run_cycles(
+    target: Target, image: str, log_root: Path, tag: str, pods: int, workers: int
+) -> ModeResult:
+    start = time.perf_counter()
+    cycles = pool_map(lambda i: cycle(target, pod_config(tag, i, log_root), image), pods, workers)
+    return ModeResult(cycles, time.perf_counter() - start)
+
+
+def time_lists(target: Target, calls: int, pods: int, containers: int) -> dict[str, list[float]]:
+    """``calls`` of one List RPC after the other, then of the next (each RPC's own
+    latency: interleaved, a slow ListContainers also slows the call after it);
+    unfiltered, each must see every pod and container."""
+    rt = target.runtime
+
+    def list_containers() -> int:
+        return len(rt.ListContainers(pb.ListContainersRequest(), timeout=RPC_TIMEOUT).containers)
+
+    def list_pods() -> int:
+        return len(rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=RPC_TIMEOUT).items)
+
+    rpcs: dict[str, tuple[Callable[[], int], int]] = {
+        "ListContainers": (list_containers, containers),
+        "ListPodSandbox": (list_pods, pods),
+    }
+    out: dict[str, list[float]] = {}
+    for name in LISTS:
+        fn, want = rpcs[name]
+        times = out[name] = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            got = fn()
+            times.append(time.perf_counter() - start)
+            if got != want:
+                raise BenchError(f"{target.name}: {name} answered {got} items, expected {want}")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Clean-up and leaks
+# --------------------------------------------------------------------------------------
+
+
+def remove_all(target: Target) -> int:
+    """Stop and remove every pod the runtime lists (its containers go with it)."""
+    rt = target.runtime
+    listed = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=RPC_TIMEOUT).items
+
+    def remove(pod: pb.PodSandbox) -> None:
+        rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=RPC_TIMEOUT)
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=RPC_TIMEOUT)
+
+    with ThreadPoolExecutor(max_workers=SETUP_WORKERS, thread_name_prefix="rm") as pool:
+        list(pool.map(remove, listed))
+    return len(listed)
+
+
+def leaks(
+    target: Target, network: BenchNetwork, idle_mounts: set[str], cni_cache: bool
+) -> list[str]:
+    """What the runtime still holds once every pod is gone; cleans up what it can."""
+    rt = target.runtime
+    found: list[str] = []
+    pods = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=RPC_TIMEOUT).items
+    containers = rt.ListContainers(pb.ListContainersRequest(), timeout=RPC_TIMEOUT).containers
+    if pods or containers:
+        found.append(f"{len(pods)} pod(s), {len(containers)} container(s) still listed")
+        try:
+            remove_all(target)
+        except grpc.RpcError as exc:
+            found.append(f"cannot remove them: {exc.details()}")
+    helpers = target.helpers(p.id for p in pods)
+    if helpers:
+        found.append(f"{len(helpers)} helper process(es) still running")
+    ips = network.allocated()
+    if ips:
+        found.append(f"{len(ips)} IP(s) left in host-local's dataDir: {ips[:5]}")
+    veths = network.veths()
+    if veths:
+        found.append(f"{len(veths)} veth(s) left on bridge {network.bridge}: {veths[:5]}")
+    mounts = [m for m in mounts_under(target.base) if m not in idle_mounts]
+    if mounts:
+        found.append(f"{len(mounts)} mount(s) left below {target.base}: {mounts[:3]}")
+    cached = network.cached_results() if cni_cache else []
+    if cached:
+        found.append(f"{len(cached)} cached CNI result(s) left: {[p.name for p in cached[:3]]}")
+        for path in cached:
+            path.unlink(missing_ok=True)
+    return found
+
+
+# --------------------------------------------------------------------------------------
+# Measuring one runtime
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RuntimeResult:
+    modes: dict[str, ModeResult] = field(default_factory=dict)
+    lists: dict[str, list[float]] = field(default_factory=dict)
+    idle: Memory | None = None
+    loaded: Memory | None = None
+    leaks: list[str] = field(default_factory=list)
+    #: byte ranges of the daemon's log per mode, for skiffd's own view.
+    log_spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Options:
+    pods: int
+    parallel: int
+    list_pods: int
+    list_calls: int
+    warmup: int
+    log_level: str
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def measure(
+    target: Target,
+    image: str,
+    network: BenchNetwork,
+    log_root: Path,
+    opts: Options,
+    cni_cache: bool = False,
+) -> RuntimeResult:
+    result = RuntimeResult()
+    tag = secrets.token_hex(3)
+    name = target.name
+    try:
+        idle_mounts = set(mounts_under(target.base))
+        time.sleep(SETTLE_S)
+        result.idle = target.memory()
+        if opts.warmup:
+            run_cycles(target, image, log_root, f"{tag}w", opts.warmup, 1)
+        for mode, workers in (("sequential", 1), ("parallel", opts.parallel)):
+            before = _log_size(target.log_path)
+            res = run_cycles(target, image, log_root, f"{tag}{mode[0]}", opts.pods, workers)
+            result.log_spans[mode] = (before, _log_size(target.log_path))
+            result.modes[mode] = res
+            totals = [t * 1000 for t in res.phase("full cycle")]
+            print(
+                f"{name:<10} {mode:<10} full cycle p50 {percentile(totals, 50):7.1f} ms"
+                f"   p99 {percentile(totals, 99):7.1f} ms   wall {res.wall_s:6.2f} s",
+                file=sys.stderr,
+            )
+
+        print(f"{name:<10} starting {opts.list_pods} pods x 2 containers ...", file=sys.stderr)
+
+        def setup(i: int) -> str:
+            config = pod_config(f"{tag}l", i, log_root)
+            return start_pod(target, config, image, 2, Calls(target, config.metadata.name))
+
+        sandbox_ids = pool_map(setup, opts.list_pods, SETUP_WORKERS)
+        time.sleep(SETTLE_S)
+        result.loaded = target.memory(sandbox_ids)
+        result.lists = time_lists(target, opts.list_calls, opts.list_pods, 2 * opts.list_pods)
+        print(
+            f"{name:<10} List p99: "
+            + ", ".join(f"{k} {percentile(v, 99) * 1000:.2f} ms" for k, v in result.lists.items()),
+            file=sys.stderr,
+        )
+        remove_all(target)
+    except BaseException:
+        with suppress(grpc.RpcError):
+            remove_all(target)  # best effort: leave nothing running behind the error
+        raise
+    result.leaks = leaks(target, network, idle_mounts, cni_cache)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# skiffd's own view, from its log
+# --------------------------------------------------------------------------------------
+
+
+def skiff_log_summary(log_path: Path, spans: dict[str, tuple[int, int]]) -> list[str]:
+    """p50/p99 of skiffd's own durations ("sandbox ready", "container created", and the
+    per-RPC ``rpc`` lines at debug level) in each lifecycle mode."""
+    try:
+        data = log_path.read_bytes()
+    except OSError:
+        return []
+    lines: list[str] = []
+    for mode, (start, end) in spans.items():
+        durations: dict[str, list[float]] = {}
+        for raw in data[start:end].decode(errors="replace").splitlines():
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict) or "duration_ms" not in entry:
+                continue
+            msg = entry.get("msg")
+            key = f"rpc {entry.get('rpc')}" if msg == "rpc" else str(msg)
+            durations.setdefault(key, []).append(float(entry["duration_ms"]))
+        parts = [
+            f"{k} {percentile(v, 50):.1f}/{percentile(v, 99):.1f}"
+            for k, v in sorted(durations.items())
+        ]
+        if parts:
+            lines.append(f"  {mode:<10} " + ", ".join(parts))
+    if lines:
+        lines.insert(0, "skiffd's own durations from its log, p50/p99 ms:")
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile, linear between the closest ranks."""
+    if len(values) == 1:
+        return values[0]
+    if q == 50:
+        return statistics.median(values)
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
+
+
+def _row(label: str, skiff: str, peer: str, ratio: float | None) -> str:
+    shown = "-" if ratio is None else f"{ratio:.2f}"
+    return f"  {label:<28}{skiff:>11}{peer:>13}{shown:>8}"
+
+
+def _header(title: str) -> str:
+    return f"{title:<30}{'skiff':>11}{'containerd':>13}{'ratio':>8}"
+
+
+def _verdict(label: str, value: str, ok: bool) -> str:
+    return f"  {label:<44}{value:>10}   " + ("PASS" if ok else "MISS")
+
+
+def _mem(m: Memory) -> str:
+    return f"{m.pss / MB:.1f} MB"
+
+
+def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: BenchNetwork) -> str:
+    lines = [
+        f"pod lifecycle: {opts.pods} pods per mode, 1 busybox container each; CNI bridge + "
+        f"host-local ({network.subnet}) + portmap; client-side latency of each RPC",
+    ]
+    verdicts: list[str] = []
+    for mode in MODES:
+        title = (
+            "sequential (1 at a time)"
+            if mode == "sequential"
+            else f"parallel ({opts.parallel} workers)"
+        )
+        lines += ["", _header(title)]
+        a_mode, b_mode = skiff.modes[mode], peer.modes[mode]
+        for phase in (*PHASES, "full cycle"):
+            a, b = a_mode.phase(phase), b_mode.phase(phase)
+            qs = (50, 99) if phase == "full cycle" else (50,)
+            for q in qs:
+                x, y = percentile(a, q) * 1000, percentile(b, q) * 1000
+                label = f"{phase if q == 50 else '':<22}p{q}"
+                lines.append(_row(label, f"{x:.1f} ms", f"{y:.1f} ms", _ratio(x, y)))
+        x, y = a_mode.wall_s, b_mode.wall_s
+        lines.append(_row(f"wall time, {opts.pods} pods", f"{x:.2f} s", f"{y:.2f} s", _ratio(x, y)))
+        p50 = _ratio(
+            percentile(a_mode.phase("full cycle"), 50), percentile(b_mode.phase("full cycle"), 50)
+        )
+        verdicts.append(
+            _verdict(
+                f"{mode} lifecycle p50 ratio <= {RATIO_TARGET:.1f}",
+                f"{p50:.2f}",
+                p50 <= RATIO_TARGET,
+            )
+        )
+
+    n_containers = 2 * opts.list_pods
+    lines += ["", _header(f"list, {opts.list_pods} pods x 2 ctrs")]
+    for name in LISTS:
+        for q in (50, 99):
+            x, y = percentile(skiff.lists[name], q) * 1000, percentile(peer.lists[name], q) * 1000
+            label = f"{name if q == 50 else '':<22}p{q}"
+            lines.append(_row(label, f"{x:.2f} ms", f"{y:.2f} ms", _ratio(x, y)))
+        p99 = percentile(skiff.lists[name], 99) * 1000
+        verdicts.append(
+            _verdict(
+                f"skiff {name} p99 <= {LIST_P99_TARGET_MS:g} ms ({n_containers} ctrs)",
+                f"{p99:.2f} ms",
+                p99 <= LIST_P99_TARGET_MS,
+            )
+        )
+
+    assert skiff.idle and skiff.loaded and peer.idle and peer.loaded
+    lines += ["", _header("memory (PSS, daemon + helpers)")]
+    for label, a_m, b_m in (
+        ("idle, no pod", skiff.idle, peer.idle),
+        (f"{opts.list_pods} pods, {n_containers} ctrs", skiff.loaded, peer.loaded),
+    ):
+        lines.append(_row(label, _mem(a_m), _mem(b_m), _ratio(a_m.pss, b_m.pss)))
+        lines.append(
+            _row(
+                "  of which the daemon",
+                f"{a_m.daemon_pss / MB:.1f} MB",
+                f"{b_m.daemon_pss / MB:.1f} MB",
+                _ratio(a_m.daemon_pss, b_m.daemon_pss),
+            )
+        )
+        lines.append(
+            _row(
+                "  helpers (conmon / shim)",
+                str(a_m.helpers),
+                str(b_m.helpers),
+                None,
+            )
+        )
+        lines.append(
+            _row(
+                "  RSS sum, for reference",
+                f"{a_m.rss / MB:.1f} MB",
+                f"{b_m.rss / MB:.1f} MB",
+                _ratio(a_m.rss, b_m.rss),
+            )
+        )
+    mem = _ratio(skiff.loaded.pss, peer.loaded.pss)
+    verdicts.append(
+        _verdict(
+            f"memory with {opts.list_pods} pods ratio <= {RATIO_TARGET:.1f}",
+            f"{mem:.2f}",
+            mem <= RATIO_TARGET,
+        )
+    )
+
+    results = (("skiff", skiff), ("containerd", peer))
+    lines += [
+        "",
+        "leaks after each runtime: "
+        + "; ".join(f"{n} {', '.join(r.leaks) if r.leaks else 'none'}" for n, r in results),
+        "",
+        "targets (issue 5):",
+        *verdicts,
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def bench(opts: Options) -> str:
+    if os.geteuid() != 0:
+        raise BenchError("run as root: network namespaces, bridges and mounts need it")
+    if shutil.which("containerd") is None:
+        raise BenchError("containerd is not installed: `make bench-lifecycle` installs it")
+    work = short_tempdir("lcy")
+    network = BenchNetwork.create(work / "ipam")
+    log_root = work / "pod-logs"
+    try:
+        skiff_conf = network.write_conf_dir(work / "skiff-net.d")
+        ctrd_conf = network.write_conf_dir(work / "ctrd-net.d")
+        with TestRegistry("insecure") as registry:
+            print("building and pushing the images ...", file=sys.stderr)
+            busybox = img.busybox_image()
+            image = img.push(registry, BUSYBOX_REPO, "bench", busybox).reference
+            pause = pause_image()
+            sandbox_image = img.push(registry, PAUSE_REPO, "bench", pause).reference
+
+            skiff_base = short_tempdir("lcyd")
+            try:
+                with skiff_target(skiff_base, skiff_conf, registry.host, opts.log_level) as target:
+                    if target.pull(image) != busybox.config_digest:
+                        raise BenchError(f"skiff pulled {image} as another image")
+                    skiff = measure(target, image, network, log_root, opts)
+                notes = skiff_log_summary(target.log_path, skiff.log_spans)
+            finally:
+                shutil.rmtree(skiff_base, ignore_errors=True)
+
+            with containerd_target(registry.host, sandbox_image, ctrd_conf) as target:
+                for ref, want in ((sandbox_image, pause), (image, busybox)):
+                    if target.pull(ref) != want.config_digest:
+                        raise BenchError(f"containerd pulled {ref} as another image")
+                ctrd = measure(target, image, network, log_root, opts, cni_cache=True)
+    finally:
+        network.remove()
+        unmount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+    return report(skiff, ctrd, opts, network) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.lifecycle",
+        description="Pod + container lifecycle, List latency and memory: skiff against "
+        "containerd's CRI.",
+    )
+    parser.add_argument("--pods", type=int, default=50, help="pods per lifecycle mode (50)")
+    parser.add_argument(
+        "--parallel", type=int, default=10, help="workers in the parallel mode (10)"
+    )
+    parser.add_argument(
+        "--list-pods", type=int, default=100, help="pods x 2 containers for List/memory (100)"
+    )
+    parser.add_argument("--list-calls", type=int, default=200, help="calls of each List (200)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed cycles first (3)")
+    parser.add_argument(
+        "--skiff-log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="skiffd's log level (default info; debug adds its per-RPC durations)",
+    )
+    args = parser.parse_args(argv)
+    if args.pods < 2 or args.parallel < 1 or args.list_pods < 1 or args.list_calls < 2:
+        parser.error("--pods >= 2, --parallel >= 1, --list-pods >= 1, --list-calls >= 2")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    opts = Options(
+        args.pods, args.parallel, args.list_pods, args.list_calls, args.warmup, args.skiff_log_level
+    )
+    try:
+        print(bench(opts))
+    except (BenchError, AssertionError) as exc:
+        print(f"bench.lifecycle: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

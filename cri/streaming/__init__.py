@@ -1,0 +1,1 @@
+"""Streaming server: Exec, Attach and PortForward over WebSocket and SPDY."""

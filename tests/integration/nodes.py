@@ -1,0 +1,304 @@
+"""Nodes for container tests: a real skiffd with a registry's busybox images pulled,
+a CNI bridge of the test run's own, and a ready pod."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from api.runtime.v1 import api_pb2 as pb
+from api.runtime.v1 import api_pb2_grpc
+from tests.integration import images as img
+from tests.integration.registry import TestRegistry
+from tests.integration.skiffd import Skiffd, short_tempdir
+
+CNI_BIN = "/usr/lib/cni"
+
+
+@dataclass
+class World:
+    registry: TestRegistry
+    busybox: str  # the image reference of a busybox image with USER app
+    stopper: str  # an image whose StopSignal is SIGUSR1
+    bridge: str
+    subnet_prefix: str
+    ipam_dir: Path
+
+    def conflist(self) -> dict[str, Any]:
+        return {
+            "cniVersion": "1.0.0",
+            "name": f"net-{self.bridge}",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": self.subnet_prefix + "0/24"}]],
+                        "dataDir": str(self.ipam_dir),
+                    },
+                }
+            ],
+        }
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    tag = secrets.token_hex(3)
+    ipam = short_tempdir("ipam")
+    with TestRegistry("insecure") as registry:
+        busybox = img.busybox_image(
+            run=img.RunConfig(
+                cmd=("sh",), env=(img.DEFAULT_PATH_ENV, "FROM_IMAGE=yes", "SHARED=image")
+            )
+        )
+        img.push(registry, "library/busybox", "1.35", busybox)
+        stopper = img.busybox_image(
+            run=img.RunConfig(
+                entrypoint=("sh", "-c"),
+                cmd=("trap 'echo got usr1; exit 0' USR1; while true; do sleep 0.1; done",),
+                stop_signal="SIGUSR1",
+                user="app",
+            )
+        )
+        img.push(registry, "test/stopper", "v1", stopper)
+        try:
+            yield World(
+                registry=registry,
+                busybox=f"{registry.host}/library/busybox:1.35",
+                stopper=f"{registry.host}/test/stopper:v1",
+                bridge=f"skc{tag}",
+                subnet_prefix=f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}.",
+                ipam_dir=ipam,
+            )
+        finally:
+            subprocess.run(["ip", "link", "del", f"skc{tag}"], capture_output=True, check=False)
+            shutil.rmtree(ipam, ignore_errors=True)
+
+
+@dataclass
+class Node:
+    """A started skiffd with the test images pulled and one ready pod."""
+
+    daemon: Skiffd
+    world: World
+    pod: str
+    log_dir: Path
+
+    @property
+    def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
+        return self.daemon.runtime()
+
+    def create(
+        self, name: str, image: str | None = None, pod: str | None = None, **config: Any
+    ) -> str:
+        return self.runtime.CreateContainer(
+            pb.CreateContainerRequest(
+                pod_sandbox_id=pod or self.pod,
+                config=container_config(name, image or self.world.busybox, **config),
+            ),
+            timeout=30,
+        ).container_id
+
+    def create_error(
+        self, name: str, image: str | None = None, pod: str | None = None, **config: Any
+    ) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as err:
+            self.create(name, image, pod, **config)
+        return err.value
+
+    def start(self, container_id: str) -> None:
+        self.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
+
+    def run(self, name: str, **config: Any) -> str:
+        container_id = self.create(name, **config)
+        self.start(container_id)
+        return container_id
+
+    def status(self, container_id: str, verbose: bool = False) -> pb.ContainerStatusResponse:
+        return self.runtime.ContainerStatus(
+            pb.ContainerStatusRequest(container_id=container_id, verbose=verbose)
+        )
+
+    def wait_exit(self, container_id: str, timeout: float = 20) -> pb.ContainerStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(container_id).status
+            if status.state == pb.ContainerState.CONTAINER_EXITED:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"container {container_id} did not exit in {timeout}s")
+
+    def logs(self, container_id: str) -> str:
+        path = Path(self.status(container_id).status.log_path)
+        return path.read_text() if path.exists() else ""
+
+    def output(self, container_id: str) -> str:
+        """The container's stdout as text, from its CRI log lines."""
+        lines = []
+        for line in self.logs(container_id).splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[1] == "stdout":
+                lines.append(parts[3])
+        return "\n".join(lines)
+
+    def exec(self, container_id: str, *cmd: str, timeout: int = 10) -> pb.ExecSyncResponse:
+        return self.runtime.ExecSync(
+            pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout),
+            timeout=30,
+        )
+
+    def remove(self, container_id: str) -> None:
+        self.runtime.RemoveContainer(
+            pb.RemoveContainerRequest(container_id=container_id), timeout=30
+        )
+
+
+def container_config(name: str, image: str, **extra: Any) -> pb.ContainerConfig:
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name, attempt=extra.pop("attempt", 0)),
+        image=pb.ImageSpec(image=image),
+        log_path=f"{name}.log",
+    )
+    envs = extra.pop("envs", {})
+    for key, value in envs.items():
+        config.envs.append(pb.KeyValue(key=key, value=value.encode()))
+    linux = extra.pop("linux", None)
+    if linux is not None:
+        config.linux.CopyFrom(linux)
+    if not config.linux.security_context.HasField("namespace_options"):
+        # What the kubelet sends; crictl's zero value (POD) is tested on its own.
+        config.linux.security_context.namespace_options.pid = pb.NamespaceMode.CONTAINER
+    for key, value in extra.items():
+        if isinstance(value, list):
+            getattr(config, key).extend(value)
+        elif isinstance(value, dict):
+            getattr(config, key).update(value)
+        elif isinstance(value, str | bool | int):
+            setattr(config, key, value)
+        else:
+            getattr(config, key).CopyFrom(value)
+    return config
+
+
+def sandbox_config(name: str, log_dir: Path, handler_ns: str = "default") -> pb.PodSandboxConfig:
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(
+            name=name, namespace=handler_ns, uid=f"uid-{name}", attempt=0
+        ),
+        hostname=name,
+        log_directory=str(log_dir),
+    )
+
+
+MakeNode = Callable[..., Node]
+
+
+@pytest.fixture
+def make_node(world: World) -> Iterator[MakeNode]:
+    made: list[Node] = []
+
+    def make(pod_name: str = "pod", runtime_handler: str = "") -> Node:
+        base = short_tempdir("ctr")
+        daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}})
+        (base / "registries.conf").write_text(
+            f'[[registry]]\nlocation = "{world.registry.host}"\ninsecure = true\n'
+        )
+        (daemon.cni_dir / "10-test.conflist").write_text(json.dumps(world.conflist()))
+        daemon.start()
+        for image in (world.busybox, world.stopper):
+            daemon.images().PullImage(
+                pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60
+            )
+        log_dir = base / "logs" / pod_name
+        pod = (
+            daemon.runtime()
+            .RunPodSandbox(
+                pb.RunPodSandboxRequest(
+                    config=sandbox_config(pod_name, log_dir), runtime_handler=runtime_handler
+                ),
+                timeout=30,
+            )
+            .pod_sandbox_id
+        )
+        node = Node(daemon, world, pod, log_dir)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        daemon = node.daemon
+        try:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                for pod in daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest()).items:
+                    daemon.runtime().RemovePodSandbox(
+                        pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
+                    )
+                assert daemon.stop() == 0, daemon.logs()
+        finally:
+            daemon.kill()
+            _kill_conmons_of(daemon.base)
+            _unmount_below(daemon.base)
+            shutil.rmtree(daemon.base, ignore_errors=True)
+
+
+def _mounts_below(path: Path) -> list[str]:
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def _unmount_below(path: Path) -> None:
+    for mount in sorted(_mounts_below(path), reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_conmons_of(base: Path) -> None:
+    for pid in _processes_mentioning(str(base)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _assert_no_container_leaks(node: Node) -> None:
+    runtime = node.runtime
+    assert list(runtime.ListContainers(pb.ListContainersRequest()).containers) == []
+    containers_dir = node.daemon.root / "containers"
+    assert not containers_dir.exists() or list(containers_dir.iterdir()) == [], (
+        "container dirs left"
+    )
+    rootfs_mounts = [m for m in _mounts_below(node.daemon.root) if "/containers/" in m]
+    assert rootfs_mounts == [], "rootfs mounts left"
+    assert [
+        p
+        for p in _processes_mentioning(str(node.daemon.base))
+        if p != (node.daemon.proc.pid if node.daemon.proc else 0)
+    ] == [], "conmon/runc processes left"

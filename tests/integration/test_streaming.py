@@ -1,0 +1,356 @@
+"""Exec, Attach and PortForward through skiff's streaming server, with our own clients
+for both of the Kubernetes transports: SPDY/3.1 and WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import secrets
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from api.runtime.v1 import api_pb2 as pb
+from cri.streaming.spdy import SpdySession, SpdyStream
+from cri.streaming.websocket import ChannelSocket, WebSocket, stream_pair
+from tests.integration.nodes import MakeNode, Node
+
+
+@dataclass
+class ExecResult:
+    stdout: bytes = b""
+    stderr: bytes = b""
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+async def _connect(
+    url: str, headers: dict[str, str] | list[tuple[str, str]]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    parts = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    lines = [
+        f"GET {parts.path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        *(f"{k}: {v}" for k, v in pairs),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    return reader, writer, head
+
+
+SPDY_HEADERS = [
+    ("Connection", "Upgrade"),
+    ("Upgrade", "SPDY/3.1"),
+    ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+    ("X-Stream-Protocol-Version", "channel.k8s.io"),
+]
+
+
+def _ws_headers(protocols: str) -> dict[str, str]:
+    return {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(secrets.token_bytes(16)).decode(),
+        "Sec-WebSocket-Protocol": protocols,
+    }
+
+
+async def _drain(stream: SpdyStream) -> bytes:
+    chunks = []
+    while chunk := await stream.read():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def spdy_exec(
+    url: str, stdin: bytes | None = None, tty: bool = False, resize: tuple[int, int] | None = None
+) -> ExecResult:
+    reader, writer, head = await _connect(url, SPDY_HEADERS)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert b"v4.channel.k8s.io" in head
+    session = SpdySession(reader, writer, server=False)
+    runner = asyncio.ensure_future(session.run())
+    try:
+        error = await session.open_stream({"streamtype": "error"})
+        streams = {}
+        if stdin is not None:
+            streams["stdin"] = await session.open_stream({"streamtype": "stdin"})
+        streams["stdout"] = await session.open_stream({"streamtype": "stdout"})
+        if not tty:
+            streams["stderr"] = await session.open_stream({"streamtype": "stderr"})
+        if tty:
+            streams["resize"] = await session.open_stream({"streamtype": "resize"})
+            if resize is not None:
+                await streams["resize"].write(
+                    json.dumps({"Width": resize[0], "Height": resize[1]}).encode()
+                )
+
+        async def feed() -> bytes:
+            # Written while the output is read: a client that writes everything first
+            # would wait on flow control forever, as a real one would.
+            if stdin is not None:
+                await streams["stdin"].write(stdin)
+                await streams["stdin"].close()
+            return b""
+
+        outputs = await asyncio.gather(
+            _drain(streams["stdout"]),
+            _drain(streams["stderr"]) if "stderr" in streams else asyncio.sleep(0, b""),
+            _drain(error),
+            feed(),
+        )
+        status = json.loads(outputs[2]) if outputs[2] else {}
+        return ExecResult(outputs[0], outputs[1], status)
+    finally:
+        await session.close()
+        runner.cancel()
+
+
+async def ws_exec(
+    url: str, stdin: bytes | None = None, protocols: str = "v5.channel.k8s.io, v4.channel.k8s.io"
+) -> ExecResult:
+    reader, writer, head = await _connect(url, _ws_headers(protocols))
+    assert head.startswith(b"HTTP/1.1 101"), head
+    protocol = next(p.strip() for p in protocols.split(",") if p.strip().encode() in head)
+    ws = WebSocket(reader, writer, server=False)
+    channels = ChannelSocket(ws, protocol)
+    result = ExecResult()
+    if stdin is not None:
+        await channels.send(0, stdin)
+        await channels.close_channel(0)
+    error = b""
+    while (message := await channels.receive()) is not None:
+        channel, data = message
+        if channel == 1:
+            result.stdout += data
+        elif channel == 2:
+            result.stderr += data
+        elif channel == 3:
+            error += data
+    result.status = json.loads(error) if error else {}
+    return result
+
+
+def _exec_url(node: Node, cid: str, cmd: list[str], stdin: bool = False, tty: bool = False) -> str:
+    return node.runtime.Exec(
+        pb.ExecRequest(container_id=cid, cmd=cmd, stdin=stdin, stdout=True, stderr=not tty, tty=tty)
+    ).url
+
+
+@pytest.fixture
+def running(make_node: MakeNode) -> tuple[Node, str]:
+    node = make_node()
+    cid = node.run("target", command=["sleep", "2000"])
+    return node, cid
+
+
+def test_exec_over_spdy_and_websocket(running: tuple[Node, str]) -> None:
+    node, cid = running
+    result = asyncio.run(spdy_exec(_exec_url(node, cid, ["echo", "hello"])))
+    assert result.stdout == b"hello\n"
+    assert result.status["status"] == "Success"
+
+    result = asyncio.run(ws_exec(_exec_url(node, cid, ["cat"], stdin=True), stdin=b"round trip\n"))
+    assert result.stdout == b"round trip\n"
+    assert result.status["status"] == "Success"
+
+    for run in (spdy_exec, ws_exec):
+        result = asyncio.run(run(_exec_url(node, cid, ["sh", "-c", "echo oops >&2; exit 7"])))
+        assert result.stderr == b"oops\n"
+        assert result.status["reason"] == "NonZeroExitCode"
+        assert result.status["details"]["causes"] == [{"reason": "ExitCode", "message": "7"}]
+
+
+def test_large_output_and_stdin_over_spdy(running: tuple[Node, str]) -> None:
+    node, cid = running
+    result = asyncio.run(
+        spdy_exec(_exec_url(node, cid, ["dd", "if=/dev/zero", "bs=1048576", "count=10"]))
+    )
+    assert len(result.stdout) == 10 * 1024 * 1024
+    assert (
+        hashlib.sha256(result.stdout).hexdigest()
+        == hashlib.sha256(bytes(10 * 1024 * 1024)).hexdigest()
+    )
+    payload = secrets.token_bytes(2 * 1024 * 1024)
+    result = asyncio.run(spdy_exec(_exec_url(node, cid, ["cat"], stdin=True), stdin=payload))
+    assert result.stdout == payload
+
+
+def test_tty_exec_with_resize(running: tuple[Node, str]) -> None:
+    node, cid = running
+    url = _exec_url(node, cid, ["sh", "-c", "sleep 0.5; stty size; tty"], tty=True)
+    result = asyncio.run(spdy_exec(url, tty=True, resize=(100, 40)))
+    text = result.stdout.decode(errors="replace")
+    assert "40 100" in text, text
+    assert "/dev/pts/" in text, text
+    assert result.status["status"] == "Success"
+
+
+def test_tokens_work_once_and_expire(running: tuple[Node, str]) -> None:
+    node, cid = running
+    url = _exec_url(node, cid, ["true"])
+    asyncio.run(spdy_exec(url))
+
+    async def second_use() -> bytes:
+        _, writer, head = await _connect(url, SPDY_HEADERS)
+        writer.close()
+        return head
+
+    assert asyncio.run(second_use()).startswith(b"HTTP/1.1 404")
+    unknown = url.rsplit("/", 1)[0] + "/not-a-token"
+
+    async def unknown_use() -> bytes:
+        _, writer, head = await _connect(unknown, SPDY_HEADERS)
+        writer.close()
+        return head
+
+    assert asyncio.run(unknown_use()).startswith(b"HTTP/1.1 404")
+
+    async def malformed() -> bytes:
+        _, writer, head = await _connect(_exec_url(node, cid, ["true"]), {"Connection": "close"})
+        writer.close()
+        return head
+
+    assert asyncio.run(malformed()).startswith(b"HTTP/1.1 400")
+    # The server keeps serving after bad requests.
+    assert asyncio.run(spdy_exec(_exec_url(node, cid, ["echo", "still"]))).stdout == b"still\n"
+
+
+def test_exec_rpc_refuses_bad_requests(running: tuple[Node, str]) -> None:
+    node, cid = running
+    with pytest.raises(grpc.RpcError) as err:
+        node.runtime.Exec(pb.ExecRequest(container_id=cid, cmd=[], stdout=True))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        node.runtime.Exec(pb.ExecRequest(container_id="f" * 64, cmd=["true"], stdout=True))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    stopped = node.run("stopped", command=["true"])
+    node.wait_exit(stopped)
+    with pytest.raises(grpc.RpcError) as err:
+        node.runtime.Exec(pb.ExecRequest(container_id=stopped, cmd=["true"], stdout=True))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_client_disconnect_ends_the_exec(running: tuple[Node, str]) -> None:
+    node, cid = running
+    url = _exec_url(node, cid, ["sleep", "1234"])
+
+    async def start_and_drop() -> None:
+        reader, writer, _ = await _connect(url, SPDY_HEADERS)
+        session = SpdySession(reader, writer, server=False)
+        runner = asyncio.ensure_future(session.run())
+        await session.open_stream({"streamtype": "error"})
+        await session.open_stream({"streamtype": "stdout"})
+        await session.open_stream({"streamtype": "stderr"})
+        await asyncio.sleep(1.0)
+        writer.transport.abort()
+        runner.cancel()
+
+    asyncio.run(start_and_drop())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listing = node.exec(cid, "ps", "-o", "args").stdout.decode().splitlines()
+        if "sleep 1234" not in listing:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the exec'd process outlived its client")
+
+
+def test_attach_sees_output(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run("ticker", command=["sh", "-c", "while true; do echo tick; sleep 0.1; done"])
+    url = node.runtime.Attach(pb.AttachRequest(container_id=cid, stdout=True, stderr=True)).url
+
+    async def attach_briefly() -> bytes:
+        reader, writer, head = await _connect(url, SPDY_HEADERS)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        session = SpdySession(reader, writer, server=False)
+        runner = asyncio.ensure_future(session.run())
+        await session.open_stream({"streamtype": "error"})
+        stdout = await session.open_stream({"streamtype": "stdout"})
+        await session.open_stream({"streamtype": "stderr"})
+        data = b""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                while b"tick" not in data:
+                    data += await stdout.read()
+        await session.close()
+        runner.cancel()
+        return data
+
+    assert b"tick" in asyncio.run(attach_briefly())
+    time.sleep(0.3)
+    assert node.status(cid).status.state == pb.ContainerState.CONTAINER_RUNNING
+
+
+def test_port_forward_over_spdy_and_websocket(make_node: MakeNode) -> None:
+    node = make_node()
+    node.run(
+        "web",
+        command=[
+            "sh",
+            "-c",
+            "mkdir -p /www; echo hi from the pod > /www/index.html; httpd -f -p 8080 -h /www",
+        ],
+    )
+    time.sleep(0.5)
+
+    async def fetch(session: SpdySession, request_id: int) -> bytes:
+        base = {"port": "8080", "requestid": str(request_id)}
+        await session.open_stream({**base, "streamtype": "error"})
+        data = await session.open_stream({**base, "streamtype": "data"})
+        await data.write(b"GET / HTTP/1.0\r\n\r\n")
+        return await _drain(data)
+
+    async def over_spdy() -> list[bytes]:
+        url = node.runtime.PortForward(
+            pb.PortForwardRequest(pod_sandbox_id=node.pod, port=[8080])
+        ).url
+        reader, writer, head = await _connect(
+            url,
+            [
+                ("Connection", "Upgrade"),
+                ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", "portforward.k8s.io"),
+            ],
+        )
+        assert head.startswith(b"HTTP/1.1 101"), head
+        session = SpdySession(reader, writer, server=False)
+        runner = asyncio.ensure_future(session.run())
+        try:
+            return list(await asyncio.gather(*(fetch(session, i) for i in range(5))))
+        finally:
+            await session.close()
+            runner.cancel()
+
+    for answer in asyncio.run(over_spdy()):
+        assert b"hi from the pod" in answer
+
+    async def over_websocket() -> bytes:
+        url = node.runtime.PortForward(
+            pb.PortForwardRequest(pod_sandbox_id=node.pod, port=[8080])
+        ).url
+        reader, writer, head = await _connect(url, _ws_headers("SPDY/3.1+portforward.k8s.io"))
+        assert head.startswith(b"HTTP/1.1 101"), head
+        ws = WebSocket(reader, writer, server=False)
+        tunnel_reader, tunnel_writer = stream_pair(ws)
+        session = SpdySession(tunnel_reader, tunnel_writer, server=False)
+        runner = asyncio.ensure_future(session.run())
+        try:
+            return await fetch(session, 0)
+        finally:
+            await session.close()
+            runner.cancel()
+
+    assert b"hi from the pod" in asyncio.run(over_websocket())
