@@ -35,7 +35,7 @@ from cri.streaming.websocket import (
     stream_pair,
 )
 from network.portforward import open_in_netns
-from runtime.attach import attach
+from runtime.attach import AttachError, attach
 from runtime.exec_session import ExecError, ExecOptions, start_exec
 from runtime.oci_runtime import OciRuntime
 
@@ -442,28 +442,12 @@ class StreamingServer:
             extra={"container_id": pending.container_id, "command": pending.command[0]},
         )
 
-        async def pump_stdin() -> None:
-            # The command may close its stdin first: then the client's input has nowhere
-            # to go, which is not an error of the exec.
-            with contextlib.suppress(ExecError):
-                while data := await channels.read_stdin():
-                    await session.write_stdin(data)
-                await session.close_stdin()
-
         async def pump(read: Any, channel: int) -> None:
             while data := await read():
                 if pending.stdout or channel == STDERR:
                     await channels.write(channel, data)
 
-        async def resizes() -> None:
-            while (size := await channels.next_resize()) is not None:
-                await session.resize(*size)
-
-        helpers = []
-        if pending.stdin:
-            helpers.append(asyncio.ensure_future(pump_stdin()))
-        if pending.tty:
-            helpers.append(asyncio.ensure_future(resizes()))
+        helpers = _input_pumps(pending, channels, session)
         outputs = [asyncio.ensure_future(pump(session.read_stdout, STDOUT))]
         if not pending.tty:
             outputs.append(asyncio.ensure_future(pump(session.read_stderr, STDERR)))
@@ -494,20 +478,7 @@ class StreamingServer:
             await channels.finish(status_object(None, f"attach failed: {exc}"))
             return
 
-        async def pump_stdin() -> None:
-            while data := await channels.read_stdin():
-                await session.write_stdin(data)
-            await session.close_stdin()
-
-        async def resizes() -> None:
-            while (size := await channels.next_resize()) is not None:
-                await session.resize(*size)
-
-        helpers = []
-        if pending.stdin:
-            helpers.append(asyncio.ensure_future(pump_stdin()))
-        if pending.tty:
-            helpers.append(asyncio.ensure_future(resizes()))
+        helpers = _input_pumps(pending, channels, session)
         gone = asyncio.ensure_future(channels.gone().wait())
         try:
             while True:
@@ -597,6 +568,39 @@ class StreamingServer:
             log.debug("port forward connection ended", extra={"port": port, "error": str(exc)})
         finally:
             writer.close()
+
+
+class _Input(Protocol):
+    """What exec and attach sessions take from the client."""
+
+    async def write_stdin(self, data: bytes) -> None: ...
+    async def close_stdin(self) -> None: ...
+    async def resize(self, width: int, height: int) -> None: ...
+
+
+def _input_pumps(
+    pending: PendingRequest, channels: _Channels, session: _Input
+) -> list[asyncio.Task[None]]:
+    """Tasks carrying the client's stdin and terminal sizes to the session."""
+
+    async def pump_stdin() -> None:
+        # The process may close its stdin first: the client's input then has nowhere
+        # to go, which is not an error of the exec or attach.
+        with contextlib.suppress(ExecError, AttachError):
+            while data := await channels.read_stdin():
+                await session.write_stdin(data)
+            await session.close_stdin()
+
+    async def resizes() -> None:
+        while (size := await channels.next_resize()) is not None:
+            await session.resize(*size)
+
+    helpers: list[asyncio.Task[None]] = []
+    if pending.stdin:
+        helpers.append(asyncio.ensure_future(pump_stdin()))
+    if pending.tty:
+        helpers.append(asyncio.ensure_future(resizes()))
+    return helpers
 
 
 async def _report(stream: SpdyStream | None, message: str) -> None:

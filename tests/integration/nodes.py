@@ -23,7 +23,7 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from tests.integration import images as img
 from tests.integration.registry import TestRegistry
-from tests.integration.skiffd import Skiffd, short_tempdir
+from tests.integration.skiffd import Skiffd, mounts_below, short_tempdir, unmount_below
 
 CNI_BIN = "/usr/lib/cni"
 
@@ -253,19 +253,8 @@ def make_node(world: World) -> Iterator[MakeNode]:
         finally:
             daemon.kill()
             _kill_conmons_of(daemon.base)
-            _unmount_below(daemon.base)
+            unmount_below(daemon.base)
             shutil.rmtree(daemon.base, ignore_errors=True)
-
-
-def _mounts_below(path: Path) -> list[str]:
-    prefix = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
-
-
-def _unmount_below(path: Path) -> None:
-    for mount in sorted(_mounts_below(path), reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False)
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -295,7 +284,7 @@ def _assert_no_container_leaks(node: Node) -> None:
     assert not containers_dir.exists() or list(containers_dir.iterdir()) == [], (
         "container dirs left"
     )
-    rootfs_mounts = [m for m in _mounts_below(node.daemon.root) if "/containers/" in m]
+    rootfs_mounts = [m for m in mounts_below(node.daemon.root) if "/containers/" in m]
     assert rootfs_mounts == [], "rootfs mounts left"
     assert [
         p

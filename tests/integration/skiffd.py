@@ -176,3 +176,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def mounts_below(path: Path) -> list[str]:
+    """Mount points at or under `path` (from /proc/self/mountinfo)."""
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def unmount_below(path: Path) -> None:
+    """Lazily unmount everything under `path`, deepest first (test cleanup)."""
+    for mount in sorted(mounts_below(path), reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)

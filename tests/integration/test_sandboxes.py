@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.integration.skiffd import Skiffd, short_tempdir
+from tests.integration.skiffd import Skiffd, mounts_below, short_tempdir, unmount_below
 
 CNI_BIN = "/usr/lib/cni"
 
@@ -128,19 +128,8 @@ def make_daemon(network: PodNetwork) -> Iterator[MakeDaemon]:
                 assert daemon.stop() == 0, daemon.logs()
         finally:
             daemon.kill()
-            _unmount_below(daemon.base)
+            unmount_below(daemon.base)
             shutil.rmtree(daemon.base, ignore_errors=True)
-
-
-def _mounts_below(path: Path) -> list[str]:
-    prefix = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
-
-
-def _unmount_below(path: Path) -> None:
-    for mount in sorted(_mounts_below(path), reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False)
 
 
 def _config(
@@ -225,7 +214,7 @@ def _fetch(host: str, port: int) -> str:
 
 def _assert_no_leaks(daemon: Skiffd, network: PodNetwork) -> None:
     assert list(daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest()).items) == []
-    assert _mounts_below(daemon.base) == [], "mounts left behind"
+    assert mounts_below(daemon.base) == [], "mounts left behind"
     for kind in ("net", "ipc", "uts"):
         pins = daemon.runroot / "ns" / kind
         assert not pins.exists() or list(pins.iterdir()) == [], f"{kind} pins left"
