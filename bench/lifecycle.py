@@ -40,12 +40,9 @@ Run as root from the repository root: ``make bench-lifecycle`` or
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
-import shutil
 import signal
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,20 +56,36 @@ import grpc
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
+from bench import peer as shared
 from bench.peer import (
-    CNI_BIN,
+    BenchError,
     BenchNetwork,
+    add_skiff_log_level,
     containerd_cri,
     delete_containers,
+    duration_entries,
+    leaks_line,
+    mode_title,
+    mounts_under,
     pause_image,
+    percentile,
+    percentile_rows,
+    pod_bench,
+    pool_map,
+    print_mode,
+    pull_image,
+    ratio,
+    run_main,
     shims_under,
+    skiff_pod_settings,
+    skiffd_running,
+    table_header,
+    table_row,
     tail,
+    temp_base,
 )
-from bench.pull import BenchError, mounts_under, unmount_under
 from runtime.pause_process import PAUSE_MARKER
 from tests.integration import images as img
-from tests.integration.registry import TestRegistry
-from tests.integration.skiffd import Skiffd, short_tempdir
 
 BUSYBOX_REPO = "bench/busybox"
 PAUSE_REPO = "bench/pause"
@@ -103,6 +116,8 @@ PHASES = (
 )
 MODES = ("sequential", "parallel")
 LISTS = ("ListContainers", "ListPodSandbox")
+#: Width of the row labels of the report's tables.
+LABEL_WIDTH = 28
 
 
 # --------------------------------------------------------------------------------------
@@ -213,17 +228,7 @@ class Target:
     helpers: Callable[[Iterable[str]], list[int]]
 
     def pull(self, ref: str) -> str:
-        try:
-            response = self.images.PullImage(
-                pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=PULL_TIMEOUT
-            )
-        except grpc.RpcError as exc:
-            raise BenchError(
-                f"{self.name}: PullImage({ref}) failed: {exc.code()} {exc.details()}\n"
-                f"{tail(self.log_path)}"
-            ) from None
-        image_ref: str = response.image_ref
-        return image_ref
+        return pull_image(self.images, ref, self.name, self.log_path, PULL_TIMEOUT)
 
     def memory(self, sandbox_ids: Iterable[str] = ()) -> Memory:
         ids = list(sandbox_ids)
@@ -249,26 +254,17 @@ def skiff_target(
     base: Path, cni_conf_dir: Path, registry_host: str, log_level: str
 ) -> Iterator[Target]:
     """skiffd with a fresh root, the registry insecure, reading ``cni_conf_dir``."""
-    daemon = Skiffd(
-        base,
-        {
-            "log_level": log_level,
-            "log_format": "json",
-            "network": {"cni_config_dir": str(cni_conf_dir), "cni_plugin_dirs": [CNI_BIN]},
-        },
-    )
-    (base / "registries.conf").write_text(
-        f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n'
-    )
 
     def helpers(sandbox_ids: Iterable[str]) -> list[int]:
         return conmons_under(base) + pauses_of(sandbox_ids)
 
-    try:
-        try:
-            daemon.start()
-        except AssertionError as exc:
-            raise BenchError(str(exc)) from None
+    with skiffd_running(
+        base,
+        skiff_pod_settings(cni_conf_dir, log_level),
+        insecure_registry=registry_host,
+        leftovers=end_skiff_leftovers,
+        mounts_shown=5,
+    ) as daemon:
         assert daemon.proc is not None
         yield Target(
             "skiff",
@@ -279,16 +275,6 @@ def skiff_target(
             daemon.log_path,
             helpers,
         )
-        status = daemon.stop()
-        if status != 0:
-            raise BenchError(f"skiffd exited with {status}:\n{tail(daemon.log_path)}")
-    finally:
-        daemon.kill()
-        for what in end_skiff_leftovers(base):
-            print(f"warning: skiff left {what}", file=sys.stderr)
-        left = unmount_under(base)
-        if left:
-            print(f"warning: skiffd left mounts behind: {left[:5]}", file=sys.stderr)
 
 
 @contextmanager
@@ -318,19 +304,8 @@ def containerd_target(
 
 
 def pod_config(tag: str, index: int, log_root: Path) -> pb.PodSandboxConfig:
-    name = f"bench-{tag}-{index}"
-    log_dir = log_root / name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(
-            name=name, uid=f"uid-{tag}-{index}", namespace=f"ns-{tag}", attempt=0
-        ),
-        hostname=name,
-        log_directory=str(log_dir),
-        linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption())
-        ),
-    )
+    """A minimal pod (`bench.peer.pod_config`); the pods of a ``tag`` share a namespace."""
+    return shared.pod_config(tag, index, log_root, f"ns-{tag}")
 
 
 def container_config(name: str, image: str) -> pb.ContainerConfig:
@@ -431,13 +406,6 @@ class ModeResult:
         return [c[name] for c in self.cycles]
 
 
-def pool_map(fn: Callable[[int], Any], count: int, workers: int) -> list[Any]:
-    if workers == 1:
-        return [fn(i) for i in range(count)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod") as pool:
-        return list(pool.map(fn, range(count)))
-
-
 def run_cycles(
     target: Target, image: str, log_root: Path, tag: str, pods: int, workers: int
 ) -> ModeResult:
@@ -511,20 +479,12 @@ def leaks(
     helpers = target.helpers(p.id for p in pods)
     if helpers:
         found.append(f"{len(helpers)} helper process(es) still running")
-    ips = network.allocated()
-    if ips:
-        found.append(f"{len(ips)} IP(s) left in host-local's dataDir: {ips[:5]}")
-    veths = network.veths()
-    if veths:
-        found.append(f"{len(veths)} veth(s) left on bridge {network.bridge}: {veths[:5]}")
+    found += network.leaks()
     mounts = [m for m in mounts_under(target.base) if m not in idle_mounts]
     if mounts:
         found.append(f"{len(mounts)} mount(s) left below {target.base}: {mounts[:3]}")
-    cached = network.cached_results() if cni_cache else []
-    if cached:
-        found.append(f"{len(cached)} cached CNI result(s) left: {[p.name for p in cached[:3]]}")
-        for path in cached:
-            path.unlink(missing_ok=True)
+    if cni_cache:
+        found += network.cache_leaks()
     return found
 
 
@@ -583,12 +543,7 @@ def measure(
             res = run_cycles(target, image, log_root, f"{tag}{mode[0]}", opts.pods, workers)
             result.log_spans[mode] = (before, _log_size(target.log_path))
             result.modes[mode] = res
-            totals = [t * 1000 for t in res.phase("full cycle")]
-            print(
-                f"{name:<10} {mode:<10} full cycle p50 {percentile(totals, 50):7.1f} ms"
-                f"   p99 {percentile(totals, 99):7.1f} ms   wall {res.wall_s:6.2f} s",
-                file=sys.stderr,
-            )
+            print_mode(name, mode, [t * 1000 for t in res.phase("full cycle")], res.wall_s)
 
         print(f"{name:<10} starting {opts.list_pods} pods x 2 containers ...", file=sys.stderr)
 
@@ -629,13 +584,7 @@ def skiff_log_summary(log_path: Path, spans: dict[str, tuple[int, int]]) -> list
     lines: list[str] = []
     for mode, (start, end) in spans.items():
         durations: dict[str, list[float]] = {}
-        for raw in data[start:end].decode(errors="replace").splitlines():
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(entry, dict) or "duration_ms" not in entry:
-                continue
+        for entry in duration_entries(data[start:end].decode(errors="replace")):
             msg = entry.get("msg")
             key = f"rpc {entry.get('rpc')}" if msg == "rpc" else str(msg)
             durations.setdefault(key, []).append(float(entry["duration_ms"]))
@@ -655,26 +604,12 @@ def skiff_log_summary(log_path: Path, spans: dict[str, tuple[int, int]]) -> list
 # --------------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: int) -> float:
-    """The ``q``-th percentile, linear between the closest ranks."""
-    if len(values) == 1:
-        return values[0]
-    if q == 50:
-        return statistics.median(values)
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("inf")
-
-
 def _row(label: str, skiff: str, peer: str, ratio: float | None) -> str:
-    shown = "-" if ratio is None else f"{ratio:.2f}"
-    return f"  {label:<28}{skiff:>11}{peer:>13}{shown:>8}"
+    return table_row(label, skiff, peer, ratio, LABEL_WIDTH)
 
 
 def _header(title: str) -> str:
-    return f"{title:<30}{'skiff':>11}{'containerd':>13}{'ratio':>8}"
+    return table_header(title, LABEL_WIDTH)
 
 
 def _verdict(label: str, value: str, ok: bool) -> str:
@@ -692,23 +627,16 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
     ]
     verdicts: list[str] = []
     for mode in MODES:
-        title = (
-            "sequential (1 at a time)"
-            if mode == "sequential"
-            else f"parallel ({opts.parallel} workers)"
-        )
-        lines += ["", _header(title)]
+        lines += ["", _header(mode_title(mode, opts.parallel))]
         a_mode, b_mode = skiff.modes[mode], peer.modes[mode]
         for phase in (*PHASES, "full cycle"):
-            a, b = a_mode.phase(phase), b_mode.phase(phase)
             qs = (50, 99) if phase == "full cycle" else (50,)
-            for q in qs:
-                x, y = percentile(a, q) * 1000, percentile(b, q) * 1000
-                label = f"{phase if q == 50 else '':<22}p{q}"
-                lines.append(_row(label, f"{x:.1f} ms", f"{y:.1f} ms", _ratio(x, y)))
+            lines += percentile_rows(
+                phase, a_mode.phase(phase), b_mode.phase(phase), qs, pad=22, width=LABEL_WIDTH
+            )
         x, y = a_mode.wall_s, b_mode.wall_s
-        lines.append(_row(f"wall time, {opts.pods} pods", f"{x:.2f} s", f"{y:.2f} s", _ratio(x, y)))
-        p50 = _ratio(
+        lines.append(_row(f"wall time, {opts.pods} pods", f"{x:.2f} s", f"{y:.2f} s", ratio(x, y)))
+        p50 = ratio(
             percentile(a_mode.phase("full cycle"), 50), percentile(b_mode.phase("full cycle"), 50)
         )
         verdicts.append(
@@ -722,10 +650,9 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
     n_containers = 2 * opts.list_pods
     lines += ["", _header(f"list, {opts.list_pods} pods x 2 ctrs")]
     for name in LISTS:
-        for q in (50, 99):
-            x, y = percentile(skiff.lists[name], q) * 1000, percentile(peer.lists[name], q) * 1000
-            label = f"{name if q == 50 else '':<22}p{q}"
-            lines.append(_row(label, f"{x:.2f} ms", f"{y:.2f} ms", _ratio(x, y)))
+        lines += percentile_rows(
+            name, skiff.lists[name], peer.lists[name], (50, 99), pad=22, width=LABEL_WIDTH, digits=2
+        )
         p99 = percentile(skiff.lists[name], 99) * 1000
         verdicts.append(
             _verdict(
@@ -741,13 +668,13 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
         ("idle, no pod", skiff.idle, peer.idle),
         (f"{opts.list_pods} pods, {n_containers} ctrs", skiff.loaded, peer.loaded),
     ):
-        lines.append(_row(label, _mem(a_m), _mem(b_m), _ratio(a_m.pss, b_m.pss)))
+        lines.append(_row(label, _mem(a_m), _mem(b_m), ratio(a_m.pss, b_m.pss)))
         lines.append(
             _row(
                 "  of which the daemon",
                 f"{a_m.daemon_pss / MB:.1f} MB",
                 f"{b_m.daemon_pss / MB:.1f} MB",
-                _ratio(a_m.daemon_pss, b_m.daemon_pss),
+                ratio(a_m.daemon_pss, b_m.daemon_pss),
             )
         )
         lines.append(
@@ -763,10 +690,10 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
                 "  RSS sum, for reference",
                 f"{a_m.rss / MB:.1f} MB",
                 f"{b_m.rss / MB:.1f} MB",
-                _ratio(a_m.rss, b_m.rss),
+                ratio(a_m.rss, b_m.rss),
             )
         )
-    mem = _ratio(skiff.loaded.pss, peer.loaded.pss)
+    mem = ratio(skiff.loaded.pss, peer.loaded.pss)
     verdicts.append(
         _verdict(
             f"memory with {opts.list_pods} pods ratio <= {RATIO_TARGET:.1f}",
@@ -778,8 +705,7 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
     results = (("skiff", skiff), ("containerd", peer))
     lines += [
         "",
-        "leaks after each runtime: "
-        + "; ".join(f"{n} {', '.join(r.leaks) if r.leaks else 'none'}" for n, r in results),
+        leaks_line((n, r.leaks) for n, r in results),
         "",
         "targets (issue 5):",
         *verdicts,
@@ -793,42 +719,26 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
 
 
 def bench(opts: Options) -> str:
-    if os.geteuid() != 0:
-        raise BenchError("run as root: network namespaces, bridges and mounts need it")
-    if shutil.which("containerd") is None:
-        raise BenchError("containerd is not installed: `make bench-lifecycle` installs it")
-    work = short_tempdir("lcy")
-    network = BenchNetwork.create(work / "ipam")
-    log_root = work / "pod-logs"
-    try:
-        skiff_conf = network.write_conf_dir(work / "skiff-net.d")
-        ctrd_conf = network.write_conf_dir(work / "ctrd-net.d")
-        with TestRegistry("insecure") as registry:
-            print("building and pushing the images ...", file=sys.stderr)
-            busybox = img.busybox_image()
-            image = img.push(registry, BUSYBOX_REPO, "bench", busybox).reference
-            pause = pause_image()
-            sandbox_image = img.push(registry, PAUSE_REPO, "bench", pause).reference
+    with pod_bench("lcy", "`make bench-lifecycle` installs it") as env:
+        network, log_root, registry = env.network, env.log_root, env.registry
+        print("building and pushing the images ...", file=sys.stderr)
+        busybox = img.busybox_image()
+        image = img.push(registry, BUSYBOX_REPO, "bench", busybox).reference
+        pause = pause_image()
+        sandbox_image = img.push(registry, PAUSE_REPO, "bench", pause).reference
 
-            skiff_base = short_tempdir("lcyd")
-            try:
-                with skiff_target(skiff_base, skiff_conf, registry.host, opts.log_level) as target:
-                    if target.pull(image) != busybox.config_digest:
-                        raise BenchError(f"skiff pulled {image} as another image")
-                    skiff = measure(target, image, network, log_root, opts)
-                notes = skiff_log_summary(target.log_path, skiff.log_spans)
-            finally:
-                shutil.rmtree(skiff_base, ignore_errors=True)
+        with temp_base("lcyd") as skiff_base:
+            with skiff_target(skiff_base, env.skiff_conf, registry.host, opts.log_level) as target:
+                if target.pull(image) != busybox.config_digest:
+                    raise BenchError(f"skiff pulled {image} as another image")
+                skiff = measure(target, image, network, log_root, opts)
+            notes = skiff_log_summary(target.log_path, skiff.log_spans)
 
-            with containerd_target(registry.host, sandbox_image, ctrd_conf) as target:
-                for ref, want in ((sandbox_image, pause), (image, busybox)):
-                    if target.pull(ref) != want.config_digest:
-                        raise BenchError(f"containerd pulled {ref} as another image")
-                ctrd = measure(target, image, network, log_root, opts, cni_cache=True)
-    finally:
-        network.remove()
-        unmount_under(work)
-        shutil.rmtree(work, ignore_errors=True)
+        with containerd_target(registry.host, sandbox_image, env.ctrd_conf) as target:
+            for ref, want in ((sandbox_image, pause), (image, busybox)):
+                if target.pull(ref) != want.config_digest:
+                    raise BenchError(f"containerd pulled {ref} as another image")
+            ctrd = measure(target, image, network, log_root, opts, cni_cache=True)
     return report(skiff, ctrd, opts, network) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -847,12 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--list-calls", type=int, default=200, help="calls of each List (200)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed cycles first (3)")
-    parser.add_argument(
-        "--skiff-log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="skiffd's log level (default info; debug adds its per-RPC durations)",
-    )
+    add_skiff_log_level(parser, "its per-RPC durations")
     args = parser.parse_args(argv)
     if args.pods < 2 or args.parallel < 1 or args.list_pods < 1 or args.list_calls < 2:
         parser.error("--pods >= 2, --parallel >= 1, --list-pods >= 1, --list-calls >= 2")
@@ -861,12 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(
         args.pods, args.parallel, args.list_pods, args.list_calls, args.warmup, args.skiff_log_level
     )
-    try:
-        print(bench(opts))
-    except (BenchError, AssertionError) as exc:
-        print(f"bench.lifecycle: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("bench.lifecycle", lambda: bench(opts))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,30 @@
-"""Shared pieces of the benchmarks that run pods: the peer runtime and the pod network.
+"""Shared pieces of the benchmarks: the peer runtime, skiffd, the pod network, reports.
 
-- `containerd_cri`: Debian's containerd (1.6) with its CRI plugin set up to run pod
-  sandboxes: a root, state, sockets and network namespaces of its own under a temp
-  directory, a sandbox (pause) image of ours, a CNI config directory and plugin
-  directory, AppArmor off and ``restrict_oom_score_adj`` on (root here lacks
-  CAP_SYS_RESOURCE). On the way out it stops containerd by pid, ends the shims it left
-  (found by the ``-address`` under its temp directory), unmounts what is left there and
-  removes it.
+- `BenchError`, `tail`, `mounts_under` / `unmount_under`: errors of a benchmark that
+  cannot run, log tails for them, mounts left behind.
+- `containerd_process`: Debian's containerd (1.6) started with a config of the caller's,
+  everything of its own (root, state, sockets, ``certs.d/<registry>/hosts.toml`` for
+  a plain-HTTP registry) under a temp directory, stopped by pid on the way out.
+  `containerd_cri` is its variant set up to run pod sandboxes: network namespaces of
+  its own under that directory, a sandbox (pause) image of ours, a CNI config
+  directory and plugin directory, AppArmor off and ``restrict_oom_score_adj`` on (root
+  here lacks CAP_SYS_RESOURCE). On the way out it also ends the shims it left (found by
+  the ``-address`` under its temp directory), unmounts what is left there and removes it.
+- `skiffd_running`: skiffd (`tests.integration.skiffd.Skiffd`) started, checked for a
+  clean stop, killed and unmounted on the way out.
 - `pause_image`: a pause-like image built from busybox (``sleep`` forever), since the
   machine has no route to ``registry.k8s.io``.
 - `BenchNetwork`: one bridge + host-local + portmap network with a unique bridge name,
   a free /24 and its own IPAM ``dataDir``; what it holds (IPs, veths) for leak checks,
-  and the removal of its bridge.
-
-`bench/pull.py` has the image-pull variant of the containerd set-up; its helpers
-(`BenchError`, `unmount_under`, `containerd_hosts_toml`) are reused here.
+  and the removal of its bridge. `pod_bench`: that network, its config directories and
+  a loopback registry for one pod benchmark.
+- CRI helpers (`pull_image`, `pod_config`, `pool_map`) and report helpers
+  (`percentile`, `ratio`, `table_header`, `table_row`, `percentile_rows`, ...).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import ipaddress
 import json
@@ -26,22 +32,24 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
-from bench.pull import BenchError, containerd_hosts_toml, unmount_under
 from tests.integration import images as img
-from tests.integration.skiffd import short_tempdir
+from tests.integration.registry import TestRegistry
+from tests.integration.skiffd import Skiffd, pid_alive, short_tempdir
 
 CNI_BIN = "/usr/lib/cni"
 START_TIMEOUT = 30.0
@@ -56,6 +64,12 @@ CNI_CACHE_DIR = Path("/var/lib/cni")
 HOST_DIRS = (SHIM_SOCKET_DIR.parent, SHIM_SOCKET_DIR, CNI_CACHE_DIR, CNI_CACHE_DIR / "results")
 K8S_NAMESPACE = "k8s.io"
 
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (not: the numbers are bad)."""
+
 
 def tail(path: Path, lines: int = 30) -> str:
     """The last ``lines`` lines of a log file, for error messages."""
@@ -63,6 +77,70 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def require_root(why: str) -> None:
+    if os.geteuid() != 0:
+        raise BenchError(f"run as root: {why}")
+
+
+def require_containerd(install_hint: str) -> str:
+    """containerd's path; a `BenchError` naming ``install_hint`` when it is missing."""
+    binary = shutil.which("containerd")
+    if binary is None:
+        raise BenchError(f"containerd is not installed: {install_hint}")
+    return binary
+
+
+def run_main(prog: str, run: Callable[[], str]) -> int:
+    """Print what ``run`` reports; 1 (and the error on stderr) when it could not run."""
+    try:
+        print(run())
+    except (BenchError, AssertionError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@contextmanager
+def temp_base(tag: str) -> Iterator[Path]:
+    """A short temp directory under /tmp, removed on the way out."""
+    base = short_tempdir(tag)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# Mounts left behind
+# --------------------------------------------------------------------------------------
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
+    top = str(path.resolve())
+    found: list[str] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == top or point.startswith(top + "/"):
+            found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def unmount_under(path: Path) -> list[str]:
+    """Unmount whatever is mounted below ``path``; returns what had been left mounted."""
+    left = mounts_under(path)
+    for point in left:
+        done = subprocess.run(["umount", point], capture_output=True, check=False)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    return left
+
+
+# --------------------------------------------------------------------------------------
+# CRI clients
+# --------------------------------------------------------------------------------------
 
 
 def wait_cri_ready(
@@ -89,6 +167,123 @@ def wait_cri_ready(
                 pass
         time.sleep(0.05)
     raise BenchError(f"{name}'s CRI did not answer within {timeout}s:\n{tail(log_path)}")
+
+
+def pull_image(
+    images: api_pb2_grpc.ImageServiceStub,
+    ref: str,
+    name: str,
+    log_path: Path,
+    timeout: float = PULL_TIMEOUT,
+) -> str:
+    """PullImage through a CRI ImageService; the image ref it answers."""
+    try:
+        response = images.PullImage(
+            pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=timeout
+        )
+    except grpc.RpcError as exc:
+        raise BenchError(
+            f"{name}: PullImage({ref}) failed: {exc.code()} {exc.details()}\n{tail(log_path)}"
+        ) from None
+    image_ref: str = response.image_ref
+    return image_ref
+
+
+def pod_config(tag: str, index: int, log_root: Path, namespace: str) -> pb.PodSandboxConfig:
+    """A minimal pod: unique name and uid, ``namespace``, hostname, a log directory, and
+    pod-level network/PID/IPC namespaces (the defaults)."""
+    name = f"bench-{tag}-{index}"
+    log_dir = log_root / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(
+            name=name, uid=f"uid-{tag}-{index}", namespace=namespace, attempt=0
+        ),
+        hostname=name,
+        log_directory=str(log_dir),
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption())
+        ),
+    )
+
+
+def pool_map(fn: Callable[[int], T], count: int, workers: int) -> list[T]:
+    """``fn`` over ``range(count)``, ``workers`` at a time (1: one after the other)."""
+    if workers == 1:
+        return [fn(i) for i in range(count)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod") as pool:
+        return list(pool.map(fn, range(count)))
+
+
+# --------------------------------------------------------------------------------------
+# skiffd
+# --------------------------------------------------------------------------------------
+
+
+def skiff_pod_settings(cni_conf_dir: Path, log_level: str) -> dict[str, Any]:
+    """skiffd's settings for the pod benchmarks: JSON log lines, our CNI directories."""
+    return {
+        "log_level": log_level,
+        "log_format": "json",
+        "network": {"cni_config_dir": str(cni_conf_dir), "cni_plugin_dirs": [CNI_BIN]},
+    }
+
+
+@contextmanager
+def skiffd_running(
+    base: Path,
+    settings: dict[str, Any],
+    *,
+    insecure_registry: str | None = None,
+    leftovers: Callable[[Path], list[str]] | None = None,
+    mounts_shown: int | None = None,
+) -> Iterator[Skiffd]:
+    """skiffd with a fresh root under ``base`` (``insecure_registry``: marked insecure in
+    its ``registries.conf``); its clean stop checked. On the way out it is killed,
+    ``leftovers`` (after a failed run) ended and what is mounted below ``base``
+    unmounted (the first ``mounts_shown`` of them named in the warning)."""
+    daemon = Skiffd(base, settings)
+    if insecure_registry is not None:
+        (base / "registries.conf").write_text(
+            f'[[registry]]\nlocation = "{insecure_registry}"\ninsecure = true\n'
+        )
+    try:
+        try:
+            daemon.start()
+        except AssertionError as exc:
+            raise BenchError(str(exc)) from None
+        yield daemon
+        status = daemon.stop()
+        if status != 0:
+            raise BenchError(f"skiffd exited with {status}:\n{tail(daemon.log_path)}")
+    finally:
+        daemon.kill()
+        if leftovers is not None:
+            for what in leftovers(base):
+                print(f"warning: skiff left {what}", file=sys.stderr)
+        left = unmount_under(base)
+        if left:
+            print(f"warning: skiffd left mounts behind: {left[:mounts_shown]}", file=sys.stderr)
+
+
+def add_skiff_log_level(parser: argparse.ArgumentParser, debug_adds: str) -> None:
+    parser.add_argument(
+        "--skiff-log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help=f"skiffd's log level (default info; debug adds {debug_adds})",
+    )
+
+
+def duration_entries(text: str) -> Iterator[dict[str, Any]]:
+    """skiffd's JSON log lines that carry a ``duration_ms``."""
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "duration_ms" in entry:
+            yield entry
 
 
 # --------------------------------------------------------------------------------------
@@ -193,6 +388,58 @@ class BenchNetwork:
             subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
 
+    def leaks(self) -> list[str]:
+        """What pods left in the network: IPs host-local holds, veths on the bridge."""
+        found: list[str] = []
+        ips = self.allocated()
+        if ips:
+            found.append(f"{len(ips)} IP(s) left in host-local's dataDir: {ips[:5]}")
+        veths = self.veths()
+        if veths:
+            found.append(f"{len(veths)} veth(s) left on bridge {self.bridge}: {veths[:5]}")
+        return found
+
+    def cache_leaks(self) -> list[str]:
+        """libcni's cached results of this network still there (containerd's); removed."""
+        cached = self.cached_results()
+        if not cached:
+            return []
+        for path in cached:
+            path.unlink(missing_ok=True)
+        return [f"{len(cached)} cached CNI result(s) left: {[p.name for p in cached[:3]]}"]
+
+
+@dataclass(frozen=True)
+class PodBench:
+    """What a pod benchmark runs in: a work directory, the network (a config directory
+    of it for each runtime), a directory for pod logs and a loopback registry."""
+
+    work: Path
+    network: BenchNetwork
+    log_root: Path
+    skiff_conf: Path
+    ctrd_conf: Path
+    registry: TestRegistry
+
+
+@contextmanager
+def pod_bench(tag: str, install_hint: str) -> Iterator[PodBench]:
+    """Root and containerd checked, then the `PodBench`; on the way out the bridge is
+    removed and the work directory unmounted and removed."""
+    require_root("network namespaces, bridges and mounts need it")
+    require_containerd(install_hint)
+    work = short_tempdir(tag)
+    network = BenchNetwork.create(work / "ipam")
+    try:
+        skiff_conf = network.write_conf_dir(work / "skiff-net.d")
+        ctrd_conf = network.write_conf_dir(work / "ctrd-net.d")
+        with TestRegistry("insecure") as registry:
+            yield PodBench(work, network, work / "pod-logs", skiff_conf, ctrd_conf, registry)
+    finally:
+        network.remove()
+        unmount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+
 
 # --------------------------------------------------------------------------------------
 # The sandbox image for containerd
@@ -206,15 +453,16 @@ def pause_image() -> img.Image:
 
 
 # --------------------------------------------------------------------------------------
-# containerd with its CRI set up for pods
+# containerd
 # --------------------------------------------------------------------------------------
 
+#: The head of a TOML table of containerd's CRI plugin: ``f"{CRI}.cni]"``.
+CRI = '[plugins."io.containerd.grpc.v1.cri"'
 
-def containerd_pod_config(
-    base: Path, *, sandbox_image: str, cni_conf_dir: Path, cni_bin_dir: str = CNI_BIN
-) -> str:
-    """containerd 1.6 config (version 2) for running pod sandboxes on this host."""
-    cri = '[plugins."io.containerd.grpc.v1.cri"'
+
+def containerd_config_head(base: Path) -> str:
+    """containerd 1.6 config (version 2) up to the options of its CRI plugin (its
+    table is the last one opened): every path of its own under ``base``."""
     return f"""\
 version = 2
 root = "{base}/root"
@@ -244,9 +492,19 @@ disabled_plugins = [
 [plugins."io.containerd.internal.v1.opt"]
   path = "{base}/opt"
 
-{cri}]
+{CRI}]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+"""
+
+
+def containerd_pod_config(
+    base: Path, *, sandbox_image: str, cni_conf_dir: Path, cni_bin_dir: str = CNI_BIN
+) -> str:
+    """containerd 1.6 config (version 2) for running pod sandboxes on this host."""
+    return (
+        containerd_config_head(base)
+        + f"""\
   sandbox_image = "{sandbox_image}"
   disable_apparmor = true
   # Root here lacks CAP_SYS_RESOURCE: no negative oom_score_adj.
@@ -254,25 +512,36 @@ disabled_plugins = [
   # Pod network namespaces under {base}/state, not /var/run/netns.
   netns_mounts_under_state_dir = true
 
-  {cri}.containerd]
+  {CRI}.containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
 
-    {cri}.containerd.runtimes.runc]
+    {CRI}.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 
-      {cri}.containerd.runtimes.runc.options]
+      {CRI}.containerd.runtimes.runc.options]
         SystemdCgroup = false
         # runc's state (default /run/containerd/runc) under {base} as well.
         Root = "{base}/runc"
 
-  {cri}.cni]
+  {CRI}.cni]
     bin_dir = "{cni_bin_dir}"
     conf_dir = "{cni_conf_dir}"
     max_conf_num = 1
 
-  {cri}.registry]
+  {CRI}.registry]
     config_path = "{base}/certs.d"
+"""
+    )
+
+
+def containerd_hosts_toml(registry_host: str) -> str:
+    """``certs.d/<host:port>/hosts.toml``: the registry speaks plain HTTP."""
+    return f"""\
+server = "http://{registry_host}"
+
+[host."http://{registry_host}"]
+  capabilities = ["pull", "resolve"]
 """
 
 
@@ -320,14 +589,6 @@ def shims_under(base: Path) -> list[Shim]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def end_shims(base: Path, grace: float = 5.0) -> list[Shim]:
     """SIGTERM, then SIGKILL, the shims of the containerd under ``base``; remove their
     sockets. Returns the shims that were still running."""
@@ -336,7 +597,7 @@ def end_shims(base: Path, grace: float = 5.0) -> list[Shim]:
         with suppress(ProcessLookupError):
             os.kill(shim.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while any(_alive(s.pid) for s in shims) and time.monotonic() < deadline:
+    while any(pid_alive(s.pid) for s in shims) and time.monotonic() < deadline:
         time.sleep(0.05)
     for shim in shims:
         with suppress(ProcessLookupError):
@@ -379,49 +640,62 @@ class Peer:
 
     def pull(self, ref: str) -> str:
         """PullImage through its CRI; the image ref it answers."""
-        try:
-            response = self.images().PullImage(
-                pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=PULL_TIMEOUT
-            )
-        except grpc.RpcError as exc:
-            raise BenchError(
-                f"{self.name}: PullImage({ref}) failed: {exc.code()} {exc.details()}\n"
-                f"{tail(self.log_path)}"
-            ) from None
-        image_ref: str = response.image_ref
-        return image_ref
+        return pull_image(self.images(), ref, self.name, self.log_path)
+
+
+def _end_pods(base: Path) -> None:
+    """What containerd's pods left behind under ``base``: containers, then shims."""
+    containers = delete_containers(base / "runc" / K8S_NAMESPACE)
+    if containers:
+        print(
+            f"warning: containerd left {len(containers)} container(s), deleted: "
+            f"{[c[:12] for c in containers]}",
+            file=sys.stderr,
+        )
+    shims = end_shims(base)
+    if shims:
+        print(
+            f"warning: containerd left {len(shims)} shim(s) running, ended: "
+            f"{[s.pid for s in shims]}",
+            file=sys.stderr,
+        )
 
 
 @contextmanager
-def containerd_cri(registry_host: str, sandbox_image: str, cni_conf_dir: Path) -> Iterator[Peer]:
-    """Debian's containerd, set up to run pods, with everything of its own under /tmp.
+def containerd_process(
+    registry_host: str,
+    config: Callable[[Path], str],
+    *,
+    install_hint: str,
+    dirs: Iterable[str] = ("root", "state", "opt"),
+    pods: bool = False,
+) -> Iterator[Peer]:
+    """Debian's containerd with ``config(base)``, everything of its own under a fresh
+    ``base`` in /tmp (``dirs`` made there first).
 
     The registry at ``registry_host`` speaks plain HTTP (``certs.d/<host>/hosts.toml``).
-    On exit: SIGTERM by pid, then its leftover shims are ended, whatever is mounted
-    below its directory is unmounted and the directory removed.
+    On exit: SIGTERM by pid; with ``pods``, its leftover containers and shims are ended
+    and the host directories it made removed again when empty; whatever is mounted below
+    its directory is unmounted and the directory removed.
     """
-    binary = shutil.which("containerd")
-    if binary is None:
-        raise BenchError("containerd is not installed: `make bench-sandbox` installs it")
+    binary = require_containerd(install_hint)
     base = short_tempdir("ctrd")
-    for sub in ("root", "state", "opt"):
-        (base / sub).mkdir()
+    for sub in dirs:
+        (base / sub).mkdir(parents=True)
     hosts_dir = base / "certs.d" / registry_host
     hosts_dir.mkdir(parents=True)
     (hosts_dir / "hosts.toml").write_text(containerd_hosts_toml(registry_host))
-    config = base / "config.toml"
-    config.write_text(
-        containerd_pod_config(base, sandbox_image=sandbox_image, cni_conf_dir=cni_conf_dir)
-    )
+    config_path = base / "config.toml"
+    config_path.write_text(config(base))
     log_path = base / "containerd.log"
     socket = base / "containerd.sock"
-    new_host_dirs = [d for d in HOST_DIRS if not d.exists()]
+    new_host_dirs = [d for d in HOST_DIRS if not d.exists()] if pods else []
     proc: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = None
     try:
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [binary, "--config", str(config)],
+                [binary, "--config", str(config_path)],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -444,20 +718,8 @@ def containerd_cri(registry_host: str, sandbox_image: str, cni_conf_dir: Path) -
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        containers = delete_containers(base / "runc" / K8S_NAMESPACE)
-        if containers:
-            print(
-                f"warning: containerd left {len(containers)} container(s), deleted: "
-                f"{[c[:12] for c in containers]}",
-                file=sys.stderr,
-            )
-        shims = end_shims(base)
-        if shims:
-            print(
-                f"warning: containerd left {len(shims)} shim(s) running, ended: "
-                f"{[s.pid for s in shims]}",
-                file=sys.stderr,
-            )
+        if pods:
+            _end_pods(base)
         left = unmount_under(base)
         if left:
             print(f"warning: containerd left mounts behind: {left}", file=sys.stderr)
@@ -465,3 +727,86 @@ def containerd_cri(registry_host: str, sandbox_image: str, cni_conf_dir: Path) -
         for directory in reversed(new_host_dirs):
             with suppress(OSError):
                 directory.rmdir()  # only when empty: nothing of anyone else's
+
+
+@contextmanager
+def containerd_cri(registry_host: str, sandbox_image: str, cni_conf_dir: Path) -> Iterator[Peer]:
+    """`containerd_process` set up to run pods, with everything of its own under /tmp."""
+
+    def config(base: Path) -> str:
+        return containerd_pod_config(base, sandbox_image=sandbox_image, cni_conf_dir=cni_conf_dir)
+
+    with containerd_process(
+        registry_host, config, install_hint="`make bench-sandbox` installs it", pods=True
+    ) as peer:
+        yield peer
+
+
+# --------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile, linear between the closest ranks."""
+    if len(values) == 1:
+        return values[0]
+    if q == 50:
+        return statistics.median(values)
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
+
+
+def table_header(title: str, width: int) -> str:
+    """The head of a skiff/containerd/ratio table whose labels are ``width`` wide."""
+    return f"{title:<{width + 2}}{'skiff':>11}{'containerd':>13}{'ratio':>8}"
+
+
+def table_row(label: str, skiff: str, peer: str, ratio: float | None, width: int) -> str:
+    shown = "-" if ratio is None else f"{ratio:.2f}"
+    return f"  {label:<{width}}{skiff:>11}{peer:>13}{shown:>8}"
+
+
+def percentile_rows(
+    name: str,
+    skiff: Sequence[float],
+    peer: Sequence[float],
+    qs: Sequence[int],
+    *,
+    pad: int,
+    width: int,
+    digits: int = 1,
+) -> list[str]:
+    """One row per percentile in ``qs`` of two samples of seconds, shown in ms; the
+    p50 row carries ``name`` (``pad`` wide)."""
+    rows: list[str] = []
+    for q in qs:
+        x, y = percentile(skiff, q) * 1000, percentile(peer, q) * 1000
+        label = f"{name if q == 50 else '':<{pad}}p{q}"
+        rows.append(
+            table_row(label, f"{x:.{digits}f} ms", f"{y:.{digits}f} ms", ratio(x, y), width)
+        )
+    return rows
+
+
+def mode_title(mode: str, workers: int) -> str:
+    return "sequential (1 at a time)" if mode == "sequential" else f"parallel ({workers} workers)"
+
+
+def print_mode(name: str, mode: str, totals_ms: Sequence[float], wall_s: float) -> None:
+    """The progress line of one mode of a runtime, on stderr."""
+    print(
+        f"{name:<10} {mode:<10} full cycle p50 {percentile(totals_ms, 50):7.1f} ms"
+        f"   p99 {percentile(totals_ms, 99):7.1f} ms   wall {wall_s:6.2f} s",
+        file=sys.stderr,
+    )
+
+
+def leaks_line(leaks: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """``leaks after each runtime: skiff none; containerd ...``."""
+    return "leaks after each runtime: " + "; ".join(
+        f"{n} {', '.join(found) if found else 'none'}" for n, found in leaks
+    )

@@ -22,11 +22,7 @@ Run as root from the repository root: ``make bench`` or
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,26 +32,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
+from bench.peer import (
+    CRI,
+    BenchError,
+    containerd_config_head,
+    containerd_process,
+    pull_image,
+    ratio,
+    require_containerd,
+    require_root,
+    run_main,
+    skiffd_running,
+    temp_base,
+)
 from tests.integration import images as img
 from tests.integration.registry import TestRegistry
-from tests.integration.skiffd import Skiffd, short_tempdir
 
 REPO = "bench/big"
 PULL_TIMEOUT = 600.0
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
 SAMPLE_INTERVAL = 0.02
 RSS_TARGET_MB = 100.0
 COLD_RATIO_TARGET = 1.0
 MB = 1_000_000
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run (not: the numbers are bad)."""
+INSTALL_HINT = "`make bench` (or apt-get install containerd)"
 
 
 # --------------------------------------------------------------------------------------
@@ -114,32 +115,6 @@ class RssSampler:
 
 
 # --------------------------------------------------------------------------------------
-# Mounts left behind
-# --------------------------------------------------------------------------------------
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path``, deepest first."""
-    top = str(path.resolve())
-    found: list[str] = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == top or point.startswith(top + "/"):
-            found.append(point)
-    return sorted(found, key=len, reverse=True)
-
-
-def unmount_under(path: Path) -> list[str]:
-    """Unmount whatever is mounted below ``path``; returns what had been left mounted."""
-    left = mounts_under(path)
-    for point in left:
-        done = subprocess.run(["umount", point], capture_output=True, check=False)
-        if done.returncode != 0:
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    return left
-
-
-# --------------------------------------------------------------------------------------
 # The two daemons
 # --------------------------------------------------------------------------------------
 
@@ -157,160 +132,43 @@ class Daemon:
 @contextmanager
 def skiff_daemon(registry_host: str) -> Iterator[Daemon]:
     """skiffd with a fresh root, the registry marked insecure, logging at info."""
-    base = short_tempdir("bench")
-    daemon = Skiffd(base, {"log_level": "info"})
-    (base / "registries.conf").write_text(
-        f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n'
-    )
-    try:
-        daemon.start()
+    with (
+        temp_base("bench") as base,
+        skiffd_running(base, {"log_level": "info"}, insecure_registry=registry_host) as daemon,
+    ):
         assert daemon.proc is not None
         yield Daemon("skiff", daemon.proc.pid, daemon.images(), daemon.log_path)
-        status = daemon.stop()
-        if status != 0:
-            raise BenchError(f"skiffd exited with {status}:\n{_tail(daemon.log_path)}")
-    finally:
-        daemon.kill()
-        left = unmount_under(base)
-        if left:
-            print(f"warning: skiffd left mounts behind: {left}", file=sys.stderr)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def containerd_config(base: Path) -> str:
     """containerd 1.6 config (version 2): every path of its own under ``base``."""
-    return f"""\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-plugin_dir = ""
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-]
+    return (
+        containerd_config_head(base)
+        + f"""\
 
-[grpc]
-  address = "{base}/containerd.sock"
-
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-
-[debug]
-  address = ""
-  level = "info"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+  {CRI}.containerd]
     snapshotter = "overlayfs"
 
-  [plugins."io.containerd.grpc.v1.cri".cni]
+  {CRI}.cni]
     bin_dir = "{base}/cni/bin"
     conf_dir = "{base}/cni/net.d"
 
-  [plugins."io.containerd.grpc.v1.cri".registry]
+  {CRI}.registry]
     config_path = "{base}/certs.d"
 """
-
-
-def containerd_hosts_toml(registry_host: str) -> str:
-    """``certs.d/<host:port>/hosts.toml``: the registry speaks plain HTTP."""
-    return f"""\
-server = "http://{registry_host}"
-
-[host."http://{registry_host}"]
-  capabilities = ["pull", "resolve"]
-"""
+    )
 
 
 @contextmanager
 def containerd_daemon(registry_host: str) -> Iterator[Daemon]:
     """Debian's containerd with a fresh root, state and socket of its own under /tmp."""
-    binary = shutil.which("containerd")
-    if binary is None:
-        raise BenchError(
-            "containerd is not installed: `make bench` (or apt-get install containerd)"
-        )
-    base = short_tempdir("ctrd")
-    for sub in ("root", "state", "opt", "cni/bin", "cni/net.d"):
-        (base / sub).mkdir(parents=True)
-    hosts_dir = base / "certs.d" / registry_host
-    hosts_dir.mkdir(parents=True)
-    (hosts_dir / "hosts.toml").write_text(containerd_hosts_toml(registry_host))
-    config = base / "config.toml"
-    config.write_text(containerd_config(base))
-    log_path = base / "containerd.log"
-    socket = base / "containerd.sock"
-    proc: subprocess.Popen[bytes] | None = None
-    channel: grpc.Channel | None = None
-    try:
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [binary, "--config", str(config)],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-            )
-        channel = grpc.insecure_channel(f"unix://{socket}")
-        _wait_cri_ready(proc, channel, socket, log_path)
-        yield Daemon("containerd", proc.pid, api_pb2_grpc.ImageServiceStub(channel), log_path)
-        channel.close()
-        channel = None
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise BenchError(
-                f"containerd ignored SIGTERM for {STOP_TIMEOUT}s:\n{_tail(log_path)}"
-            ) from None
-    finally:
-        if channel is not None:
-            channel.close()
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        left = unmount_under(base)
-        if left:
-            print(f"warning: containerd left mounts behind: {left}", file=sys.stderr)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _wait_cri_ready(
-    proc: subprocess.Popen[bytes], channel: grpc.Channel, socket: Path, log_path: Path
-) -> None:
-    runtime = api_pb2_grpc.RuntimeServiceStub(channel)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(
-                f"containerd exited with {proc.returncode} while starting:\n{_tail(log_path)}"
-            )
-        if socket.exists():
-            try:
-                runtime.Version(pb.VersionRequest(), timeout=2)
-                return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.05)
-    raise BenchError(f"containerd's CRI did not answer within {START_TIMEOUT}s:\n{_tail(log_path)}")
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    with containerd_process(
+        registry_host,
+        containerd_config,
+        install_hint=INSTALL_HINT,
+        dirs=("root", "state", "opt", "cni/bin", "cni/net.d"),
+    ) as peer:
+        yield Daemon("containerd", peer.pid, peer.images(), peer.log_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -328,15 +186,8 @@ class Run:
 
 def _pull(daemon: Daemon, ref: str, image_id: str) -> float:
     """Wall time of one PullImage, client side; checks the image ID it answers."""
-    request = pb.PullImageRequest(image=pb.ImageSpec(image=ref))
     start = time.perf_counter()
-    try:
-        got = daemon.images.PullImage(request, timeout=PULL_TIMEOUT).image_ref
-    except grpc.RpcError as exc:
-        raise BenchError(
-            f"{daemon.name}: PullImage({ref}) failed: {exc.code()} {exc.details()}\n"
-            f"{_tail(daemon.log_path)}"
-        ) from None
+    got = pull_image(daemon.images, ref, daemon.name, daemon.log_path, PULL_TIMEOUT)
     elapsed = time.perf_counter() - start
     if got != image_id:
         raise BenchError(f"{daemon.name}: PullImage({ref}) answered {got}, expected {image_id}")
@@ -384,10 +235,6 @@ class Summary:
         )
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("inf")
-
-
 def report(skiff: Summary, peer: Summary, runs: int, image_mb: float) -> str:
     rows = [
         ("cold pull", f"{skiff.cold_s:.3f} s", f"{peer.cold_s:.3f} s", skiff.cold_s, peer.cold_s),
@@ -413,7 +260,7 @@ def report(skiff: Summary, peer: Summary, runs: int, image_mb: float) -> str:
             peer.idle_mb,
         ),
     ]
-    cold_ratio = _ratio(skiff.cold_s, peer.cold_s)
+    cold_ratio = ratio(skiff.cold_s, peer.cold_s)
     lines = [
         f"image pull: {image_mb:.1f} MB image (2 layers, incompressible), loopback registry; "
         f"times: median of {runs} runs, RSS: max over runs",
@@ -421,7 +268,7 @@ def report(skiff: Summary, peer: Summary, runs: int, image_mb: float) -> str:
         f"{'':<22}{'skiff':>12}{'containerd':>14}{'ratio':>9}",
     ]
     for label, a, b, x, y in rows:
-        lines.append(f"{label:<22}{a:>12}{b:>14}{_ratio(x, y):>9.2f}")
+        lines.append(f"{label:<22}{a:>12}{b:>14}{ratio(x, y):>9.2f}")
     lines += [
         "",
         "targets:",
@@ -439,21 +286,14 @@ def report(skiff: Summary, peer: Summary, runs: int, image_mb: float) -> str:
 
 
 def bench(runs: int, size_mb: int) -> str:
-    if os.geteuid() != 0:
-        raise BenchError("run as root: containerd's overlayfs snapshotter needs it")
-    if shutil.which("containerd") is None:
-        raise BenchError(
-            "containerd is not installed: `make bench` (or apt-get install containerd)"
-        )
+    require_root("containerd's overlayfs snapshotter needs it")
+    require_containerd(INSTALL_HINT)
     with TestRegistry("insecure") as registry:
-        workdir = short_tempdir("bench-img")
-        try:
+        with temp_base("bench-img") as workdir:
             print(f"building and pushing a {size_mb} MiB image ...", file=sys.stderr)
             image = img.big_image(workdir, total_mb=size_mb)
             img.push(registry, REPO, "v1", image)
             img.push(registry, REPO, "v2", image)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
         cold_ref = f"{registry.host}/{REPO}:v1"
         cached_ref = f"{registry.host}/{REPO}:v2"
         starters = {"skiff": skiff_daemon, "containerd": containerd_daemon}
@@ -486,12 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.size_mb < 1:
         parser.error("--runs and --size-mb must be at least 1")
-    try:
-        print(bench(args.runs, args.size_mb))
-    except (BenchError, AssertionError) as exc:
-        print(f"bench.pull: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("bench.pull", lambda: bench(args.runs, args.size_mb))
 
 
 if __name__ == "__main__":

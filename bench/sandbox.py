@@ -26,15 +26,11 @@ Run as root from the repository root: ``make bench-sandbox`` or
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import secrets
-import shutil
 import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +39,39 @@ import grpc
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
-from bench.peer import CNI_BIN, BenchNetwork, containerd_cri, pause_image, tail
-from bench.pull import BenchError, unmount_under
+from bench import peer as shared
+from bench.peer import (
+    BenchError,
+    BenchNetwork,
+    add_skiff_log_level,
+    containerd_cri,
+    duration_entries,
+    leaks_line,
+    mode_title,
+    pause_image,
+    percentile,
+    percentile_rows,
+    pod_bench,
+    pool_map,
+    print_mode,
+    ratio,
+    run_main,
+    skiff_pod_settings,
+    skiffd_running,
+    table_header,
+    table_row,
+    tail,
+    temp_base,
+)
 from tests.integration import images as img
-from tests.integration.registry import TestRegistry
-from tests.integration.skiffd import Skiffd, short_tempdir
 
 PAUSE_REPO = "bench/pause"
 RPC_TIMEOUT = 60.0
 CHECK_IP_EVERY = 5
 P50_RATIO_TARGET = 1.0
 PHASES = ("RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "full cycle")
+#: Width of the row labels of the report's tables.
+LABEL_WIDTH = 24
 
 
 # --------------------------------------------------------------------------------------
@@ -73,28 +91,8 @@ class Target:
 @contextmanager
 def skiff_target(base: Path, cni_conf_dir: Path, log_level: str) -> Iterator[Target]:
     """skiffd with a fresh root, reading ``cni_conf_dir``, logging JSON lines."""
-    daemon = Skiffd(
-        base,
-        {
-            "log_level": log_level,
-            "log_format": "json",
-            "network": {"cni_config_dir": str(cni_conf_dir), "cni_plugin_dirs": [CNI_BIN]},
-        },
-    )
-    try:
-        try:
-            daemon.start()
-        except AssertionError as exc:
-            raise BenchError(str(exc)) from None
+    with skiffd_running(base, skiff_pod_settings(cni_conf_dir, log_level)) as daemon:
         yield Target("skiff", daemon.runtime(), daemon.log_path)
-        status = daemon.stop()
-        if status != 0:
-            raise BenchError(f"skiffd exited with {status}:\n{tail(daemon.log_path)}")
-    finally:
-        daemon.kill()
-        left = unmount_under(base)
-        if left:
-            print(f"warning: skiffd left mounts behind: {left}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------
@@ -124,21 +122,8 @@ class Cycle:
 
 
 def pod_config(tag: str, index: int, log_root: Path) -> pb.PodSandboxConfig:
-    """A minimal pod: unique name, uid and namespace, hostname, a log directory, and
-    pod-level network/PID/IPC namespaces (the defaults)."""
-    name = f"bench-{tag}-{index}"
-    log_dir = log_root / name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(
-            name=name, uid=f"uid-{tag}-{index}", namespace=f"ns-{tag}-{index}", attempt=0
-        ),
-        hostname=name,
-        log_directory=str(log_dir),
-        linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption())
-        ),
-    )
+    """A minimal pod (`bench.peer.pod_config`) in a namespace of its own."""
+    return shared.pod_config(tag, index, log_root, f"ns-{tag}-{index}")
 
 
 def _call_failed(target: Target, rpc: str, pod: str, exc: grpc.RpcError) -> BenchError:
@@ -202,11 +187,7 @@ def run_pods(
         return cycle(target, config, network, check_ip=index % CHECK_IP_EVERY == 0)
 
     start = time.perf_counter()
-    if workers == 1:
-        cycles = [one(i) for i in range(pods)]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod") as pool:
-            cycles = list(pool.map(one, range(pods)))
+    cycles = pool_map(one, pods, workers)
     wall = time.perf_counter() - start
     return ModeResult(cycles, wall, len(range(0, pods, CHECK_IP_EVERY)))
 
@@ -237,18 +218,9 @@ def remove_all(target: Target) -> list[str]:
 def leaks(target: Target, network: BenchNetwork, cni_cache: bool) -> list[str]:
     """What the runtime still holds after every pod was removed (``cni_cache``: and
     libcni's result cache in /var/lib/cni, containerd's); cleans up what it finds."""
-    found = remove_all(target)
-    ips = network.allocated()
-    if ips:
-        found.append(f"{len(ips)} IP(s) left in host-local's dataDir: {ips[:5]}")
-    veths = network.veths()
-    if veths:
-        found.append(f"{len(veths)} veth(s) left on bridge {network.bridge}: {veths[:5]}")
-    cached = network.cached_results() if cni_cache else []
-    if cached:
-        found.append(f"{len(cached)} cached CNI result(s) left: {[p.name for p in cached[:3]]}")
-        for path in cached:
-            path.unlink(missing_ok=True)
+    found = remove_all(target) + network.leaks()
+    if cni_cache:
+        found += network.cache_leaks()
     return found
 
 
@@ -265,13 +237,7 @@ def skiff_log_summary(log_path: Path) -> list[str]:
         text = log_path.read_text(errors="replace")
     except OSError:
         return []
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict) or "duration_ms" not in entry:
-            continue
+    for entry in duration_entries(text):
         if entry.get("msg") == "sandbox ready":
             ready.append(float(entry["duration_ms"]))
         elif entry.get("msg") == "CNI plugin ran":
@@ -292,19 +258,6 @@ def skiff_log_summary(log_path: Path) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: int) -> float:
-    """The ``q``-th percentile, linear between the closest ranks."""
-    if len(values) == 1:
-        return values[0]
-    if q == 50:
-        return statistics.median(values)
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("inf")
-
-
 @dataclass
 class RuntimeResult:
     modes: dict[str, ModeResult] = field(default_factory=dict)
@@ -313,10 +266,6 @@ class RuntimeResult:
 
 
 MODES = ("sequential", "parallel")
-
-
-def _row(label: str, skiff: str, peer: str, ratio: float) -> str:
-    return f"  {label:<24}{skiff:>11}{peer:>13}{ratio:>8.2f}"
 
 
 def report(
@@ -328,21 +277,19 @@ def report(
     ]
     verdicts: list[str] = []
     for mode in MODES:
-        title = (
-            "sequential (1 at a time)" if mode == "sequential" else f"parallel ({workers} workers)"
-        )
-        lines += ["", f"{title:<26}{'skiff':>11}{'containerd':>13}{'ratio':>8}"]
+        lines += ["", table_header(mode_title(mode, workers), LABEL_WIDTH)]
         a_mode, b_mode = skiff.modes[mode], peer.modes[mode]
         for phase in PHASES:
             a = [c.phase(phase) for c in a_mode.cycles]
             b = [c.phase(phase) for c in b_mode.cycles]
-            for q in (50, 99):
-                x, y = percentile(a, q) * 1000, percentile(b, q) * 1000
-                label = f"{phase if q == 50 else '':<19}p{q}"
-                lines.append(_row(label, f"{x:.1f} ms", f"{y:.1f} ms", _ratio(x, y)))
+            lines += percentile_rows(phase, a, b, (50, 99), pad=19, width=LABEL_WIDTH)
         x, y = a_mode.wall_s, b_mode.wall_s
-        lines.append(_row(f"wall time, {pods} pods", f"{x:.2f} s", f"{y:.2f} s", _ratio(x, y)))
-        p50 = _ratio(
+        lines.append(
+            table_row(
+                f"wall time, {pods} pods", f"{x:.2f} s", f"{y:.2f} s", ratio(x, y), LABEL_WIDTH
+            )
+        )
+        p50 = ratio(
             percentile([c.total_s for c in a_mode.cycles], 50),
             percentile([c.total_s for c in b_mode.cycles], 50),
         )
@@ -355,8 +302,7 @@ def report(
         "",
         "pod IPs checked (PodSandboxStatus.network.ip in the subnet): "
         + ", ".join(f"{n} {sum(m.ips_checked for m in r.modes.values())} ok" for n, r in results),
-        "leaks after each runtime: "
-        + "; ".join(f"{n} {', '.join(r.leaks) if r.leaks else 'none'}" for n, r in results),
+        leaks_line((n, r.leaks) for n, r in results),
         *skiff.notes,
         "",
         "target (issue 4): skiff's full-cycle p50 no slower than containerd's",
@@ -387,12 +333,7 @@ def measure(
         for mode, n in (("sequential", 1), ("parallel", workers)):
             res = run_pods(target, network, log_root, f"{tag}{mode[0]}", pods, n)
             result.modes[mode] = res
-            totals = [c.total_s * 1000 for c in res.cycles]
-            print(
-                f"{target.name:<10} {mode:<10} full cycle p50 {percentile(totals, 50):7.1f} ms"
-                f"   p99 {percentile(totals, 99):7.1f} ms   wall {res.wall_s:6.2f} s",
-                file=sys.stderr,
-            )
+            print_mode(target.name, mode, [c.total_s * 1000 for c in res.cycles], res.wall_s)
     except BaseException:
         with suppress(grpc.RpcError):
             remove_all(target)  # best effort: leave nothing running behind the error
@@ -402,39 +343,23 @@ def measure(
 
 
 def bench(pods: int, workers: int, warmup: int, log_level: str) -> str:
-    if os.geteuid() != 0:
-        raise BenchError("run as root: network namespaces, bridges and mounts need it")
-    if shutil.which("containerd") is None:
-        raise BenchError("containerd is not installed: `make bench-sandbox` installs it")
-    work = short_tempdir("sbx")
-    network = BenchNetwork.create(work / "ipam")
-    log_root = work / "pod-logs"
-    try:
-        skiff_conf = network.write_conf_dir(work / "skiff-net.d")
-        ctrd_conf = network.write_conf_dir(work / "ctrd-net.d")
-        with TestRegistry("insecure") as registry:
-            print("building and pushing the sandbox image for containerd ...", file=sys.stderr)
-            pause = pause_image()
-            sandbox_image = img.push(registry, PAUSE_REPO, "bench", pause).reference
+    with pod_bench("sbx", "`make bench-sandbox` installs it") as env:
+        network, log_root = env.network, env.log_root
+        print("building and pushing the sandbox image for containerd ...", file=sys.stderr)
+        pause = pause_image()
+        sandbox_image = img.push(env.registry, PAUSE_REPO, "bench", pause).reference
 
-            skiff_base = short_tempdir("sbxd")
-            try:
-                with skiff_target(skiff_base, skiff_conf, log_level) as target:
-                    skiff = measure(target, network, log_root, pods, workers, warmup)
-                skiff.notes = skiff_log_summary(target.log_path)
-            finally:
-                shutil.rmtree(skiff_base, ignore_errors=True)
+        with temp_base("sbxd") as skiff_base:
+            with skiff_target(skiff_base, env.skiff_conf, log_level) as target:
+                skiff = measure(target, network, log_root, pods, workers, warmup)
+            skiff.notes = skiff_log_summary(target.log_path)
 
-            with containerd_cri(registry.host, sandbox_image, ctrd_conf) as peer:
-                image_id = peer.pull(sandbox_image)
-                if image_id != pause.config_digest:
-                    raise BenchError(f"containerd pulled {sandbox_image} as {image_id!r}")
-                target = Target("containerd", peer.runtime(), peer.log_path)
-                ctrd = measure(target, network, log_root, pods, workers, warmup, cni_cache=True)
-    finally:
-        network.remove()
-        unmount_under(work)
-        shutil.rmtree(work, ignore_errors=True)
+        with containerd_cri(env.registry.host, sandbox_image, env.ctrd_conf) as peer:
+            image_id = peer.pull(sandbox_image)
+            if image_id != pause.config_digest:
+                raise BenchError(f"containerd pulled {sandbox_image} as {image_id!r}")
+            target = Target("containerd", peer.runtime(), peer.log_path)
+            ctrd = measure(target, network, log_root, pods, workers, warmup, cni_cache=True)
     return report(skiff, ctrd, pods, workers, network)
 
 
@@ -450,21 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=int, default=3, help="untimed pods per runtime first (default 3)"
     )
-    parser.add_argument(
-        "--skiff-log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="skiffd's log level (default info; debug adds CNI detail)",
-    )
+    add_skiff_log_level(parser, "CNI detail")
     args = parser.parse_args(argv)
     if args.pods < 2 or args.parallel < 1 or args.warmup < 0:
         parser.error("--pods must be at least 2, --parallel at least 1, --warmup at least 0")
-    try:
-        print(bench(args.pods, args.parallel, args.warmup, args.skiff_log_level))
-    except (BenchError, AssertionError) as exc:
-        print(f"bench.sandbox: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main(
+        "bench.sandbox",
+        lambda: bench(args.pods, args.parallel, args.warmup, args.skiff_log_level),
+    )
 
 
 if __name__ == "__main__":
