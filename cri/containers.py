@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cri import events
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import (
@@ -43,6 +44,7 @@ from runtime.container_spec import (
     SecuritySpec,
     UserSpec,
 )
+from runtime.exit_watch import ExitWatcher, ExitWatchError
 from runtime.mounts import propagation_of
 from runtime.oci_runtime import ExitStatus, OciRuntime, RuntimeHandlerPaths
 from runtime.oci_spec import HostFacts, build_spec, host_facts
@@ -188,7 +190,8 @@ class ContainerManager:
         self._host: HostFacts | None = None
         self._runtimes: dict[str, OciRuntime] = {}
         self._runtimes_for: object = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._exits = ExitWatcher(self._on_exit_file, self._check_all)
+        self._exit_tasks: set[asyncio.Task[None]] = set()
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -249,40 +252,62 @@ class ContainerManager:
             self._containers[container.id] = container
             await self._refresh(container)
 
-    def start_watching(self, interval: float = 0.5) -> None:
-        """Notice exits in the background, so List reads memory only."""
-
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                for container in list(self._containers.values()):
-                    if container.state == RUNNING:
-                        try:
-                            await self._refresh(container)
-                        except Exception as exc:
-                            log.warning(
-                                "exit check failed",
-                                extra={"container_id": container.id, "error": str(exc)},
-                            )
-
-        self._watcher = asyncio.get_running_loop().create_task(watch())
+    def start_watching(self) -> None:
+        """Notice exits as conmon records them, so List reads memory only."""
+        self._exits.start()
+        for container in list(self._containers.values()):
+            if container.state == RUNNING:
+                self._watch_exit(container)
 
     def stop_watching(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        self._exits.close()
+        for task in list(self._exit_tasks):
+            task.cancel()
+
+    def _watch_exit(self, container: Container) -> None:
+        runtime = self.runtime(container.runtime_handler)
+        try:
+            self._exits.watch(container.id, runtime.state_path(container.id))
+        except ExitWatchError as exc:
+            # Its exit is still seen on the next status or stop call.
+            log.warning(
+                "cannot watch for the container's exit",
+                extra={"container_id": container.id, "error": str(exc)},
+            )
+
+    def _on_exit_file(self, container_id: str) -> None:
+        container = self._containers.get(container_id)
+        if container is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh_quietly(container))
+        self._exit_tasks.add(task)
+        task.add_done_callback(self._exit_tasks.discard)
+
+    def _check_all(self) -> None:
+        for container in list(self._containers.values()):
+            if container.state == RUNNING:
+                self._on_exit_file(container.id)
+
+    async def _refresh_quietly(self, container: Container) -> None:
+        try:
+            await self._refresh(container)
+        except Exception as exc:
+            log.warning(
+                "exit check failed", extra={"container_id": container.id, "error": str(exc)}
+            )
 
     async def _refresh(self, container: Container) -> None:
         """Take in an exit conmon recorded (while skiffd was down, or since)."""
         if container.state != RUNNING:
             return
         status = self.runtime(container.runtime_handler).exit_status(container.id)
-        if status is None:
-            return
-        self._exited(container, status)
-        await self.state.store.update(container.to_record())
+        if status is not None:
+            await self._mark_exited(container, status)
 
-    def _exited(self, container: Container, status: ExitStatus) -> None:
+    async def _mark_exited(self, container: Container, status: ExitStatus) -> None:
+        """Record the exit once, however it was noticed (exit file, stop, reconcile)."""
+        if container.state == EXITED:
+            return
         container.state = EXITED
         container.exit_code = status.exit_code
         container.finished_ns = max(status.finished_ns, container.started_ns)
@@ -290,6 +315,17 @@ class ContainerManager:
             container.reason = "OOMKilled"
         else:
             container.reason = "Completed" if status.exit_code == 0 else "Error"
+        self._exits.unwatch(container.id)
+        await self.state.store.update(container.to_record())
+        self.state.events.publish(events.STOPPED, container.id, container.sandbox_id)
+        log.info(
+            "container exited",
+            extra={
+                "container_id": container.id,
+                "exit_code": container.exit_code,
+                "reason": container.reason,
+            },
+        )
 
     # --- reads -----------------------------------------------------------------------
 
@@ -388,6 +424,7 @@ class ContainerManager:
             await asyncio.to_thread(shutil.rmtree, container_dir, True)
             raise
         self._containers[container_id] = container
+        self.state.events.publish(events.CREATED, container_id, sandbox.id)
         log.info(
             "container created",
             extra={
@@ -627,10 +664,13 @@ class ContainerManager:
                 container.exit_code = 128
                 container.finished_ns = time.time_ns()
                 await self.state.store.update(container.to_record())
+                self.state.events.publish(events.STOPPED, container.id, container.sandbox_id)
                 raise
             container.state = RUNNING
             container.started_ns = started_ns
             await self.state.store.update(container.to_record())
+            self.state.events.publish(events.STARTED, container.id, container.sandbox_id)
+            self._watch_exit(container)
         log.info("container started", extra={"container_id": container.id})
 
     async def stop(self, id_or_prefix: str, grace: float) -> None:
@@ -655,12 +695,7 @@ class ContainerManager:
         else:
             stop_signal = container.stop_signal or signal.SIGTERM
             status = await runtime.stop(container.id, stop_signal, max(grace, 0))
-        self._exited(container, status)
-        await self.state.store.update(container.to_record())
-        log.info(
-            "container stopped",
-            extra={"container_id": container.id, "exit_code": container.exit_code},
-        )
+        await self._mark_exited(container, status)
 
     async def remove(self, id_or_prefix: str) -> None:
         try:
@@ -677,6 +712,7 @@ class ContainerManager:
             await asyncio.to_thread(shutil.rmtree, container_dir, True)
             await self.state.store.remove("container", container.id)
             self._containers.pop(container.id, None)
+            self.state.events.publish(events.DELETED, container.id, container.sandbox_id)
         self._locks.pop(container.id, None)
         self.creations.forget(container.id)
         log.info("container removed", extra={"container_id": container.id})

@@ -4,6 +4,7 @@ the probes of the node's programs and networks. SIGHUP swaps in a new config her
 from __future__ import annotations
 
 from cri.config import Config
+from cri.events import EventBus
 from cri.images import ImageManager
 from cri.store import StateStore
 from network.cni_config import CniConfigDir
@@ -15,6 +16,7 @@ class DaemonState:
         self.store = store
         self.images = images
         self.programs = ProgramProber()
+        self.events = EventBus()
         self.config = config
         self.cni = self._cni_for(config)
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cri import events
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -215,6 +216,10 @@ class SandboxManager:
         record = self.state.store.resolve("sandbox", id_or_prefix)
         return self._sandboxes[record.id]
 
+    def by_id(self, sandbox_id: str) -> Sandbox | None:
+        """Exact id, from memory only: also during removal, after the record is gone."""
+        return self._sandboxes.get(sandbox_id)
+
     def find(self, id_or_prefix: str) -> Sandbox | None:
         try:
             return self.get(id_or_prefix)
@@ -317,6 +322,9 @@ class SandboxManager:
             await undo.run(sandbox_id)
             raise
         self._sandboxes[sandbox_id] = sandbox
+        # As for a pod's infra container: the kubelet's evented PLEG keys on these.
+        self.state.events.publish(events.CREATED, sandbox_id, sandbox_id)
+        self.state.events.publish(events.STARTED, sandbox_id, sandbox_id)
         log.info(
             "sandbox ready",
             extra={
@@ -451,6 +459,7 @@ class SandboxManager:
             sandbox.state = NOTREADY
             sandbox.ips = []
             await self.state.store.update(sandbox.to_record())
+            self.state.events.publish(events.STOPPED, sandbox.id, sandbox.id)
             log.info("sandbox stopped", extra={"sandbox_id": sandbox.id})
 
     async def remove(self, id_or_prefix: str) -> None:
@@ -468,6 +477,8 @@ class SandboxManager:
             if sandbox.cgroup_created and sandbox.cgroup_parent:
                 await asyncio.to_thread(self.cgroups.delete, sandbox.cgroup_parent)
             await self.state.store.remove("sandbox", sandbox.id)
+            # Published while the sandbox is still known, so the event can describe it.
+            self.state.events.publish(events.DELETED, sandbox.id, sandbox.id)
             self._sandboxes.pop(sandbox.id, None)
         self._locks.pop(sandbox.id, None)
         self.creations.forget(sandbox.id)

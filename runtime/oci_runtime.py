@@ -18,8 +18,8 @@ One :class:`OciRuntime` per runtime handler. Every container gets a state direct
 conmon runs with the state directory as cwd (it writes a second ``oom`` file into its
 cwd) and a clean environment. It double-forks, calls setsid and is reparented to init
 (or the nearest subreaper): containers outlive skiffd. There is no shared exits
-directory: ``exit`` is per container; a watcher polls it (:meth:`OciRuntime.wait_exit`
-polls every 25 ms).
+directory: ``exit`` is per container. :mod:`runtime.exit_watch` notices it with inotify;
+:meth:`OciRuntime.wait_exit`, used while stopping one container, polls it every 25 ms.
 
 Runtime commands are ``<runtime> --root <runtime_root> <verb> ...`` run as asyncio
 subprocesses, each bounded by ``timeout`` seconds. Errors are :class:`OciRuntimeError`
@@ -137,6 +137,10 @@ class OciRuntime:
                 "'_', '.', '+' or '-', starting with a letter or digit"
             )
         return self.state_dir / container_id
+
+    def state_path(self, container_id: str) -> Path:
+        """The container's state directory, where conmon writes its ``exit`` file."""
+        return self._dir(container_id)
 
     def _runtime_knows(self, container_id: str) -> bool:
         """runc and crun both keep a container's state in ``<root>/<id>``."""

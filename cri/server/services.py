@@ -11,7 +11,7 @@ from cri.daemon_state import DaemonState
 from cri.sandboxes import SandboxManager
 from cri.server.checkpoint import CheckpointRPCs
 from cri.server.container import ContainerRPCs
-from cri.server.events import EventsRPCs
+from cri.server.events import EventsRPCs, install_describer
 from cri.server.image import ImageRPCs
 from cri.server.runtime_info import RuntimeInfoRPCs
 from cri.server.sandbox import SandboxRPCs
@@ -57,5 +57,6 @@ def register(
     streaming: StreamingServer,
 ) -> None:
     runtime = RuntimeService(state, sandboxes, containers, streaming)
+    install_describer(state.events, sandboxes, containers)
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
     api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state), server)

@@ -40,6 +40,7 @@ BUILT = {
     "Exec",
     "Attach",
     "PortForward",
+    "GetContainerEvents",
 }
 
 METHODS = [

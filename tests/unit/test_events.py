@@ -1,0 +1,66 @@
+"""The event bus: order, fan-out, and a slow subscriber cut off rather than waited for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cri.errors import ResourceExhausted
+from cri.events import CREATED, STARTED, STOPPED, EventBus
+
+
+def _bus(capacity: int = 1000) -> EventBus:
+    bus = EventBus(capacity)
+    bus.describe = lambda kind, object_id, sandbox_id, at_ns: (kind, object_id, sandbox_id)
+    return bus
+
+
+def test_every_subscriber_gets_every_event_in_order() -> None:
+    async def main() -> None:
+        bus = _bus()
+        first, second = bus.subscribe(), bus.subscribe()
+        for kind in (CREATED, STARTED, STOPPED):
+            bus.publish(kind, "c1", "p1")
+        for subscription in (first, second):
+            got = [await subscription.next() for _ in range(3)]
+            assert got == [(CREATED, "c1", "p1"), (STARTED, "c1", "p1"), (STOPPED, "c1", "p1")]
+        first.close()
+        assert bus.subscribers() == 1
+
+    asyncio.run(main())
+
+
+def test_a_waiting_subscriber_wakes_on_publish() -> None:
+    async def main() -> None:
+        bus = _bus()
+        subscription = bus.subscribe()
+        waiting = asyncio.ensure_future(subscription.next())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        bus.publish(CREATED, "c1", "p1")
+        assert await asyncio.wait_for(waiting, 1) == (CREATED, "c1", "p1")
+
+    asyncio.run(main())
+
+
+def test_a_subscriber_too_far_behind_is_dropped_not_waited_for() -> None:
+    async def main() -> None:
+        bus = _bus(capacity=3)
+        slow, keeping_up = bus.subscribe(), bus.subscribe()
+        for index in range(5):
+            bus.publish(CREATED, f"c{index}", "p1")
+            assert await keeping_up.next() == (CREATED, f"c{index}", "p1")
+        assert bus.subscribers() == 1
+        with pytest.raises(ResourceExhausted, match="fell 3 events behind"):
+            await slow.next()
+
+    asyncio.run(main())
+
+
+def test_nothing_is_built_without_subscribers() -> None:
+    bus = EventBus()
+    calls: list[str] = []
+    bus.describe = lambda kind, object_id, sandbox_id, at_ns: calls.append(kind)
+    bus.publish(CREATED, "c1", "p1")
+    assert calls == []
