@@ -639,8 +639,7 @@ class ContainerManager:
         return namespaces
 
     def _cgroups_path(self, sandbox: Sandbox, container_id: str) -> str:
-        parent = sandbox.cgroup_parent or "/skiff"
-        return f"{parent.rstrip('/')}/skiff-{container_id[:12]}"
+        return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-{container_id[:12]}"
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -49,6 +49,20 @@ log = logging.getLogger("skiff.sandbox")
 
 READY = "ready"
 NOTREADY = "notready"
+#: Where the cgroups of pods that name no cgroup parent go (crictl's, mostly).
+DEFAULT_CGROUP_ROOT = "/skiff"
+
+
+def default_cgroup_parent(sandbox_id: str) -> str:
+    return f"{DEFAULT_CGROUP_ROOT}/pod-{sandbox_id[:12]}"
+
+
+def _pause_cgroup(sandbox: Sandbox) -> str:
+    """The pause process's own leaf: on cgroup v2 a cgroup with children holds no
+    processes, so it cannot sit in the pod cgroup itself."""
+    return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-pause"
+
+
 MAX_NAME = 253
 # What the kubelet allows (RFC 1123 label); the kernel itself takes 64 bytes.
 MAX_HOSTNAME = 63
@@ -351,16 +365,14 @@ class SandboxManager:
         await asyncio.to_thread(files_dir.mkdir, 0o755, True)
         undo.push("files", lambda: asyncio.to_thread(shutil.rmtree, files_dir, True))
 
-        if spec.cgroup_parent:
-            created = await asyncio.to_thread(
-                self.cgroups.create, spec.cgroup_parent, spec.resources
-            )
-            sandbox.cgroup_created = created
-            if created:
-                undo.push(
-                    "cgroup",
-                    lambda: asyncio.to_thread(self.cgroups.delete, spec.cgroup_parent),
-                )
+        # Every pod gets a cgroup: the kubelet's, or one of ours under DEFAULT_CGROUP_ROOT.
+        sandbox.cgroup_parent = spec.cgroup_parent or default_cgroup_parent(sandbox.id)
+        created = await asyncio.to_thread(
+            self.cgroups.create, sandbox.cgroup_parent, spec.resources
+        )
+        sandbox.cgroup_created = created
+        if created:
+            undo.push("cgroup", lambda: self._delete_cgroup(sandbox))
 
         pinned = await pin_namespaces(
             PinRequest(
@@ -423,6 +435,9 @@ class SandboxManager:
             pause = await start_pause(sandbox.id)
             sandbox.pause_pid, sandbox.pause_start_time = pause.pid, pause.start_time
             try:
+                pause_cgroup = _pause_cgroup(sandbox)
+                await asyncio.to_thread(self.cgroups.create, pause_cgroup)
+                await asyncio.to_thread(self.cgroups.attach, pause_cgroup, pause.pid)
                 await self.state.store.update(sandbox.to_record())
             except BaseException:
                 await stop_pause(pause)
@@ -431,6 +446,12 @@ class SandboxManager:
                 "pod PID namespace started", extra={"sandbox_id": sandbox.id, "pid": pause.pid}
             )
             return pause.pid_namespace
+
+    async def _delete_cgroup(self, sandbox: Sandbox) -> None:
+        await asyncio.to_thread(self.cgroups.delete, sandbox.cgroup_parent)
+        if sandbox.cgroup_parent == default_cgroup_parent(sandbox.id):
+            # The shared root goes with its last pod (another pod's cgroup keeps it busy).
+            await asyncio.to_thread(self.cgroups.remove_if_unused, DEFAULT_CGROUP_ROOT)
 
     # --- stop and remove ---------------------------------------------------------
 
@@ -447,6 +468,7 @@ class SandboxManager:
         pause = sandbox.pause
         if pause is not None:
             await stop_pause(pause)
+            await asyncio.to_thread(self.cgroups.delete, _pause_cgroup(sandbox))
             sandbox.pause_pid = sandbox.pause_start_time = 0
             await self.state.store.update(sandbox.to_record())
         if sandbox.network_name:
@@ -475,7 +497,7 @@ class SandboxManager:
             await unpin_namespaces(sandbox.namespaces)
             await asyncio.to_thread(shutil.rmtree, sandbox.files_dir, True)
             if sandbox.cgroup_created and sandbox.cgroup_parent:
-                await asyncio.to_thread(self.cgroups.delete, sandbox.cgroup_parent)
+                await self._delete_cgroup(sandbox)
             await self.state.store.remove("sandbox", sandbox.id)
             # Published while the sandbox is still known, so the event can describe it.
             self.state.events.publish(events.DELETED, sandbox.id, sandbox.id)

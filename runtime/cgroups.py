@@ -429,6 +429,36 @@ class Cgroupfs:
         if errors:
             raise CgroupError(f"removing cgroup {path}: " + "; ".join(errors))
 
+    def attach(self, path: str, pid: int) -> None:
+        """Move process ``pid`` into cgroup ``path`` in every hierarchy it is made in.
+        On v2 the cgroup must be a leaf (no controllers enabled for children)."""
+        rel = _relative(path)
+        for base in self._bases():
+            directory = base / rel
+            try:
+                with open(directory / "cgroup.procs", "w") as f:
+                    f.write(str(pid))
+            except OSError as exc:
+                raise CgroupError(
+                    f"moving process {pid} into cgroup {path} ({directory}): {exc.strerror}"
+                ) from exc
+
+    def remove_if_unused(self, path: str) -> bool:
+        """rmdir ``path`` where it has no children and no processes; True when it is
+        gone everywhere. A cgroup still in use (EBUSY) is left as it is."""
+        rel = _relative(path)
+        gone = True
+        for base in self._bases():
+            try:
+                self._rmdir(base / rel)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise CgroupError(f"removing cgroup {base / rel}: {exc.strerror}") from exc
+                gone = False
+        return gone
+
     def pids(self, path: str) -> list[int]:
         """Processes in the cgroup itself (not its children), over all hierarchies."""
         rel = _relative(path)
@@ -449,21 +479,30 @@ class Cgroupfs:
 
     @staticmethod
     def _mkdirs(base: Path, rel: str, created: list[Path]) -> bool:
-        """Make base/rel level by level, recording what was made; True if the leaf was."""
-        current = base
-        made = False
-        for part in rel.split("/"):
-            current = current / part
+        """Make base/rel level by level, recording what was made; True if the leaf was.
+
+        A parent that vanishes midway (another daemon removing a shared, empty parent
+        such as "/skiff") is made again: up to three passes."""
+        for attempt in range(3):
+            current = base
+            made = False
             try:
-                os.mkdir(current, 0o755)
-            except FileExistsError:
-                made = False
-                continue
+                for part in rel.split("/"):
+                    current = current / part
+                    try:
+                        os.mkdir(current, 0o755)
+                    except FileExistsError:
+                        made = False
+                        continue
+                    created.append(current)
+                    made = True
+                return made
+            except FileNotFoundError as exc:
+                if attempt == 2:
+                    raise CgroupError(f"creating cgroup {current}: {exc.strerror}") from exc
             except OSError as exc:
                 raise CgroupError(f"creating cgroup {current}: {exc.strerror}") from exc
-            created.append(current)
-            made = True
-        return made
+        raise AssertionError("unreachable")
 
     def _remove_created(self, created: list[Path]) -> None:
         for directory in reversed(created):

@@ -782,31 +782,11 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 
 def _join_cgroup(path: str, pid: int, what: str) -> None:
-    """Move ``pid`` into cgroup ``path`` (every v1 hierarchy the cgroup driver uses,
-    or the v2 directory). The cgroup must exist."""
+    """Move conmon into cgroup ``path``, which must exist."""
     try:
-        fs = Cgroupfs()
-        if fs.version == 2:
-            directories = [fs.directory(path, "")]
-        else:
-            seen: set[str] = set()
-            directories = []
-            for controller in fs.hierarchies:
-                directory = fs.directory(path, controller)
-                real = os.path.realpath(directory)
-                if real not in seen:
-                    seen.add(real)
-                    directories.append(directory)
+        Cgroupfs().attach(path, pid)
     except CgroupError as exc:
-        raise OciRuntimeError(f"{what}: conmon cgroup {path}: {exc}") from exc
-    for directory in directories:
-        try:
-            with open(directory / "cgroup.procs", "w") as f:
-                f.write(str(pid))
-        except OSError as exc:
-            raise OciRuntimeError(
-                f"{what}: moving conmon into cgroup {path} ({directory}): {exc.strerror}"
-            ) from exc
+        raise OciRuntimeError(f"{what}: conmon cgroup: {exc}") from exc
 
 
 def _memory_cgroup_dir(pid: int) -> str | None:

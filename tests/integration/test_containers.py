@@ -358,6 +358,19 @@ def test_fifty_cycles_leave_nothing(make_node: MakeNode) -> None:
         node.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
         node.remove(cid)
     _assert_no_container_leaks(node)
+    pod_cgroup = json.loads(
+        node.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
+        ).info["info"]
+    )["cgroup_parent"]
+    left = [
+        str(child)
+        for hierarchy in Path("/sys/fs/cgroup").iterdir()
+        if (hierarchy / pod_cgroup.lstrip("/")).is_dir()
+        for child in (hierarchy / pod_cgroup.lstrip("/")).iterdir()
+        if child.is_dir()
+    ]
+    assert left == [], "container cgroups left"
 
 
 def test_runtime_default_seccomp_blocks_what_the_profile_denies(make_node: MakeNode) -> None:
@@ -431,7 +444,12 @@ def test_containers_sharing_the_pod_pid_namespace(make_node: MakeNode) -> None:
     )
     pause_pid = info["pause_pid"]
     assert pause_pid and Path(f"/proc/{pause_pid}").exists()
+    # The pod's init is accounted to the pod, in a leaf of the pod cgroup of its own.
+    pause_memory = _memory_cgroup_of(pause_pid)
+    assert pause_memory == f"{info['cgroup_parent']}/skiff-pause", pause_memory
+    assert info["cgroup_parent"].startswith("/skiff/pod-")
     node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
+    assert not Path("/sys/fs/cgroup/memory" + pause_memory).exists()
     for cid in (first, second):
         assert node.status(cid).status.state == pb.ContainerState.CONTAINER_EXITED
     deadline = time.monotonic() + 10
@@ -442,6 +460,14 @@ def test_containers_sharing_the_pod_pid_namespace(make_node: MakeNode) -> None:
         time.sleep(0.05)
     else:
         raise AssertionError("the pod's init survived StopPodSandbox")
+
+
+def _memory_cgroup_of(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return path
+    raise AssertionError(f"process {pid} has no memory cgroup")
 
 
 def test_image_volumes(make_node: MakeNode) -> None:

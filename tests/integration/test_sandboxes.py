@@ -537,11 +537,20 @@ def test_pods_survive_a_restart_and_lost_namespaces_are_noticed(
 
 def test_fifty_cycles_leave_nothing(make_daemon: MakeDaemon, network: PodNetwork) -> None:
     daemon = make_daemon()
+    made = []
     for i in range(50):
         sandbox_id = _run(daemon, _config(f"cycle-{i}"))
+        made.append(sandbox_id)
         _stop(daemon, sandbox_id)
         _remove(daemon, sandbox_id)
     _assert_no_leaks(daemon, network)
+    left = [
+        str(hierarchy / "skiff" / f"pod-{sandbox_id[:12]}")
+        for hierarchy in Path("/sys/fs/cgroup").iterdir()
+        for sandbox_id in made
+        if (hierarchy / "skiff" / f"pod-{sandbox_id[:12]}").exists()
+    ]
+    assert left == [], "pod cgroups left"
 
 
 def test_list_answers_while_a_sandbox_is_being_created(
@@ -586,6 +595,23 @@ def test_pod_cgroup_is_made_and_removed(make_daemon: MakeDaemon, network: PodNet
             for path in (hierarchy / pod_cgroup.lstrip("/"), hierarchy / parent.lstrip("/")):
                 if path.is_dir():
                     path.rmdir()
+
+
+def test_a_pod_without_cgroup_parent_gets_its_own(
+    make_daemon: MakeDaemon, network: PodNetwork
+) -> None:
+    daemon = make_daemon()
+    sandbox_id = _run(daemon, _config("own-cg"))
+    pod_cgroup = f"/skiff/pod-{sandbox_id[:12]}"
+    memory_dir = Path("/sys/fs/cgroup/memory" + pod_cgroup)
+    assert memory_dir.is_dir()
+    _remove(daemon, sandbox_id)
+    assert not memory_dir.exists()
+    # The shared root goes with the last pod that used it; pods of other daemons on
+    # this machine may still be in it.
+    root = Path("/sys/fs/cgroup/memory/skiff")
+    assert not root.exists() or any(p.is_dir() for p in root.iterdir())
+    _assert_no_leaks(daemon, network)
 
 
 def test_bandwidth_annotations_shape_the_pod_link(
