@@ -31,6 +31,7 @@ from cri.errors import (
     InvalidArgument,
     NotFound,
 )
+from cri.rollback import Rollback
 from cri.sandboxes import READY, Sandbox, SandboxManager
 from cri.store import Record
 from image.store import ImageRecord
@@ -390,13 +391,14 @@ class ContainerManager:
         container_dir = Path(self.state.config.root) / "containers" / container_id
         runtime = self.runtime(sandbox.runtime_handler)
         started = time.monotonic()
-        rootfs_mounted = False
-        created = False
+        undo = Rollback(container_id=container_id)
+        undo.push("directory", lambda: asyncio.to_thread(shutil.rmtree, container_dir, True))
         try:
             layers = [self.state.images.store.layer_path(c) for c in image.chain_ids]
             rootfs = await asyncio.to_thread(mount_rootfs, layers, container_dir / "rootfs")
-            rootfs_mounted = True
+            undo.push("rootfs", lambda: asyncio.to_thread(unmount_rootfs, container_dir / "rootfs"))
             container = self._new_container(request, sandbox, image, container_id, container_dir)
+            undo.push("volumes", lambda: asyncio.to_thread(_unmount_volumes, container_dir))
             request = await self._mount_image_volumes(request, container, container_dir)
             namespaces = await self._namespaces(request, sandbox)
             spec = await asyncio.to_thread(
@@ -413,15 +415,10 @@ class ContainerManager:
                 stdin=request.stdin,
                 stdin_once=request.stdin_once,
             )
-            created = True
+            undo.push("runtime", lambda: runtime.delete(container_id))
             await self.state.store.add(container.to_record())
         except BaseException:
-            if created:
-                await _quietly(runtime.delete(container_id), container_id, "runtime delete")
-            await asyncio.to_thread(_unmount_volumes, container_dir)
-            if rootfs_mounted:
-                await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
-            await asyncio.to_thread(shutil.rmtree, container_dir, True)
+            await undo.run()
             raise
         self._containers[container_id] = container
         self.state.events.publish(events.CREATED, container_id, sandbox.id)
@@ -808,13 +805,3 @@ def _signal_number(name: str) -> int:
         return int(signal.Signals[text])
     except KeyError:
         return 0
-
-
-async def _quietly(step: Any, container_id: str, what: str) -> None:
-    try:
-        await step
-    except Exception as exc:
-        log.error(
-            "rollback step failed",
-            extra={"container_id": container_id, "step": what, "error": str(exc)},
-        )

@@ -30,6 +30,7 @@ from cri import events
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.rollback import Rollback
 from cri.store import Record
 from network.cni import CniPlugins, PodNetworkRequest, PortMapping
 from network.namespaces import (
@@ -158,26 +159,6 @@ class Sandbox:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-class _Undo:
-    """Steps to take back, newest first, if creation fails."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-
-    def push(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
-        self.steps.append((what, step))
-
-    async def run(self, sandbox_id: str) -> None:
-        for what, step in reversed(self.steps):
-            try:
-                await step()
-            except Exception as exc:
-                log.error(
-                    "rollback step failed",
-                    extra={"sandbox_id": sandbox_id, "step": what, "error": str(exc)},
-                )
-
-
 class SandboxManager:
     def __init__(self, state: DaemonState) -> None:
         self.state = state
@@ -296,7 +277,7 @@ class SandboxManager:
     async def _create(self, spec: SandboxSpec) -> str:
         sandbox_id = secrets.token_hex(32)
         started = time.monotonic()
-        undo = _Undo()
+        undo = Rollback(sandbox_id=sandbox_id)
         files_dir = self.runroot / "sandboxes" / sandbox_id
         sandbox = Sandbox(
             id=sandbox_id,
@@ -333,7 +314,7 @@ class SandboxManager:
             await self._build(spec, sandbox, undo)
             await self.state.store.add(sandbox.to_record())
         except BaseException:
-            await undo.run(sandbox_id)
+            await undo.run()
             raise
         self._sandboxes[sandbox_id] = sandbox
         # As for a pod's infra container: the kubelet's evented PLEG keys on these.
@@ -350,7 +331,7 @@ class SandboxManager:
         )
         return sandbox_id
 
-    async def _build(self, spec: SandboxSpec, sandbox: Sandbox, undo: _Undo) -> None:
+    async def _build(self, spec: SandboxSpec, sandbox: Sandbox, undo: Rollback) -> None:
         network = None
         if not spec.host_network:
             readiness = self.state.cni.readiness()
