@@ -122,3 +122,20 @@ def test_disabled_listens_nowhere_and_a_taken_port_fails_start() -> None:
                 await clash.start()
 
     asyncio.run(body())
+
+
+def test_stop_does_not_wait_for_an_idle_connection() -> None:
+    server = MetricsServer(MetricsConfig(enabled=True, port=0), Metrics().registry)
+
+    async def body() -> None:
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(server))
+        await asyncio.sleep(0.1)  # the server is waiting for a request head
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await server.stop()
+        assert loop.time() - began < 1.0
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server
+        writer.close()
+
+    asyncio.run(body())
