@@ -49,10 +49,13 @@ typecheck: venv-dev
 pytest: venv-dev
 	$(BIN)/pytest -n $(JOBS)
 
-# The default config, and a pod network for a fresh node: only where none exists yet.
+# The default config (with metrics on, a drop-in), and a pod network for a fresh node:
+# only where none exists yet.
 install-config:
 	install -d -m 0755 /etc/skiff /etc/skiff/skiff.d /etc/cni/net.d
 	[ -e /etc/skiff/skiff.yaml ] || install -m 0644 deploy/skiff.yaml /etc/skiff/skiff.yaml
+	[ -e /etc/skiff/skiff.d/metrics.yaml ] || \
+		install -m 0644 deploy/skiff.d/metrics.yaml /etc/skiff/skiff.d/metrics.yaml
 	[ -n "$$(ls -A /etc/cni/net.d)" ] || \
 		install -m 0644 deploy/cni/10-skiff-bridge.conflist /etc/cni/net.d/
 	[ -e /etc/crictl.yaml ] || install -m 0644 deploy/crictl.yaml /etc/crictl.yaml

@@ -181,6 +181,21 @@ class StreamingConfig:
     tls_key: str = field(default="", metadata=_key("its PEM private key", _optional_absolute))
 
 
+def _not_empty(value: str) -> str | None:
+    return None if value else "must name an address (0.0.0.0 or :: for every interface)"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = field(
+        default=False, metadata=_key("serve Prometheus metrics over HTTP at /metrics")
+    )
+    address: str = field(
+        default="127.0.0.1", metadata=_key("where the metrics endpoint listens", _not_empty)
+    )
+    port: int = field(default=9090, metadata=_key("its port; 0 picks a free one", _port))
+
+
 @dataclass(frozen=True)
 class Config:
     root: str = field(
@@ -203,6 +218,7 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def socket_path(self) -> Path:

@@ -22,6 +22,8 @@ from cri.daemon_state import DaemonState
 from cri.images import ImageManager
 from cri.instance_lock import InstanceLock
 from cri.interceptor import CallInterceptor
+from cri.metrics import Metrics
+from cri.metrics_server import MetricsServer
 from cri.sandboxes import SandboxManager
 from cri.server.services import register
 from cri.store import StateStore
@@ -34,7 +36,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SOCKET_MODE = 0o660
 STATE_DB = "state.db"
 # Settings that only take effect when skiffd starts.
-RESTART_ONLY = ("root", "runroot", "listen", "runtime.cgroup_driver")
+RESTART_ONLY = ("root", "runroot", "listen", "runtime.cgroup_driver", "metrics")
 
 
 class StartupError(Exception):
@@ -185,13 +187,14 @@ class Daemon:
             await store.open()
         except Exception as exc:
             raise StartupError(str(exc)) from None
+        metrics = Metrics()
         try:
-            images = ImageManager(cfg)
+            images = ImageManager(cfg, metrics)
             await images.open()
         except Exception as exc:
             await store.close()
             raise StartupError(f"image store: {exc}") from None
-        state = DaemonState(cfg, store, images)
+        state = DaemonState(cfg, store, images, metrics)
         sandboxes = SandboxManager(state)
         containers = ContainerManager(state, sandboxes)
         sandboxes.stop_containers = containers.stop_all
@@ -200,8 +203,9 @@ class Daemon:
         await sandboxes.load()
         await containers.load()
         containers.start_watching()
+        metrics.watch(images.store, sandboxes, containers)
         server = grpc.aio.server(
-            interceptors=[CallInterceptor()],
+            interceptors=[CallInterceptor(metrics)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -215,6 +219,16 @@ class Daemon:
             raise StartupError(
                 f"streaming server cannot listen on {cfg.streaming.address}:"
                 f"{cfg.streaming.port}: {exc.strerror}"
+            ) from None
+        metrics_server = MetricsServer(cfg.metrics, metrics.registry)
+        try:
+            await metrics_server.start()
+        except OSError as exc:
+            await streaming.stop()
+            await store.close()
+            raise StartupError(
+                f"metrics server cannot listen on {cfg.metrics.address}:{cfg.metrics.port}: "
+                f"{exc.strerror}; set metrics.port (or metrics.enabled: false)"
             ) from None
         register(server, state, sandboxes, containers, streaming)
         loop = asyncio.get_running_loop()
@@ -243,6 +257,7 @@ class Daemon:
             self._remove_socket()
             containers.stop_watching()
             await streaming.stop()
+            await metrics_server.stop()
             await store.close()
         log.info("skiffd stopped")
 

@@ -1,20 +1,25 @@
-"""What the servicers and managers share: the effective config, the state store and
-the probes of the node's programs and networks. SIGHUP swaps in a new config here."""
+"""What the servicers and managers share: the effective config, the state store, the
+metrics and the probes of the node's programs and networks. SIGHUP swaps in a new
+config here."""
 
 from __future__ import annotations
 
 from cri.config import Config
 from cri.events import EventBus
 from cri.images import ImageManager
+from cri.metrics import Metrics
 from cri.store import StateStore
 from network.cni_config import CniConfigDir
 from runtime.programs import ProgramProber
 
 
 class DaemonState:
-    def __init__(self, config: Config, store: StateStore, images: ImageManager) -> None:
+    def __init__(
+        self, config: Config, store: StateStore, images: ImageManager, metrics: Metrics
+    ) -> None:
         self.store = store
         self.images = images
+        self.metrics = metrics
         self.programs = ProgramProber()
         self.events = EventBus()
         self.config = config

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cri.config import Config
 from cri.errors import DeadlineExceeded, InvalidArgument
+from cri.metrics import Metrics
 from image.auth import Credentials
 from image.pull import ImagePuller, PullSettings
 from image.reference import ReferenceError, looks_like_image_id, parse
@@ -35,10 +36,13 @@ class FsUsage:
 
 
 class ImageManager:
-    def __init__(self, config: Config, in_use: Callable[[], set[str]] = set) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics, in_use: Callable[[], set[str]] = set
+    ) -> None:
         self.root = Path(config.root)
         self.store = ImageStore(self.root)
         self.in_use = in_use
+        self.metrics = metrics
         self._config = config
         self._registries = load_conf(Path(config.image.registries_conf))
         self.client = self._client(config)
@@ -109,6 +113,18 @@ class ImageManager:
     ) -> ImageRecord:
         if not image:
             raise InvalidArgument("image.image must name the image to pull")
+        started = time.monotonic()
+        try:
+            record = await self._pull(image, credentials, deadline_in)
+        except (Exception, asyncio.CancelledError) as exc:
+            self.metrics.record_pull_failure(exc)
+            raise
+        self.metrics.record_pull(time.monotonic() - started, record.size)
+        return record
+
+    async def _pull(
+        self, image: str, credentials: Credentials | None, deadline_in: float | None
+    ) -> ImageRecord:
         try:
             if deadline_in is None:
                 return await self.puller.pull(image, credentials)

@@ -1,10 +1,12 @@
-"""The one place where errors become gRPC statuses, and where every call is logged.
+"""The one place where errors become gRPC statuses, and where every call is logged and
+counted.
 
 Servicers raise typed errors (cri.errors, or a lower layer's error with a
 ``grpc_status``); this interceptor aborts the call with that code and the error's
 message. Anything else is a bug: the client gets INTERNAL naming the RPC, the log gets
 the traceback. Each call is logged at debug level with its method, duration, status
 and the ids it carried; request bodies are never logged (they can hold credentials).
+Each call also moves the per-method request counter and latency histogram (cri.metrics).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import grpc
 import grpc.aio
 
 from cri.errors import status_of
+from cri.metrics import Metrics
 
 log = logging.getLogger("skiff.rpc")
 
@@ -49,13 +52,21 @@ async def _fail(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exce
     await context.abort(code, message)
 
 
-def _log_call(rpc: str, start: float, code: grpc.StatusCode, ids: dict[str, str]) -> None:
+def _record_call(
+    metrics: Metrics, rpc: str, start: float, code: grpc.StatusCode, ids: dict[str, str]
+) -> None:
+    """Count and time the call (cri.metrics) and log it at debug level."""
+    elapsed = time.monotonic() - start
+    metrics.record_rpc(rpc, code.name, elapsed)
     if log.isEnabledFor(logging.DEBUG):
-        elapsed_ms = round((time.monotonic() - start) * 1000, 3)
+        elapsed_ms = round(elapsed * 1000, 3)
         log.debug("rpc", extra={"rpc": rpc, "status": code.name, "duration_ms": elapsed_ms, **ids})
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -69,40 +80,40 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         rpc = _short(handler_call_details.method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(rpc, handler.unary_unary),
+                _wrap_unary(self.metrics, rpc, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(rpc, handler.unary_stream),
+                _wrap_stream(self.metrics, rpc, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(rpc: str, inner: Any) -> Any:
+def _wrap_unary(metrics: Metrics, rpc: str, inner: Any) -> Any:
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         start, ids = time.monotonic(), _ids(request)
         try:
             response = await inner(request, context)
         except asyncio.CancelledError:
-            _log_call(rpc, start, grpc.StatusCode.CANCELLED, ids)
+            _record_call(metrics, rpc, start, grpc.StatusCode.CANCELLED, ids)
             raise
         except grpc.aio.AbortError:
-            _log_call(rpc, start, context.code() or grpc.StatusCode.UNKNOWN, ids)
+            _record_call(metrics, rpc, start, context.code() or grpc.StatusCode.UNKNOWN, ids)
             raise
         except Exception as exc:
-            _log_call(rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
+            _record_call(metrics, rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
             await _fail(context, rpc, exc)
-        _log_call(rpc, start, grpc.StatusCode.OK, ids)
+        _record_call(metrics, rpc, start, grpc.StatusCode.OK, ids)
         return response
 
     return unary_unary
 
 
-def _wrap_stream(rpc: str, inner: Any) -> Any:
+def _wrap_stream(metrics: Metrics, rpc: str, inner: Any) -> Any:
     async def unary_stream(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
@@ -111,14 +122,14 @@ def _wrap_stream(rpc: str, inner: Any) -> Any:
             async for item in inner(request, context):
                 yield item
         except asyncio.CancelledError:
-            _log_call(rpc, start, grpc.StatusCode.CANCELLED, ids)
+            _record_call(metrics, rpc, start, grpc.StatusCode.CANCELLED, ids)
             raise
         except grpc.aio.AbortError:
-            _log_call(rpc, start, context.code() or grpc.StatusCode.UNKNOWN, ids)
+            _record_call(metrics, rpc, start, context.code() or grpc.StatusCode.UNKNOWN, ids)
             raise
         except Exception as exc:
-            _log_call(rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
+            _record_call(metrics, rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
             await _fail(context, rpc, exc)
-        _log_call(rpc, start, grpc.StatusCode.OK, ids)
+        _record_call(metrics, rpc, start, grpc.StatusCode.OK, ids)
 
     return unary_stream

@@ -184,6 +184,7 @@ class SandboxManager:
             net.cni_plugin_dirs,
             Path(self.state.config.root) / "cni-cache",
             timeout=net.cni_plugin_timeout,
+            observer=self.state.metrics.observe_cni,
         )
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:

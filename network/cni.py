@@ -29,7 +29,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,10 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 STDERR_TAIL = 800
 # How long to wait for a killed plugin to be reaped.
 KILL_WAIT = 5.0
+
+# Told of every plugin run: (plugin type, command, seconds, succeeded). The daemon
+# turns these into metrics; this layer does not know about them.
+PluginObserver = Callable[[str, str, float, bool], None]
 
 # CNI spec: container ids start alphanumeric, then alphanumerics, "_", "." or "-".
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -419,10 +423,17 @@ class _Attachment:
 class CniPlugins:
     """Runs CNI plugin chains for pod attachments and keeps the result cache."""
 
-    def __init__(self, plugin_dirs: list[str], cache_dir: Path, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        plugin_dirs: list[str],
+        cache_dir: Path,
+        timeout: float = 60.0,
+        observer: PluginObserver | None = None,
+    ) -> None:
         self.plugin_dirs = list(plugin_dirs)
         self.cache_dir = Path(cache_dir)
         self.timeout = timeout
+        self.observer = observer
 
     # ---- public API
 
@@ -642,8 +653,33 @@ class CniPlugins:
         request: PodNetworkRequest,
         attachment: _Attachment,
     ) -> bytes:
+        """:meth:`_run_plugin`, telling the observer how long it took and whether it
+        worked (a cancelled run is not reported: it neither failed nor finished)."""
+        started = time.monotonic()
+        try:
+            out = await self._run_plugin(path, config, command, request, attachment)
+        except Exception:
+            self._observe(path, config, command, started, ok=False)
+            raise
+        self._observe(path, config, command, started, ok=True)
+        return out
+
+    def _observe(
+        self, path: str, config: Mapping[str, Any], command: str, started: float, ok: bool
+    ) -> None:
+        if self.observer is not None:
+            self.observer(_plugin_type(path, config), command, time.monotonic() - started, ok)
+
+    async def _run_plugin(
+        self,
+        path: str,
+        config: Mapping[str, Any],
+        command: str,
+        request: PodNetworkRequest,
+        attachment: _Attachment,
+    ) -> bytes:
         """Run one plugin; its stdout on success, CniError/CniTimeout otherwise."""
-        kind = str(config.get("type", os.path.basename(path)))
+        kind = _plugin_type(path, config)
         network = attachment.network_name
         where = f"CNI plugin {kind} (network {network})"
         fields: dict[str, Any] = {
@@ -925,6 +961,10 @@ def _combine(errors: list[CniError]) -> CniError:
         command=first.command,
         code=first.code,
     )
+
+
+def _plugin_type(path: str, config: Mapping[str, Any]) -> str:
+    return str(config.get("type", os.path.basename(path)))
 
 
 def _ms(started: float) -> int:

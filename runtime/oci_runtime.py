@@ -40,9 +40,10 @@ import shutil
 import signal as signals
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runtime import conmon
 from runtime.cgroups import CgroupError, Cgroupfs
@@ -55,6 +56,11 @@ _POLL = 0.025
 _OUTPUT_GRACE = 1.0  # how long exec_sync reads on after the runtime exited
 _META = "container.json"
 _ERR_TAIL = 4000
+
+T = TypeVar("T")
+# Told of every runtime (or conmon) call: (handler name, verb, seconds, succeeded).
+# The daemon turns these into metrics; this layer does not know about them.
+CallObserver = Callable[[str, str, float, bool], None]
 
 
 @dataclass(frozen=True)
@@ -122,11 +128,13 @@ class OciRuntime:
         conmon_path: str,
         state_dir: Path,
         timeout: float = 30.0,
+        observer: CallObserver | None = None,
     ) -> None:
         self.handler = handler
         self.conmon_path = conmon_path
         self.state_dir = Path(state_dir)
         self.timeout = timeout
+        self.observer = observer
 
     # ---- paths --------------------------------------------------------------------
 
@@ -160,6 +168,22 @@ class OciRuntime:
 
     # ---- running the runtime ------------------------------------------------------
 
+    def _observe(self, verb: str, started: float, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer(self.handler.name, verb, time.monotonic() - started, ok)
+
+    async def _observed(self, verb: str, call: Awaitable[T]) -> T:
+        """Await a call, telling the observer its duration and whether it raised
+        (a cancelled call is not reported: it neither failed nor finished)."""
+        started = time.monotonic()
+        try:
+            result = await call
+        except Exception:
+            self._observe(verb, started, ok=False)
+            raise
+        self._observe(verb, started, ok=True)
+        return result
+
     async def _run(
         self,
         args: list[str],
@@ -171,6 +195,7 @@ class OciRuntime:
         """Run ``<runtime> --root <root> args...``; (exit status, stdout, stderr)."""
         argv = [self.handler.runtime_path, "--root", self.handler.runtime_root, *args]
         limit = self.timeout if timeout is None else timeout
+        started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -180,6 +205,7 @@ class OciRuntime:
                 start_new_session=True,
             )
         except OSError as exc:
+            self._observe(args[0], started, ok=False)
             raise OciRuntimeError(
                 f"{what}: cannot run {self.handler.runtime_path}: {exc.strerror}"
             ) from exc
@@ -187,6 +213,7 @@ class OciRuntime:
             out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
         except TimeoutError:
             await _kill_and_reap(proc)
+            self._observe(args[0], started, ok=False)
             raise OciRuntimeError(
                 f"{what}: `{self.handler.name} {args[0]}` did not finish in {limit:g}s"
             ) from None
@@ -194,6 +221,7 @@ class OciRuntime:
             await asyncio.shield(_kill_and_reap(proc))
             raise
         assert proc.returncode is not None
+        self._observe(args[0], started, ok=proc.returncode == 0)
         return proc.returncode, out, err
 
     def _failure(self, what: str, verb: str, rc: int, err: bytes, out: bytes = b"") -> str:
@@ -238,7 +266,7 @@ class OciRuntime:
             log_size_max=log_size_max,
         )
         try:
-            pid = await self._start_conmon(options, conmon_cgroup, what)
+            pid = await self._observed("create", self._start_conmon(options, conmon_cgroup, what))
             memory_cgroup = await asyncio.to_thread(_memory_cgroup_dir, pid)
             meta = {
                 "bundle": str(bundle),
@@ -568,6 +596,18 @@ class OciRuntime:
     # ---- exec, update, logs -------------------------------------------------------
 
     async def exec_sync(
+        self,
+        container_id: str,
+        command: list[str],
+        timeout: float | None,  # noqa: ASYNC109
+        max_output: int = 16 * 1024 * 1024,
+    ) -> ExecResult:
+        """:meth:`_exec_sync`, observed as the verb ``exec``."""
+        return await self._observed(
+            "exec", self._exec_sync(container_id, command, timeout, max_output)
+        )
+
+    async def _exec_sync(
         self,
         container_id: str,
         command: list[str],

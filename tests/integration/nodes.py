@@ -213,9 +213,11 @@ MakeNode = Callable[..., Node]
 def make_node(world: World) -> Iterator[MakeNode]:
     made: list[Node] = []
 
-    def make(pod_name: str = "pod", runtime_handler: str = "") -> Node:
+    def make(
+        pod_name: str = "pod", runtime_handler: str = "", config: dict[str, Any] | None = None
+    ) -> Node:
         base = short_tempdir("ctr")
-        daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}})
+        daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}, **(config or {})})
         (base / "registries.conf").write_text(
             f'[[registry]]\nlocation = "{world.registry.host}"\ninsecure = true\n'
         )

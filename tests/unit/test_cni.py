@@ -614,3 +614,24 @@ def test_an_unwritable_cache_fails_the_add_before_any_plugin_runs(fakes: Fakes) 
     with pytest.raises(CniError, match="cannot write the result cache"):
         asyncio.run(fakes.plugins().add(_network({"type": "a"}), _request()))
     assert fakes.calls() == []
+
+
+def test_every_plugin_run_is_observed_with_its_outcome(fakes: Fakes) -> None:
+    observed: list[tuple[str, str, float, bool]] = []
+    fakes.plugin("a")
+    fakes.plugin("b", ADD="fail")
+    plugins = CniPlugins(
+        [str(fakes.bin)],
+        fakes.cache,
+        observer=lambda *call: observed.append(call),
+    )
+    with pytest.raises(CniError):
+        asyncio.run(plugins.add(_network({"type": "a"}, {"type": "b"}), _request()))
+    # The failed ADD of b, then the rollback DELs.
+    assert [(p, c, ok) for p, c, _, ok in observed] == [
+        ("a", "ADD", True),
+        ("b", "ADD", False),
+        ("b", "DEL", True),
+        ("a", "DEL", True),
+    ]
+    assert all(seconds > 0 for _, _, seconds, _ in observed)

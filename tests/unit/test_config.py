@@ -61,6 +61,16 @@ def test_flags_win_over_files(tmp_path: Path) -> None:
     assert config.root == "/data/skiff"
 
 
+def test_metrics_are_off_by_default_and_on_with_the_make_run_dropin(tmp_path: Path) -> None:
+    assert load(_sources(tmp_path)).metrics.enabled is False
+    dropins = tmp_path / "skiff.d"
+    dropins.mkdir()
+    shipped = REPO / "deploy" / "skiff.d" / "metrics.yaml"
+    (dropins / shipped.name).write_text(shipped.read_text())
+    metrics = load(_sources(tmp_path)).metrics
+    assert (metrics.enabled, metrics.address, metrics.port) == (True, "127.0.0.1", 9090)
+
+
 def test_integers_are_taken_for_numbers(tmp_path: Path) -> None:
     config = load(_sources(tmp_path, "shutdown_grace: 3\n"))
     assert config.shutdown_grace == 3.0
@@ -84,6 +94,9 @@ def test_integers_are_taken_for_numbers(tmp_path: Path) -> None:
         ("runtime:\n  conmon: bin/conmon\n", "runtime.conmon", "program name or an absolute"),
         ("runtime:\n  handlers: {'': {path: runc}}\n", "runtime.handlers", "non-empty"),
         ("- a\n- b\n", "", "must be a mapping of keys"),
+        ("metrics:\n  port: 70000\n", "metrics.port", "must be a port number"),
+        ("metrics:\n  address: ''\n", "metrics.address", "must name an address"),
+        ("metrics:\n  enabled: 'yes'\n", "metrics.enabled", "must be true or false"),
     ],
 )
 def test_file_errors_name_the_file_and_key(
