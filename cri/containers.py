@@ -234,6 +234,7 @@ class ContainerManager:
             RuntimeHandlerPaths(name, path, str(runroot / "runtimes" / name)),
             conmon,
             runroot / "containers",
+            observer=self.state.metrics.observe_runtime,
         )
 
     def _lock(self, container_id: str) -> asyncio.Lock:
@@ -314,6 +315,7 @@ class ContainerManager:
         container.finished_ns = max(status.finished_ns, container.started_ns)
         if status.oom_killed:
             container.reason = "OOMKilled"
+            self.state.metrics.record_oom_kill()
         else:
             container.reason = "Completed" if status.exit_code == 0 else "Error"
         self._exits.unwatch(container.id)
@@ -355,6 +357,9 @@ class ContainerManager:
                 continue
             out.append(container)
         return sorted(out, key=lambda c: c.created_ns)
+
+    def everything(self) -> list[Container]:
+        return list(self._containers.values())
 
     def of_sandbox(self, sandbox_id: str) -> list[Container]:
         return [c for c in self._containers.values() if c.sandbox_id == sandbox_id]

@@ -72,7 +72,7 @@ class SandboxIndex(Protocol):
 class ContainerIndex(Protocol):
     """What the collector needs of cri.containers.ContainerManager."""
 
-    def of_sandbox(self, sandbox_id: str) -> Sequence[_HasState]: ...
+    def everything(self) -> Sequence[_HasState]: ...
 
 
 def _name(short: str) -> str:
@@ -253,8 +253,7 @@ class ObjectStateCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         sandboxes = self.sandboxes.select()
-        # A container lives in a pod, and goes when its pod is removed.
-        containers = [c for s in sandboxes for c in self.containers.of_sandbox(s.id)]
+        containers = self.containers.everything()
         pods, ctrs = self._families()
         _add_by_state(pods, SANDBOX_STATES, sandboxes)
         _add_by_state(ctrs, CONTAINER_STATES, containers)

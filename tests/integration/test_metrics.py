@@ -111,6 +111,20 @@ def test_rpcs_pulls_pods_and_containers_move_the_metrics(make_node: MakeNode) ->
     delete = {"plugin": "bridge", "command": "DEL"}
     assert value(after, "skiff_cni_plugin_duration_seconds_count", **delete) == 1
     assert value(after, "skiff_container_oom_kills_total") == 0
+    for verb in ("create", "start"):
+        call = {"handler": "runc", "verb": verb}
+        assert value(after, "skiff_oci_runtime_duration_seconds_count", **call) == 1
+        assert value(after, "skiff_oci_runtime_failures_total", **call) == 0
+
+
+def test_an_oom_killed_container_is_counted(make_node: MakeNode) -> None:
+    node = make_node(config=METRICS_ON)
+    limits = pb.LinuxContainerResources(memory_limit_in_bytes=16 * 1024 * 1024)
+    cid = node.run(
+        "hog", command=["tail", "/dev/zero"], linux=pb.LinuxContainerConfig(resources=limits)
+    )
+    assert node.wait_exit(cid, timeout=30).reason == "OOMKilled"
+    assert value(scrape(node.daemon), "skiff_container_oom_kills_total") == 1
 
 
 def test_a_taken_metrics_port_stops_startup_with_a_clear_message() -> None:

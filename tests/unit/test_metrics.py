@@ -134,8 +134,8 @@ class FakeContainers:
     def __init__(self, items: list[Thing]) -> None:
         self.items = items
 
-    def of_sandbox(self, sandbox_id: str) -> list[Thing]:
-        return [c for c in self.items if c.sandbox_id == sandbox_id]
+    def everything(self) -> list[Thing]:
+        return list(self.items)
 
 
 def test_pods_and_containers_by_state_are_read_at_each_scrape(tmp_path: Path) -> None:
