@@ -66,6 +66,7 @@ class ImageManager:
                 layer_attempts=config.image.pull_retries,
                 progress_log_interval=config.image.pull_progress_log_interval,
             ),
+            on_download=self.metrics.count_download,
         )
 
     async def open(self) -> None:
@@ -119,7 +120,7 @@ class ImageManager:
         except (Exception, asyncio.CancelledError) as exc:
             self.metrics.record_pull_failure(exc)
             raise
-        self.metrics.record_pull(time.monotonic() - started, record.size)
+        self.metrics.record_pull(time.monotonic() - started)
         return record
 
     async def _pull(

@@ -117,8 +117,8 @@ class Metrics:
         )
         self._pull_bytes = Counter(
             _name("image_pull_bytes_total"),
-            "Size of the images pulled successfully: their unpacked layers, as ImageStatus "
-            "reports it (layers already stored count too).",
+            "Bytes of image layers downloaded from registries (failed pulls' too; layers "
+            "already stored are not downloaded again).",
             registry=registry,
         )
         self._oom_kills = Counter(
@@ -160,9 +160,12 @@ class Metrics:
         self._rpcs.labels(method, code).inc()
         self._rpc_seconds.labels(method, code).observe(seconds)
 
-    def record_pull(self, seconds: float, size_bytes: int) -> None:
+    def record_pull(self, seconds: float) -> None:
         self._pulls.inc()
         self._pull_seconds.observe(seconds)
+
+    def count_download(self, size_bytes: int) -> None:
+        """image.pull's download observer; called from the download threads."""
         self._pull_bytes.inc(size_bytes)
 
     def record_pull_failure(self, error: BaseException) -> None:

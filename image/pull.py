@@ -130,11 +130,13 @@ class PullSettings:
 
 
 class _Progress:
-    """Bytes per layer, read by the periodic progress log."""
+    """Bytes per layer, read by the periodic progress log; each chunk is also told to
+    ``on_download`` (the daemon's byte counter), from the download threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_download: Callable[[int], None] | None = None) -> None:
         self._lock = threading.Lock()
         self.layers: dict[str, list[int]] = {}
+        self._on_download = on_download
 
     def start(self, digest: str, size: int) -> Callable[[int], None]:
         with self._lock:
@@ -143,6 +145,8 @@ class _Progress:
         def add(n: int) -> None:
             with self._lock:
                 self.layers[digest][0] += n
+            if self._on_download is not None:
+                self._on_download(n)
 
         return add
 
@@ -160,6 +164,7 @@ class ImagePuller:
         auth_file: Path,
         settings: PullSettings,
         node: Platform | None = None,
+        on_download: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -167,6 +172,7 @@ class ImagePuller:
         self.auth_file = auth_file
         self.settings = settings
         self.node = node or node_platform()
+        self.on_download = on_download
         self._pulls: dict[str, asyncio.Task[ImageRecord]] = {}
         self._waiters: dict[str, int] = {}
         self._layers: dict[str, asyncio.Future[LayerRecord]] = {}
@@ -198,7 +204,7 @@ class ImagePuller:
 
     async def _pull(self, ref: Reference, credentials: Credentials | None) -> ImageRecord:
         cancel = threading.Event()
-        progress = _Progress()
+        progress = _Progress(self.on_download)
         reporter = asyncio.get_running_loop().create_task(self._report(str(ref), progress))
         started = time.monotonic()
         try:

@@ -82,6 +82,13 @@ def test_rpcs_pulls_pods_and_containers_move_the_metrics(make_node: MakeNode) ->
             pb.PullImageRequest(image=pb.ImageSpec(image=missing)), timeout=60
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Its layers are stored: pulling it again downloads none.
+    daemon.images().PullImage(
+        pb.PullImageRequest(image=pb.ImageSpec(image=node.world.busybox)), timeout=60
+    )
+    assert value(scrape(daemon), "skiff_image_pull_bytes_total") == value(
+        before, "skiff_image_pull_bytes_total"
+    )
 
     cid = node.run("short", command=["true"])
     node.wait_exit(cid)
@@ -98,9 +105,9 @@ def test_rpcs_pulls_pods_and_containers_move_the_metrics(make_node: MakeNode) ->
     assert value(after, "skiff_grpc_request_duration_seconds_count", **not_found) == 1
     assert value(after, "skiff_grpc_request_duration_seconds_bucket", le="+Inf", **not_found) == 1
     assert value(after, RPCS, method="PullImage", code="NOT_FOUND") == 1
-    assert value(after, "skiff_image_pulls_total") == 3
+    assert value(after, "skiff_image_pulls_total") == 4
     assert value(after, "skiff_image_pull_failures_total", code="NOT_FOUND") == 1
-    assert value(after, "skiff_image_pull_duration_seconds_count") == 2  # successes only
+    assert value(after, "skiff_image_pull_duration_seconds_count") == 3  # successes only
     assert value(after, RPCS, method="CreateContainer", code="OK") == 1
     assert value(after, RPCS, method="StartContainer", code="OK") == 1
     # The container ran and exited; the pod was stopped (its network torn down).

@@ -78,7 +78,9 @@ def test_every_skiff_name_has_the_prefix_and_a_unit_or_total_suffix() -> None:
 
 def test_pulls_count_successes_bytes_durations_and_failures_by_code() -> None:
     metrics = Metrics()
-    metrics.record_pull(2.0, 5_000_000)
+    metrics.record_pull(2.0)
+    metrics.count_download(4_000_000)
+    metrics.count_download(1_000_000)
     metrics.record_pull_failure(ImageNotFound("no such image"))
     metrics.record_pull_failure(asyncio.CancelledError())
     samples = scrape(metrics)
