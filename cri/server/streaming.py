@@ -9,6 +9,8 @@ from cri.sandboxes import READY, SandboxManager
 from cri.server.common import Context
 from cri.streaming.server import PendingRequest, StreamingServer
 
+HOST_NETNS = "/proc/self/ns/net"
+
 
 class StreamingRPCs:
     containers: ContainerManager
@@ -69,5 +71,7 @@ class StreamingRPCs:
         for port in request.port:
             if not 0 < port < 65536:
                 raise InvalidArgument(f"port {port} is not a TCP port")
-        url = self.streaming.register(PendingRequest("portforward", netns=sandbox.netns))
+        # A host-network pod's ports are the node's: connect in skiffd's own namespace.
+        netns = HOST_NETNS if sandbox.host_network else sandbox.netns
+        url = self.streaming.register(PendingRequest("portforward", netns=netns))
         return pb.PortForwardResponse(url=url)

@@ -543,6 +543,7 @@ class StreamingServer:
         try:
             reader, writer = await open_in_netns(netns or "", port)
         except Exception as exc:
+            log.warning("port forward failed", extra={"port": port, "error": str(exc)})
             await _report(
                 errors.get(request_id),
                 f"error forwarding port {port} to pod: {exc}",
