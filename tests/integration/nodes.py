@@ -213,9 +213,12 @@ MakeNode = Callable[..., Node]
 def make_node(world: World) -> Iterator[MakeNode]:
     made: list[Node] = []
 
-    def make(pod_name: str = "pod", runtime_handler: str = "") -> Node:
+    def make(
+        pod_name: str = "pod", runtime_handler: str = "", config: dict[str, Any] | None = None
+    ) -> Node:
+        """``config``: more skiffd settings (a section's keys merge into the defaults)."""
         base = short_tempdir("ctr")
-        daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}})
+        daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}, **(config or {})})
         (base / "registries.conf").write_text(
             f'[[registry]]\nlocation = "{world.registry.host}"\ninsecure = true\n'
         )
