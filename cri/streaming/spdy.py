@@ -301,8 +301,9 @@ class SpdyStream:
         return self._reset_status
 
     async def read(self) -> bytes:
-        """The next chunk of data (as the peer framed it); b"" once the peer sent FIN,
-        the stream was reset or the session ended, after buffered data."""
+        """The next chunk of data (as the peer framed it); b"" once the peer sent FIN or
+        reset the stream, or the session ended, after buffered data; at once after our
+        own reset."""
         while not self._chunks:
             if self.remote_closed:
                 return b""
@@ -336,7 +337,8 @@ class SpdyStream:
 
     def reset(self, status: int = CANCEL) -> None:
         """Abort both directions with RST_STREAM: pending reads get b"", writes fail,
-        unread data is dropped."""
+        unread data is dropped. (After the peer's reset, data it sent before is still
+        read, then b"".)"""
         if self._reset_status is not None or (self._local_fin and self._remote_fin):
             return
         self._session._send_control(RST_STREAM, 0, struct.pack(">II", self.id, status))
@@ -349,11 +351,15 @@ class SpdyStream:
             return
         self._reset_status = status
         self._reset_by_peer = by_peer
-        # Dropped data was charged to the session window; give it back or the
-        # session would slowly run out of window.
-        dropped, self._buffered = self._buffered, 0
-        self._chunks.clear()
-        self._session._consumed(None, dropped)
+        if not by_peer:
+            # Dropped data was charged to the session window; give it back or the
+            # session would slowly run out of window.
+            dropped, self._buffered = self._buffered, 0
+            self._chunks.clear()
+            self._session._consumed(None, dropped)
+        # What the peer sent before its reset stays readable (its window is granted
+        # back as it is read): Kubernetes' streaming server writes an exec's status on
+        # the error stream and resets the streams right after, as it closes.
         if not self._replied.done():
             self._replied.set_exception(SpdyError(f"stream {self.id} was reset ({status})"))
             self._replied.exception()  # nobody may be waiting; don't log it as lost

@@ -408,6 +408,22 @@ def test_fin_with_the_syn_stream() -> None:
     run(main)
 
 
+def test_data_sent_before_the_peers_reset_is_read() -> None:
+    # Kubernetes' streaming server writes an exec's status on the error stream, then
+    # resets every stream as it closes the connection.
+    async def main() -> None:
+        async with sessions() as (client, server):
+            ours, theirs = await opened(client, server, {"streamtype": "error"})
+            await theirs.write(b'{"status":"Success"}')
+            theirs.reset()
+            await eventually(lambda: ours.reset_status == 5)
+            assert ours.remote_closed
+            assert await read_all(ours) == b'{"status":"Success"}'
+            assert await ours.read() == b""
+
+    run(main)
+
+
 def test_reset_both_ways() -> None:
     async def main() -> None:
         async with sessions() as (client, server):
