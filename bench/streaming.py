@@ -4,7 +4,9 @@ against containerd's CRI.
 Both daemons run side by side, on the pod network and with the busybox image of
 `bench.lifecycle` (pulled through each CRI first), and every measurement is taken on
 one, then the other, in turns, so that a change in the load of the shared machine hits
-both alike. Each runs one pod with one container whose PID 1 runs two busybox
+both alike, with an untimed ``--pause-ms`` (50) after each, so that what a runtime still
+does after answering (reaping, bookkeeping, events) does not land in the other's
+measurement. Each runs one pod with one container whose PID 1 runs two busybox
 ``nc -ll`` servers:
 
 - ``UPLOAD_PORT``: each connection runs ``dd of=/dev/null`` for exactly ``--size-mb``
@@ -124,6 +126,8 @@ class Options:
     execs: int
     warmup: int
     pf_runs: int
+    #: seconds between two measurements (untimed)
+    pause: float
     size_mb: int
     log_level: str
 
@@ -278,15 +282,25 @@ class Runner:
         return self.target.name
 
 
-def _round(runners: Sequence[Runner], one: Callable[[Runner], float]) -> list[float]:
-    """One measurement on each runtime, in turn."""
-    return [one(runner) for runner in runners]
+def _round(runners: Sequence[Runner], one: Callable[[Runner], float], pause: float) -> list[float]:
+    """One measurement on each runtime, in turn, each followed by ``pause`` seconds:
+    the work a runtime does after answering (reaping, bookkeeping, events) must not
+    land in the other's measurement."""
+    times = []
+    for runner in runners:
+        times.append(one(runner))
+        time.sleep(pause)
+    return times
 
 
 async def _round_async(
-    runners: Sequence[Runner], one: Callable[[Runner], Awaitable[float]]
+    runners: Sequence[Runner], one: Callable[[Runner], Awaitable[float]], pause: float
 ) -> list[float]:
-    return [await one(runner) for runner in runners]
+    times = []
+    for runner in runners:
+        times.append(await one(runner))
+        await asyncio.sleep(pause)
+    return times
 
 
 def _show(kind: str, runners: Sequence[Runner]) -> None:
@@ -304,7 +318,7 @@ def _show(kind: str, runners: Sequence[Runner]) -> None:
 
 def exec_sync_rounds(runners: Sequence[Runner], opts: Options) -> None:
     for i in range(opts.warmup + opts.execs):
-        times = _round(runners, lambda r: exec_sync(r.target, r.container_id))
+        times = _round(runners, lambda r: exec_sync(r.target, r.container_id), opts.pause)
         if i >= opts.warmup:
             for runner, elapsed in zip(runners, times, strict=True):
                 runner.result.round_trips.setdefault("ExecSync", []).append(elapsed)
@@ -320,6 +334,7 @@ async def streaming_rounds(runners: Sequence[Runner], opts: Options) -> None:
             for runner in list(active):
                 try:
                     elapsed = await streaming_exec(runner.target, runner.container_id, websocket)
+                    await asyncio.sleep(opts.pause)
                 except BenchError:
                     raise
                 except Exception as exc:  # a transport the peer does not speak: reported
@@ -341,11 +356,11 @@ async def streaming_rounds(runners: Sequence[Runner], opts: Options) -> None:
             runner.result.cpu.setdefault(direction, []).append(used)
             return elapsed
 
-        await _round_async(runners, move)  # warm-up
+        await _round_async(runners, move, opts.pause)  # warm-up
         for runner in runners:
             runner.result.cpu[direction].clear()
         for _ in range(opts.pf_runs):
-            times = await _round_async(runners, move)
+            times = await _round_async(runners, move, opts.pause)
             for runner, elapsed in zip(runners, times, strict=True):
                 runner.result.transfers.setdefault(direction, []).append(elapsed)
         speeds = "; ".join(
@@ -516,12 +531,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--execs", type=int, default=100, help="round trips of each kind (100)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed round trips first (5)")
     parser.add_argument("--pf-runs", type=int, default=3, help="transfers each way (3)")
+    parser.add_argument(
+        "--pause-ms", type=int, default=50, help="untimed pause after each measurement (50)"
+    )
     parser.add_argument("--size-mb", type=int, default=100, help="MB per transfer (100)")
     add_skiff_log_level(parser, "nothing here")
     args = parser.parse_args(argv)
     if args.execs < 2 or args.warmup < 0 or args.pf_runs < 1 or args.size_mb < 1:
         parser.error("--execs >= 2, --warmup >= 0, --pf-runs >= 1, --size-mb >= 1")
-    opts = Options(args.execs, args.warmup, args.pf_runs, args.size_mb, args.skiff_log_level)
+    if args.pause_ms < 0:
+        parser.error("--pause-ms must be at least 0")
+    opts = Options(
+        args.execs,
+        args.warmup,
+        args.pf_runs,
+        args.pause_ms / 1000,
+        args.size_mb,
+        args.skiff_log_level,
+    )
     return run_main("bench.streaming", lambda: bench(opts))
 
 
