@@ -72,7 +72,8 @@ MAX_DATA_CHUNK = 64 * 1024
 # The receive window we announce for each stream (SETTINGS), and so the most a stream
 # buffers. The default 64 KiB is too small between two busy processes: a peer keeping
 # our window (our own client does) sends 64 KiB, then waits for our WINDOW_UPDATE, and
-# a port-forward ran at a quarter of the speed it has with 1 MiB.
+# a port-forward ran at a quarter (upload) to a half (download) of the speed it has
+# with 1 MiB. A peer that keeps no windows (spdystream) is held to the same bound.
 STREAM_WINDOW = 1024 * 1024
 # The session window is opened wider still: with the session window equal to one
 # stream's, a single stream nobody reads would starve every other stream of the session.
