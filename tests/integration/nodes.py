@@ -216,7 +216,6 @@ def make_node(world: World) -> Iterator[MakeNode]:
     def make(
         pod_name: str = "pod", runtime_handler: str = "", config: dict[str, Any] | None = None
     ) -> Node:
-        """``config``: more skiffd settings (a section's keys merge into the defaults)."""
         base = short_tempdir("ctr")
         daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}, **(config or {})})
         (base / "registries.conf").write_text(
