@@ -90,3 +90,10 @@ bench-sandbox: bench-packages venv-dev
 .PHONY: bench-lifecycle
 bench-lifecycle: bench-packages venv-dev
 	$(BIN)/python -m bench.lifecycle $(BENCH_ARGS)
+
+# Exec round trips (ExecSync, streaming exec over SPDY and WebSocket) and port-forward
+# throughput against containerd's CRI (bench/README.md), as root.
+# BENCH_ARGS="--execs 200 --pf-runs 5 --size-mb 100".
+.PHONY: bench-streaming
+bench-streaming: bench-packages venv-dev
+	$(BIN)/python -m bench.streaming $(BENCH_ARGS)

@@ -27,7 +27,7 @@ from cri.metrics_server import MetricsServer
 from cri.sandboxes import SandboxManager
 from cri.server.services import register
 from cri.store import StateStore
-from cri.streaming.server import StreamingServer
+from cri.streaming.server import StreamingServer, StreamingTLSError
 from runtime.cgroup_driver import driver_problem
 
 log = logging.getLogger("skiff.daemon")
@@ -214,6 +214,9 @@ class Daemon:
         streaming = StreamingServer(cfg.streaming)
         try:
             await streaming.start()
+        except StreamingTLSError as exc:
+            await store.close()
+            raise StartupError(str(exc)) from None
         except OSError as exc:
             await store.close()
             raise StartupError(

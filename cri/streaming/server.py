@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -81,6 +82,54 @@ def status_object(exit_code: int | None, message: str = "") -> bytes:
             "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]},
         }
     ).encode()
+
+
+class StreamingTLSError(Exception):
+    """streaming.tls_cert / streaming.tls_key cannot be used; the message says which
+    file and why."""
+
+
+def _no_password() -> bytes:
+    # An encrypted key would otherwise make OpenSSL prompt on the terminal; with an
+    # empty password its decryption fails and the error says so.
+    return b""
+
+
+#: What each file must hold, as the PEM header that starts it.
+_PEM_MARKERS = (
+    ("streaming.tls_cert", b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+    ("streaming.tls_key", b"PRIVATE KEY-----", "a PEM private key"),
+)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server-side TLS context for the configured certificate (chain) and key;
+    StreamingTLSError naming the setting, the file and the problem otherwise."""
+    for (setting, marker, what), path in zip(_PEM_MARKERS, (cert, key), strict=True):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise StreamingTLSError(
+                f"{setting} {path}: cannot read it: {exc.strerror}; point it at a readable "
+                "PEM file or leave tls_cert and tls_key empty for plain http streaming"
+            ) from None
+        if marker not in data:
+            raise StreamingTLSError(f"{setting} {path}: not {what}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            problem = "the key does not belong to the certificate"
+        elif "PEM lib" in str(exc):  # OpenSSL gives no reason code for these
+            problem = "damaged PEM data, or an encrypted key (skiffd takes unencrypted keys)"
+        else:
+            problem = str(exc.reason or exc)
+        raise StreamingTLSError(
+            f"streaming.tls_cert {cert} with streaming.tls_key {key}: unusable: {problem}"
+        ) from None
+    return context
 
 
 class _Channels(Protocol):
@@ -221,10 +270,11 @@ class StreamingServer:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen; raises StreamingTLSError for an unusable certificate or key, OSError
+        when the address cannot be bound."""
         context = None
         if self.config.tls_cert:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+            context = tls_context(self.config.tls_cert, self.config.tls_key)
         self._server = await asyncio.start_server(
             self._serve, self.config.address, self.config.port, ssl=context, limit=MAX_HEADER_BYTES
         )
@@ -550,6 +600,12 @@ class StreamingServer:
             )
             await data.close()
             return
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # As Go's dialer does (containerd's port-forward): no Nagle delay, which
+            # with the peer's delayed ACK stalls a small write for 40 ms.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         async def upstream() -> None:
             while chunk := await data.read():

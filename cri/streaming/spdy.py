@@ -14,8 +14,9 @@ frame whatever the window. So by default a session honours the peer's windows on
 the peer shows it keeps them (it sent SETTINGS or WINDOW_UPDATE; our own sessions send
 both first thing); against spdystream, honouring them would stall every stream after
 64 KiB. Inbound, a peer that overruns our window is tolerated (spdystream's stdin does),
-but a stream never buffers much more than its window: past that the session stops
-reading the connection until the application reads, so TCP pushes back instead.
+but a stream never buffers much more than its window (`STREAM_WINDOW`, 1 MiB): past
+that the session stops reading the connection until the application reads, so TCP
+pushes back instead.
 """
 
 from __future__ import annotations
@@ -65,12 +66,18 @@ DEFAULT_WINDOW = 64 * 1024  # both windows start here (draft 3.1)
 MAX_WINDOW = 2**31 - 1
 MAX_STREAM_ID = 2**31 - 1
 MAX_FRAME_LENGTH = 2**24 - 1
-# Our data frames stay small so one busy stream cannot hold the connection for long.
-MAX_DATA_CHUNK = 16 * 1024
-# We keep the per-stream window at the default (so per-stream memory stays at 64 KiB)
-# but open the session window wider: with the session window equal to one stream's, a
-# single stream nobody reads would starve every other stream of the session.
-SESSION_WINDOW = 1024 * 1024
+# Our data frames stay small enough that one busy stream cannot hold the connection
+# for long, and big enough that a bulk transfer is not all per-frame work and syscalls.
+MAX_DATA_CHUNK = 64 * 1024
+# The receive window we announce for each stream (SETTINGS), and so the most a stream
+# buffers. The default 64 KiB is too small between two busy processes: a peer keeping
+# our window (our own client does) sends 64 KiB, then waits for our WINDOW_UPDATE, and
+# a port-forward ran at a quarter (upload) to a half (download) of the speed it has
+# with 1 MiB. A peer that keeps no windows (spdystream) is held to the same bound.
+STREAM_WINDOW = 1024 * 1024
+# The session window is opened wider still: with the session window equal to one
+# stream's, a single stream nobody reads would starve every other stream of the session.
+SESSION_WINDOW = 8 * STREAM_WINDOW
 # A decompressed header block bigger than this is refused (zlib bombs).
 MAX_HEADER_BLOCK = 256 * 1024
 # Streams the peer opened that the application has not accepted yet; more are refused.
@@ -301,8 +308,9 @@ class SpdyStream:
         return self._reset_status
 
     async def read(self) -> bytes:
-        """The next chunk of data (as the peer framed it); b"" once the peer sent FIN,
-        the stream was reset or the session ended, after buffered data."""
+        """The next chunk of data (as the peer framed it); b"" once the peer sent FIN or
+        reset the stream, or the session ended, after buffered data; at once after our
+        own reset."""
         while not self._chunks:
             if self.remote_closed:
                 return b""
@@ -314,7 +322,7 @@ class SpdyStream:
         return chunk
 
     async def write(self, data: bytes) -> None:
-        """Send data, in frames of at most 16 KiB, waiting for the peer's windows when
+        """Send data, in frames of at most 64 KiB, waiting for the peer's windows when
         it keeps flow control and for the socket to drain. Raises SpdyError once the
         stream is closed on our side or reset, or the session ended."""
         view = memoryview(data)
@@ -336,7 +344,8 @@ class SpdyStream:
 
     def reset(self, status: int = CANCEL) -> None:
         """Abort both directions with RST_STREAM: pending reads get b"", writes fail,
-        unread data is dropped."""
+        unread data is dropped. (After the peer's reset, data it sent before is still
+        read, then b"".)"""
         if self._reset_status is not None or (self._local_fin and self._remote_fin):
             return
         self._session._send_control(RST_STREAM, 0, struct.pack(">II", self.id, status))
@@ -349,11 +358,15 @@ class SpdyStream:
             return
         self._reset_status = status
         self._reset_by_peer = by_peer
-        # Dropped data was charged to the session window; give it back or the
-        # session would slowly run out of window.
-        dropped, self._buffered = self._buffered, 0
-        self._chunks.clear()
-        self._session._consumed(None, dropped)
+        if not by_peer:
+            # Dropped data was charged to the session window; give it back or the
+            # session would slowly run out of window.
+            dropped, self._buffered = self._buffered, 0
+            self._chunks.clear()
+            self._session._consumed(None, dropped)
+        # What the peer sent before its reset stays readable (its window is granted
+        # back as it is read): Kubernetes' streaming server writes an exec's status on
+        # the error stream and resets the streams right after, as it closes.
         if not self._replied.done():
             self._replied.set_exception(SpdyError(f"stream {self.id} was reset ({status})"))
             self._replied.exception()  # nobody may be waiting; don't log it as lost
@@ -436,7 +449,7 @@ class SpdySession:
         self._send_control(
             SETTINGS,
             0,
-            struct.pack(">III", 1, SETTINGS_INITIAL_WINDOW_SIZE, DEFAULT_WINDOW),
+            struct.pack(">III", 1, SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
         )
         self._send_control(WINDOW_UPDATE, 0, struct.pack(">II", 0, SESSION_WINDOW - DEFAULT_WINDOW))
 
@@ -634,7 +647,7 @@ class SpdySession:
         if stream is None or stream._remote_fin or stream._reset_status is not None:
             return  # nothing more will come on it
         stream._unacked += count
-        if stream._unacked >= DEFAULT_WINDOW // 2:
+        if stream._unacked >= STREAM_WINDOW // 2:
             self._send_control(WINDOW_UPDATE, 0, struct.pack(">II", stream.id, stream._unacked))
             stream._unacked = 0
 
@@ -677,7 +690,7 @@ class SpdySession:
         # buffering without bound. An empty buffer always takes the frame, however big.
         while (
             stream._buffered
-            and stream._buffered + len(payload) > DEFAULT_WINDOW
+            and stream._buffered + len(payload) > STREAM_WINDOW
             and stream._reset_status is None
             and not self._closed
         ):

@@ -1,5 +1,9 @@
 """Exec, Attach and PortForward through skiff's streaming server, with our own clients
-for both of the Kubernetes transports: SPDY/3.1 and WebSocket."""
+for both of the Kubernetes transports: SPDY/3.1 and WebSocket.
+
+The client side (`connect`, `spdy_exec`, `ws_exec`, `spdy_session`) is also what
+`tests/integration/test_streaming_tls.py` and the streaming benchmark
+(`bench/streaming.py`) drive skiff and containerd with."""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import contextlib
 import hashlib
 import json
 import secrets
+import ssl
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +36,19 @@ class ExecResult:
     status: dict[str, Any] = field(default_factory=dict)
 
 
-async def _connect(
-    url: str, headers: dict[str, str] | list[tuple[str, str]]
+async def connect(
+    url: str,
+    headers: dict[str, str] | list[tuple[str, str]],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Send the upgrade request for ``url`` (TLS with ``ssl_context`` for https) and read
+    the response's head; the connection is the caller's to close."""
     parts = urllib.parse.urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    if parts.scheme == "https" and ssl_context is None:
+        raise ValueError(f"{url} is https: pass an ssl_context")
+    reader, writer = await asyncio.open_connection(
+        parts.hostname, parts.port, ssl=ssl_context if parts.scheme == "https" else None
+    )
     pairs = list(headers.items()) if isinstance(headers, dict) else headers
     lines = [
         f"GET {parts.path} HTTP/1.1",
@@ -53,9 +67,14 @@ SPDY_HEADERS = [
     ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
     ("X-Stream-Protocol-Version", "channel.k8s.io"),
 ]
+PORTFORWARD_HEADERS = [
+    ("Connection", "Upgrade"),
+    ("Upgrade", "SPDY/3.1"),
+    ("X-Stream-Protocol-Version", "portforward.k8s.io"),
+]
 
 
-def _ws_headers(protocols: str) -> dict[str, str]:
+def ws_headers(protocols: str) -> dict[str, str]:
     return {
         "Connection": "Upgrade",
         "Upgrade": "websocket",
@@ -65,22 +84,46 @@ def _ws_headers(protocols: str) -> dict[str, str]:
     }
 
 
-async def _drain(stream: SpdyStream) -> bytes:
+async def drain(stream: SpdyStream) -> bytes:
     chunks = []
     while chunk := await stream.read():
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def spdy_exec(
-    url: str, stdin: bytes | None = None, tty: bool = False, resize: tuple[int, int] | None = None
-) -> ExecResult:
-    reader, writer, head = await _connect(url, SPDY_HEADERS)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    assert b"v4.channel.k8s.io" in head
+@contextlib.asynccontextmanager
+async def spdy_session(
+    url: str,
+    headers: list[tuple[str, str]],
+    ssl_context: ssl.SSLContext | None = None,
+    expect_protocol: str = "",
+) -> AsyncIterator[SpdySession]:
+    """A client SPDY session on ``url``'s upgraded connection, its frame reader running;
+    closed (GOAWAY, connection closed) on the way out."""
+    reader, writer, head = await connect(url, headers, ssl_context)
+    if not head.startswith(b"HTTP/1.1 101"):
+        writer.close()
+        raise AssertionError(f"no upgrade to SPDY: {head!r}")
+    if expect_protocol and expect_protocol.encode() not in head:
+        writer.close()
+        raise AssertionError(f"the server did not choose {expect_protocol}: {head!r}")
     session = SpdySession(reader, writer, server=False)
     runner = asyncio.ensure_future(session.run())
     try:
+        yield session
+    finally:
+        await session.close()
+        runner.cancel()
+
+
+async def spdy_exec(
+    url: str,
+    stdin: bytes | None = None,
+    tty: bool = False,
+    resize: tuple[int, int] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ExecResult:
+    async with spdy_session(url, SPDY_HEADERS, ssl_context, "v4.channel.k8s.io") as session:
         error = await session.open_stream({"streamtype": "error"})
         streams = {}
         if stdin is not None:
@@ -104,22 +147,22 @@ async def spdy_exec(
             return b""
 
         outputs = await asyncio.gather(
-            _drain(streams["stdout"]),
-            _drain(streams["stderr"]) if "stderr" in streams else asyncio.sleep(0, b""),
-            _drain(error),
+            drain(streams["stdout"]),
+            drain(streams["stderr"]) if "stderr" in streams else asyncio.sleep(0, b""),
+            drain(error),
             feed(),
         )
         status = json.loads(outputs[2]) if outputs[2] else {}
         return ExecResult(outputs[0], outputs[1], status)
-    finally:
-        await session.close()
-        runner.cancel()
 
 
 async def ws_exec(
-    url: str, stdin: bytes | None = None, protocols: str = "v5.channel.k8s.io, v4.channel.k8s.io"
+    url: str,
+    stdin: bytes | None = None,
+    protocols: str = "v5.channel.k8s.io, v4.channel.k8s.io",
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ExecResult:
-    reader, writer, head = await _connect(url, _ws_headers(protocols))
+    reader, writer, head = await connect(url, ws_headers(protocols), ssl_context)
     assert head.startswith(b"HTTP/1.1 101"), head
     protocol = next(p.strip() for p in protocols.split(",") if p.strip().encode() in head)
     ws = WebSocket(reader, writer, server=False)
@@ -202,7 +245,7 @@ def test_tokens_work_once_and_expire(running: tuple[Node, str]) -> None:
     asyncio.run(spdy_exec(url))
 
     async def second_use() -> bytes:
-        _, writer, head = await _connect(url, SPDY_HEADERS)
+        _, writer, head = await connect(url, SPDY_HEADERS)
         writer.close()
         return head
 
@@ -210,14 +253,14 @@ def test_tokens_work_once_and_expire(running: tuple[Node, str]) -> None:
     unknown = url.rsplit("/", 1)[0] + "/not-a-token"
 
     async def unknown_use() -> bytes:
-        _, writer, head = await _connect(unknown, SPDY_HEADERS)
+        _, writer, head = await connect(unknown, SPDY_HEADERS)
         writer.close()
         return head
 
     assert asyncio.run(unknown_use()).startswith(b"HTTP/1.1 404")
 
     async def malformed() -> bytes:
-        _, writer, head = await _connect(_exec_url(node, cid, ["true"]), {"Connection": "close"})
+        _, writer, head = await connect(_exec_url(node, cid, ["true"]), {"Connection": "close"})
         writer.close()
         return head
 
@@ -246,7 +289,7 @@ def test_client_disconnect_ends_the_exec(running: tuple[Node, str]) -> None:
     url = _exec_url(node, cid, ["sleep", "1234"])
 
     async def start_and_drop() -> None:
-        reader, writer, _ = await _connect(url, SPDY_HEADERS)
+        reader, writer, _ = await connect(url, SPDY_HEADERS)
         session = SpdySession(reader, writer, server=False)
         runner = asyncio.ensure_future(session.run())
         await session.open_stream({"streamtype": "error"})
@@ -273,7 +316,7 @@ def test_attach_sees_output(make_node: MakeNode) -> None:
     url = node.runtime.Attach(pb.AttachRequest(container_id=cid, stdout=True, stderr=True)).url
 
     async def attach_briefly() -> bytes:
-        reader, writer, head = await _connect(url, SPDY_HEADERS)
+        reader, writer, head = await connect(url, SPDY_HEADERS)
         assert head.startswith(b"HTTP/1.1 101"), head
         session = SpdySession(reader, writer, server=False)
         runner = asyncio.ensure_future(session.run())
@@ -311,28 +354,14 @@ def test_port_forward_over_spdy_and_websocket(make_node: MakeNode) -> None:
         await session.open_stream({**base, "streamtype": "error"})
         data = await session.open_stream({**base, "streamtype": "data"})
         await data.write(b"GET / HTTP/1.0\r\n\r\n")
-        return await _drain(data)
+        return await drain(data)
 
     async def over_spdy() -> list[bytes]:
         url = node.runtime.PortForward(
             pb.PortForwardRequest(pod_sandbox_id=node.pod, port=[8080])
         ).url
-        reader, writer, head = await _connect(
-            url,
-            [
-                ("Connection", "Upgrade"),
-                ("Upgrade", "SPDY/3.1"),
-                ("X-Stream-Protocol-Version", "portforward.k8s.io"),
-            ],
-        )
-        assert head.startswith(b"HTTP/1.1 101"), head
-        session = SpdySession(reader, writer, server=False)
-        runner = asyncio.ensure_future(session.run())
-        try:
+        async with spdy_session(url, PORTFORWARD_HEADERS) as session:
             return list(await asyncio.gather(*(fetch(session, i) for i in range(5))))
-        finally:
-            await session.close()
-            runner.cancel()
 
     for answer in asyncio.run(over_spdy()):
         assert b"hi from the pod" in answer
@@ -341,7 +370,7 @@ def test_port_forward_over_spdy_and_websocket(make_node: MakeNode) -> None:
         url = node.runtime.PortForward(
             pb.PortForwardRequest(pod_sandbox_id=node.pod, port=[8080])
         ).url
-        reader, writer, head = await _connect(url, _ws_headers("SPDY/3.1+portforward.k8s.io"))
+        reader, writer, head = await connect(url, ws_headers("SPDY/3.1+portforward.k8s.io"))
         assert head.startswith(b"HTTP/1.1 101"), head
         ws = WebSocket(reader, writer, server=False)
         tunnel_reader, tunnel_writer = stream_pair(ws)

@@ -18,7 +18,15 @@ from typing import Any
 
 import pytest
 
-from cri.streaming.spdy import HEADER_DICTIONARY, SpdyError, SpdySession, SpdyStream
+from cri.streaming.spdy import (
+    HEADER_DICTIONARY,
+    MAX_DATA_CHUNK,
+    SESSION_WINDOW,
+    STREAM_WINDOW,
+    SpdyError,
+    SpdySession,
+    SpdyStream,
+)
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -294,13 +302,14 @@ def test_client_frames_match_the_spec() -> None:
             client = SpdySession(cr, cw, server=False)
             task = asyncio.create_task(client.run())
             peer = RawPeer(sr, sw)
-            # The session opens with SETTINGS(initial window 64 KiB) and a session
+            # The session opens with SETTINGS(initial window 1 MiB) and a session
             # WINDOW_UPDATE.
+            assert STREAM_WINDOW == 1024 * 1024
             assert await peer.frame() == (
                 True,
                 SETTINGS,
                 0,
-                struct.pack(">III", 1, 7, 65536),
+                struct.pack(">III", 1, 7, STREAM_WINDOW),
             )
             is_control, kind, _, payload = await peer.frame()
             assert (is_control, kind) == (True, WINDOW_UPDATE)
@@ -327,11 +336,13 @@ def test_client_frames_match_the_spec() -> None:
 
             peer.send(data_frame(1, 0, b"x" * 40000))
             assert await stream.read() == b"x" * 40000
-            # Reading half a window's worth grants it back on the stream (and once the
-            # stream is done, nothing more is sent for it).
+            peer.send(data_frame(1, 0, b"y" * 500_000))
+            assert await stream.read() == b"y" * 500_000
+            # Reading half a window's worth grants it back on the stream, in one update
+            # (and once the stream is done, nothing more is sent for it).
             is_control, kind, _, payload = await peer.frame()
             assert (is_control, kind) == (True, WINDOW_UPDATE)
-            assert struct.unpack(">II", payload) == (1, 40000)
+            assert struct.unpack(">II", payload) == (1, 540_000)
 
             stream.reset()
             assert await peer.control(RST_STREAM) == (0, struct.pack(">II", 1, 5))
@@ -408,6 +419,22 @@ def test_fin_with_the_syn_stream() -> None:
     run(main)
 
 
+def test_data_sent_before_the_peers_reset_is_read() -> None:
+    # Kubernetes' streaming server writes an exec's status on the error stream, then
+    # resets every stream as it closes the connection.
+    async def main() -> None:
+        async with sessions() as (client, server):
+            ours, theirs = await opened(client, server, {"streamtype": "error"})
+            await theirs.write(b'{"status":"Success"}')
+            theirs.reset()
+            await eventually(lambda: ours.reset_status == 5)
+            assert ours.remote_closed
+            assert await read_all(ours) == b'{"status":"Success"}'
+            assert await ours.read() == b""
+
+    run(main)
+
+
 def test_reset_both_ways() -> None:
     async def main() -> None:
         async with sessions() as (client, server):
@@ -426,7 +453,7 @@ def test_reset_both_ways() -> None:
 
             # A reset also frees a writer stuck on a full window.
             ours, theirs = await opened(client, server, {"streamtype": "stdout"})
-            writing = asyncio.create_task(theirs.write(b"y" * 500_000))
+            writing = asyncio.create_task(theirs.write(b"y" * (2 * STREAM_WINDOW)))
             await asyncio.sleep(0.1)
             assert not writing.done()
             ours.reset(3)
@@ -436,7 +463,7 @@ def test_reset_both_ways() -> None:
             # The dropped data was granted back to the session: a fresh stream still
             # moves more than a session window's worth.
             ours, theirs = await opened(client, server, {"streamtype": "stdout"})
-            payload = os.urandom(3 * 1024 * 1024)
+            payload = os.urandom(SESSION_WINDOW + STREAM_WINDOW)
             sending = asyncio.create_task(theirs.write(payload))
             assert len(await _read_exactly(ours, len(payload))) == len(payload)
             await sending
@@ -529,14 +556,14 @@ def test_slow_reader_makes_the_writer_wait() -> None:
 
             async def writer() -> None:
                 nonlocal sent
-                for _ in range(64):  # 1 MiB in 16 KiB writes
+                for _ in range(2 * STREAM_WINDOW // 16384):  # in 16 KiB writes
                     await ours.write(b"z" * 16384)
                     sent += 16384
 
             writing = asyncio.create_task(writer())
             await asyncio.sleep(0.3)
-            # Exactly the stream's 64 KiB window went out; the rest waits.
-            assert sent == 65536
+            # Exactly the stream's window (1 MiB) went out; the rest waits.
+            assert sent == STREAM_WINDOW
             assert not writing.done()
 
             # One stalled stream does not stall the others (the session window is
@@ -546,10 +573,10 @@ def test_slow_reader_makes_the_writer_wait() -> None:
             sending = asyncio.create_task(other_ours.write(other_payload))
             assert await _read_exactly(other_theirs, len(other_payload)) == other_payload
             await sending
-            assert sent == 65536
+            assert sent == STREAM_WINDOW
 
-            received = await _read_exactly(theirs, 64 * 16384)
-            assert received == b"z" * (64 * 16384)
+            received = await _read_exactly(theirs, 2 * STREAM_WINDOW)
+            assert received == b"z" * (2 * STREAM_WINDOW)
             await writing
 
     run(main)
@@ -649,18 +676,18 @@ def test_peer_that_ignores_flow_control() -> None:
                 is_control, kind, _, data = await peer.frame()
                 if not is_control:
                     assert kind == 1
-                    assert len(data) <= 16384
+                    assert len(data) <= MAX_DATA_CHUNK
                     got += data
             assert bytes(got) == payload
             await writing
 
-            # Far past our window, in frames bigger than it, without reading.
+            # Far past our window, in frames, without reading.
             for _ in range(40):
                 peer.send(data_frame(1, 0, b"q" * 100_000))
             await asyncio.sleep(0.3)
             # What the session holds (a private counter: nothing public exposes it) stays
             # within a window plus the frame that overflowed it; TCP holds the rest.
-            assert stream._buffered <= 65536 + 100_000
+            assert stream._buffered <= STREAM_WINDOW + 100_000
             received = await _read_exactly(stream, 40 * 100_000)
             assert received == b"q" * 4_000_000
 
