@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import secrets
+import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ import pytest
 from api.runtime.v1 import api_pb2 as pb
 from cri.streaming.spdy import SpdySession, SpdyStream
 from cri.streaming.websocket import ChannelSocket, WebSocket, stream_pair
-from tests.integration.nodes import MakeNode, Node
+from tests.integration.nodes import MakeNode, Node, sandbox_config
 
 
 @dataclass
@@ -383,3 +385,38 @@ def test_port_forward_over_spdy_and_websocket(make_node: MakeNode) -> None:
             runner.cancel()
 
     assert b"hi from the pod" in asyncio.run(over_websocket())
+
+
+def test_port_forward_into_a_host_network_pod_reaches_the_node(make_node: MakeNode) -> None:
+    node = make_node()
+    config = sandbox_config("hostnet", node.log_dir)
+    config.linux.security_context.namespace_options.network = pb.NamespaceMode.NODE
+    pod = node.runtime.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=config), timeout=30
+    ).pod_sandbox_id
+    # A server on the node's loopback stands for the pod's host-network process.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"hello from the node: " + conn.recv(100))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def forward() -> bytes:
+        url = node.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod, port=[port])).url
+        async with spdy_session(url, PORTFORWARD_HEADERS) as session:
+            base = {"port": str(port), "requestid": "0"}
+            await session.open_stream({**base, "streamtype": "error"})
+            data = await session.open_stream({**base, "streamtype": "data"})
+            await data.write(b"ping")
+            return await drain(data)
+
+    try:
+        assert asyncio.run(forward()) == b"hello from the node: ping"
+    finally:
+        listener.close()
+        server.join(5)
