@@ -1,0 +1,267 @@
+"""Usage of one cgroup (a container's or a pod's), read from cgroupfs on v1 and v2.
+
+Where the files are comes from :class:`runtime.cgroups.Cgroupfs` (its root, its version
+and, on v1, which hierarchy holds which controller), so a test can point it at a tree
+it built. Reading is a handful of small files per cgroup and no subprocess: cheap
+enough to do for every container on every stats call.
+
+The figures are the ones the kubelet and cAdvisor use:
+
+- CPU: total usage in ns (v1 ``cpuacct.usage``, v2 ``cpu.stat`` usage_usec), user and
+  system time, CFS periods and throttling.
+- Memory: usage (v1 ``memory.usage_in_bytes``, v2 ``memory.current``); the working set,
+  usage minus inactive file pages, which is what eviction and ``kubectl top`` read;
+  RSS (v1 total_rss, v2 anon); page faults; bytes available below the limit (only
+  when there is a limit); swap in use.
+- pids.current.
+
+v1 keeps hierarchical totals under ``total_*`` in memory.stat; v2's memory.stat is
+hierarchical already. A controller whose files are missing (not mounted, or not
+enabled for the cgroup) leaves its part ``None`` rather than failing the whole read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.cgroups import V1_MEMORY_UNLIMITED, CgroupError, Cgroupfs, CgroupNotFound
+
+# cpuacct.stat counts in USER_HZ ticks.
+_TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
+
+
+@dataclass(frozen=True)
+class CpuUsage:
+    usage_ns: int
+    user_ns: int = 0
+    system_ns: int = 0
+    periods: int = 0
+    throttled_periods: int = 0
+    throttled_ns: int = 0
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    usage_bytes: int
+    working_set_bytes: int
+    rss_bytes: int
+    cache_bytes: int = 0
+    mapped_file_bytes: int = 0
+    kernel_bytes: int = 0
+    page_faults: int = 0
+    major_page_faults: int = 0
+    # None when the cgroup has no memory limit of its own.
+    limit_bytes: int | None = None
+    available_bytes: int | None = None
+    # None when the kernel does not account swap for the cgroup.
+    swap_bytes: int | None = None
+    max_usage_bytes: int | None = None
+    failcnt: int = 0
+    oom_kills: int = 0
+
+
+@dataclass(frozen=True)
+class CgroupUsage:
+    timestamp_ns: int
+    cpu: CpuUsage | None
+    memory: MemoryUsage | None
+    pids: int | None
+    pids_limit: int | None = None
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """``key value`` lines (memory.stat, cpu.stat, memory.events) as a mapping;
+    lines that are not a key and an integer are skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+def parse_limit(text: str) -> int | None:
+    """A limit file's value: None for "max" (v2) or v1's unlimited page-counter maximum."""
+    value = text.strip()
+    if not value or value == "max":
+        return None
+    number = int(value)
+    return None if number >= V1_MEMORY_UNLIMITED else number
+
+
+def working_set(usage: int, inactive_file: int) -> int:
+    """Usage minus the inactive file cache the kernel can drop at once; never below 0."""
+    return max(usage - inactive_file, 0)
+
+
+def available(limit: int | None, working: int) -> int | None:
+    return None if limit is None else max(limit - working, 0)
+
+
+def _read(directory: Path, name: str) -> str | None:
+    """The text of a control file, or None when it is not there."""
+    try:
+        with open(directory / name, "rb") as f:
+            return f.read().decode()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CgroupError(f"reading {directory / name}: {exc.strerror}") from exc
+
+
+def _read_int(directory: Path, name: str) -> int | None:
+    text = _read(directory, name)
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+class CgroupStatsReader:
+    """Reads usage of cgroups named as :class:`Cgroupfs` names them."""
+
+    def __init__(self, cgroups: Cgroupfs) -> None:
+        self.cgroups = cgroups
+
+    def read(self, path: str) -> CgroupUsage:
+        """Usage of cgroup ``path`` (like ``/kubepods/pod1/ctr``); CgroupNotFound when
+        the cgroup is not there."""
+        now = time.time_ns()
+        if self.cgroups.version == 2:
+            directory = self.cgroups.directory(path, "")
+            if not directory.is_dir():
+                raise CgroupNotFound(f"cgroup {path} does not exist ({directory})")
+            return CgroupUsage(now, _cpu_v2(directory), _memory_v2(directory), *_pids(directory))
+        found = False
+        cpu = memory = None
+        pids: tuple[int | None, int | None] = (None, None)
+        hierarchies = self.cgroups.hierarchies
+        if "cpuacct" in hierarchies:
+            directory = self.cgroups.directory(path, "cpuacct")
+            if directory.is_dir():
+                found = True
+                cpu_dir = self.cgroups.directory(path, "cpu") if "cpu" in hierarchies else None
+                cpu = _cpu_v1(directory, cpu_dir)
+        if "memory" in hierarchies:
+            directory = self.cgroups.directory(path, "memory")
+            if directory.is_dir():
+                found = True
+                memory = _memory_v1(directory)
+        if "pids" in hierarchies:
+            directory = self.cgroups.directory(path, "pids")
+            if directory.is_dir():
+                found = True
+                pids = _pids(directory)
+        if not found:
+            raise CgroupNotFound(f"cgroup {path} does not exist under {self.cgroups.root}")
+        return CgroupUsage(now, cpu, memory, *pids)
+
+
+def _pids(directory: Path) -> tuple[int | None, int | None]:
+    current = _read_int(directory, "pids.current")
+    limit_text = _read(directory, "pids.max")
+    limit = parse_limit(limit_text) if limit_text is not None else None
+    return current, limit
+
+
+# ---- v1 ---------------------------------------------------------------------------
+
+
+def _cpu_v1(cpuacct: Path, cpu: Path | None) -> CpuUsage | None:
+    usage = _read_int(cpuacct, "cpuacct.usage")
+    if usage is None:
+        return None
+    times = parse_flat_keyed(_read(cpuacct, "cpuacct.stat") or "")
+    throttling = parse_flat_keyed(_read(cpu, "cpu.stat") or "") if cpu is not None else {}
+    return CpuUsage(
+        usage_ns=usage,
+        user_ns=times.get("user", 0) * _TICK_NS,
+        system_ns=times.get("system", 0) * _TICK_NS,
+        periods=throttling.get("nr_periods", 0),
+        throttled_periods=throttling.get("nr_throttled", 0),
+        throttled_ns=throttling.get("throttled_time", 0),
+    )
+
+
+def _memory_v1(directory: Path) -> MemoryUsage | None:
+    usage = _read_int(directory, "memory.usage_in_bytes")
+    if usage is None:
+        return None
+    stat = parse_flat_keyed(_read(directory, "memory.stat") or "")
+    limit_text = _read(directory, "memory.limit_in_bytes")
+    limit = parse_limit(limit_text) if limit_text is not None else None
+    memsw = _read_int(directory, "memory.memsw.usage_in_bytes")
+    oom = parse_flat_keyed(_read(directory, "memory.oom_control") or "")
+    working = working_set(usage, stat.get("total_inactive_file", 0))
+    return MemoryUsage(
+        usage_bytes=usage,
+        working_set_bytes=working,
+        rss_bytes=stat.get("total_rss", 0),
+        cache_bytes=stat.get("total_cache", 0),
+        mapped_file_bytes=stat.get("total_mapped_file", 0),
+        kernel_bytes=_read_int(directory, "memory.kmem.usage_in_bytes") or 0,
+        page_faults=stat.get("total_pgfault", 0),
+        major_page_faults=stat.get("total_pgmajfault", 0),
+        limit_bytes=limit,
+        available_bytes=available(limit, working),
+        swap_bytes=max(memsw - usage, 0) if memsw is not None else None,
+        max_usage_bytes=_read_int(directory, "memory.max_usage_in_bytes"),
+        failcnt=_read_int(directory, "memory.failcnt") or 0,
+        oom_kills=oom.get("oom_kill", 0),
+    )
+
+
+# ---- v2 ---------------------------------------------------------------------------
+
+
+def _cpu_v2(directory: Path) -> CpuUsage | None:
+    text = _read(directory, "cpu.stat")
+    if text is None:
+        return None
+    stat = parse_flat_keyed(text)
+    if "usage_usec" not in stat:
+        return None
+    return CpuUsage(
+        usage_ns=stat["usage_usec"] * 1000,
+        user_ns=stat.get("user_usec", 0) * 1000,
+        system_ns=stat.get("system_usec", 0) * 1000,
+        periods=stat.get("nr_periods", 0),
+        throttled_periods=stat.get("nr_throttled", 0),
+        throttled_ns=stat.get("throttled_usec", 0) * 1000,
+    )
+
+
+def _memory_v2(directory: Path) -> MemoryUsage | None:
+    usage = _read_int(directory, "memory.current")
+    if usage is None:
+        return None
+    stat = parse_flat_keyed(_read(directory, "memory.stat") or "")
+    events = parse_flat_keyed(_read(directory, "memory.events") or "")
+    limit_text = _read(directory, "memory.max")
+    limit = parse_limit(limit_text) if limit_text is not None else None
+    working = working_set(usage, stat.get("inactive_file", 0))
+    kernel = stat.get("kernel")
+    if kernel is None:  # kernels before 5.18 have no "kernel" line: add up its parts
+        kernel = sum(stat.get(key, 0) for key in ("kernel_stack", "pagetables", "slab", "sock"))
+    return MemoryUsage(
+        usage_bytes=usage,
+        working_set_bytes=working,
+        rss_bytes=stat.get("anon", 0),
+        cache_bytes=stat.get("file", 0),
+        mapped_file_bytes=stat.get("file_mapped", 0),
+        kernel_bytes=kernel,
+        page_faults=stat.get("pgfault", 0),
+        major_page_faults=stat.get("pgmajfault", 0),
+        limit_bytes=limit,
+        available_bytes=available(limit, working),
+        swap_bytes=_read_int(directory, "memory.swap.current"),
+        max_usage_bytes=_read_int(directory, "memory.peak"),
+        failcnt=events.get("max", 0),
+        oom_kills=events.get("oom_kill", 0),
+    )

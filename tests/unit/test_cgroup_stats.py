@@ -1,0 +1,256 @@
+"""Reading cgroup usage from v2 and v1 trees built from the kernel's file formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.cgroup_stats import (
+    CgroupStatsReader,
+    available,
+    parse_flat_keyed,
+    parse_limit,
+    working_set,
+)
+from runtime.cgroups import V1_MEMORY_UNLIMITED, Cgroupfs, CgroupNotFound
+
+# What a 6.x kernel writes, trimmed to a representative part (order and extra keys kept).
+V2_CPU_STAT = """usage_usec 2451320
+user_usec 1580212
+system_usec 871108
+core_sched.force_idle_usec 0
+nr_periods 120
+nr_throttled 15
+throttled_usec 305000
+nr_bursts 0
+burst_usec 0
+"""
+
+V2_MEMORY_STAT = """anon 41943040
+file 10485760
+kernel 1171456
+kernel_stack 49152
+pagetables 102400
+sec_pagetables 0
+percpu 1200
+sock 0
+vmalloc 0
+shmem 0
+zswap 0
+zswapped 0
+file_mapped 2097152
+file_dirty 4096
+file_writeback 0
+swapcached 0
+anon_thp 0
+file_thp 0
+shmem_thp 0
+inactive_anon 40960000
+active_anon 983040
+inactive_file 8388608
+active_file 2097152
+unevictable 0
+slab_reclaimable 600000
+slab_unreclaimable 400000
+slab 1000000
+workingset_refault_anon 0
+workingset_refault_file 0
+pgscan 0
+pgsteal 0
+pgfault 13205
+pgmajfault 7
+pgrefill 0
+thp_fault_alloc 0
+"""
+
+V2_MEMORY_EVENTS = """low 0
+high 0
+max 4
+oom 1
+oom_kill 1
+oom_group_kill 0
+"""
+
+
+def _write(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def _v2_tree(root: Path) -> Cgroupfs:
+    _write(root, {"cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n"})
+    return Cgroupfs(root)
+
+
+def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path)
+    assert cgroups.version == 2
+    _write(
+        tmp_path / "kubepods" / "pod1" / "ctr",
+        {
+            "cpu.stat": V2_CPU_STAT,
+            "memory.current": "52428800\n",
+            "memory.stat": V2_MEMORY_STAT,
+            "memory.events": V2_MEMORY_EVENTS,
+            "memory.max": "67108864\n",
+            "memory.swap.current": "1048576\n",
+            "memory.peak": "60000000\n",
+            "pids.current": "3\n",
+            "pids.max": "max\n",
+        },
+    )
+    usage = CgroupStatsReader(cgroups).read("/kubepods/pod1/ctr")
+    assert usage.timestamp_ns > 0
+    assert usage.cpu is not None
+    assert usage.cpu.usage_ns == 2451320 * 1000
+    assert (usage.cpu.user_ns, usage.cpu.system_ns) == (1580212000, 871108000)
+    assert (usage.cpu.periods, usage.cpu.throttled_periods) == (120, 15)
+    assert usage.cpu.throttled_ns == 305000 * 1000
+    memory = usage.memory
+    assert memory is not None
+    assert memory.usage_bytes == 52428800
+    assert memory.working_set_bytes == 52428800 - 8388608
+    assert memory.rss_bytes == 41943040
+    assert memory.cache_bytes == 10485760
+    assert memory.mapped_file_bytes == 2097152
+    assert memory.kernel_bytes == 1171456
+    assert (memory.page_faults, memory.major_page_faults) == (13205, 7)
+    assert memory.limit_bytes == 67108864
+    assert memory.available_bytes == 67108864 - (52428800 - 8388608)
+    assert memory.swap_bytes == 1048576
+    assert memory.max_usage_bytes == 60000000
+    assert (memory.failcnt, memory.oom_kills) == (4, 1)
+    assert (usage.pids, usage.pids_limit) == (3, None)
+
+
+def test_v2_unlimited_memory_has_no_available_bytes(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path)
+    stat = V2_MEMORY_STAT.replace("kernel 1171456\n", "")  # a kernel before 5.18
+    _write(
+        tmp_path / "pod",
+        {"memory.current": "4096\n", "memory.stat": stat, "memory.max": "max\n"},
+    )
+    memory = CgroupStatsReader(cgroups).read("/pod").memory
+    assert memory is not None
+    assert memory.limit_bytes is None and memory.available_bytes is None
+    # Without memory.swap.current (no swap accounting) swap is unknown, not 0.
+    assert memory.swap_bytes is None
+    # The working set never goes below zero, even when the cache outgrows usage.
+    assert memory.working_set_bytes == 0
+    assert memory.kernel_bytes == 49152 + 102400 + 1000000 + 0
+
+
+def test_v2_controllers_not_enabled_leave_their_part_empty(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path)
+    _write(tmp_path / "bare", {"cgroup.procs": ""})
+    usage = CgroupStatsReader(cgroups).read("/bare")
+    assert (usage.cpu, usage.memory, usage.pids) == (None, None, None)
+
+
+def test_a_missing_cgroup_is_not_found(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path)
+    with pytest.raises(CgroupNotFound, match="/gone"):
+        CgroupStatsReader(cgroups).read("/gone")
+
+
+V1_MEMORY_STAT = """cache 0
+rss 0
+pgfault 10
+pgmajfault 0
+inactive_file 0
+total_cache 20971520
+total_rss 31457280
+total_mapped_file 1048576
+total_pgfault 5000
+total_pgmajfault 2
+total_inactive_anon 0
+total_active_anon 31457280
+total_inactive_file 16777216
+total_active_file 4194304
+"""
+
+
+def _v1_tree(root: Path) -> Cgroupfs:
+    for hierarchy in ("cpu", "cpuacct", "memory", "pids"):
+        _write(root / hierarchy, {"cgroup.procs": ""})
+    return Cgroupfs(root)
+
+
+def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
+    cgroups = _v1_tree(tmp_path)
+    assert cgroups.version == 1
+    _write(
+        tmp_path / "cpuacct" / "pod" / "ctr",
+        {"cpuacct.usage": "987654321\n", "cpuacct.stat": "user 50\nsystem 25\n"},
+    )
+    _write(
+        tmp_path / "cpu" / "pod" / "ctr",
+        {"cpu.stat": "nr_periods 10\nnr_throttled 2\nthrottled_time 123456\n"},
+    )
+    _write(
+        tmp_path / "memory" / "pod" / "ctr",
+        {
+            "memory.usage_in_bytes": "58720256\n",
+            "memory.stat": V1_MEMORY_STAT,
+            "memory.limit_in_bytes": f"{V1_MEMORY_UNLIMITED}\n",
+            "memory.memsw.usage_in_bytes": "60817408\n",
+            "memory.max_usage_in_bytes": "70000000\n",
+            "memory.failcnt": "0\n",
+            "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        },
+    )
+    _write(tmp_path / "pids" / "pod" / "ctr", {"pids.current": "5\n", "pids.max": "100\n"})
+    usage = CgroupStatsReader(cgroups).read("/pod/ctr")
+    assert usage.cpu is not None
+    assert usage.cpu.usage_ns == 987654321
+    assert usage.cpu.user_ns > usage.cpu.system_ns > 0
+    assert (usage.cpu.periods, usage.cpu.throttled_periods, usage.cpu.throttled_ns) == (
+        10,
+        2,
+        123456,
+    )
+    memory = usage.memory
+    assert memory is not None
+    assert memory.working_set_bytes == 58720256 - 16777216
+    assert memory.rss_bytes == 31457280
+    assert (memory.page_faults, memory.major_page_faults) == (5000, 2)
+    assert memory.limit_bytes is None and memory.available_bytes is None
+    assert memory.swap_bytes == 60817408 - 58720256
+    assert memory.oom_kills == 2
+    assert (usage.pids, usage.pids_limit) == (5, 100)
+
+
+def test_v1_limit_gives_available_bytes_and_no_memsw_means_unknown_swap(tmp_path: Path) -> None:
+    cgroups = _v1_tree(tmp_path)
+    _write(
+        tmp_path / "memory" / "c",
+        {
+            "memory.usage_in_bytes": "1000\n",
+            "memory.stat": "total_inactive_file 200\n",
+            "memory.limit_in_bytes": "5000\n",
+        },
+    )
+    usage = CgroupStatsReader(cgroups).read("/c")
+    assert usage.cpu is None and usage.pids is None
+    assert usage.memory is not None
+    assert usage.memory.available_bytes == 5000 - 800
+    assert usage.memory.swap_bytes is None
+
+
+def test_v1_missing_everywhere_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(CgroupNotFound, match="/nope"):
+        CgroupStatsReader(_v1_tree(tmp_path)).read("/nope")
+
+
+def test_parsing_helpers() -> None:
+    assert parse_flat_keyed("a 1\nbad line here\nb x\nc -2\n") == {"a": 1, "c": -2}
+    assert parse_limit("max\n") is None
+    assert parse_limit(f"{V1_MEMORY_UNLIMITED}\n") is None
+    assert parse_limit("1024\n") == 1024
+    assert working_set(100, 30) == 70
+    assert working_set(10, 30) == 0
+    assert available(None, 5) is None
+    assert available(100, 70) == 30
+    assert available(100, 170) == 0
