@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from network import portforward
+from network import netns_thread
 from network.portforward import PortForwardError, open_in_netns
 from tests.integration import netns
 from tests.integration.netns import Netns
@@ -229,7 +229,7 @@ def test_a_thread_that_cannot_return_is_retired(ns: Netns, monkeypatch: pytest.M
     left in the pod's namespace exits; the next call works."""
     host_ns = netns_id("/proc/thread-self/ns/net")
     pod_ns = netns_id(ns.path)
-    real_setns = portforward._setns
+    real_setns = netns_thread._setns
     calls = []
 
     def failing_return(fd: int) -> None:
@@ -241,12 +241,12 @@ def test_a_thread_that_cannot_return_is_retired(ns: Netns, monkeypatch: pytest.M
     with echo_server(ns) as port:
 
         async def body() -> None:
-            before = portforward._current_pool()
-            monkeypatch.setattr(portforward, "_setns", failing_return)
+            before = netns_thread._current_pool()
+            monkeypatch.setattr(netns_thread, "_setns", failing_return)
             with pytest.raises(PortForwardError, match="cannot return the worker thread"):
                 await open_in_netns(ns.path, port)
-            monkeypatch.setattr(portforward, "_setns", real_setns)
-            assert portforward._current_pool() is not before
+            monkeypatch.setattr(netns_thread, "_setns", real_setns)
+            assert netns_thread._current_pool() is not before
             # The stranded thread ends with its retired pool.
             deadline = asyncio.get_running_loop().time() + WITHIN
             while pod_ns in thread_netns_ids():

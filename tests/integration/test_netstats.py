@@ -1,0 +1,38 @@
+"""Interface counters read from inside a real network namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import pytest
+
+from network.netstats import NetStatsError, parse_net_dev, read_netns_counters
+from tests.integration import netns
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
+)
+
+
+def test_counters_of_the_namespace_grow_with_its_traffic() -> None:
+    with netns.netns("skiff-ns-") as ns:
+        assert ns.run("ip", "link", "set", "lo", "up").returncode == 0
+        before = {c.name: c for c in asyncio.run(read_netns_counters(ns.path))}
+        assert set(before) == {"lo"}, "a fresh namespace has only loopback"
+        payload = "x" * 5000
+        with netns.tcp_server(ns, 18080, payload):
+            assert netns.tcp_fetch("127.0.0.1", 18080, ns) == payload
+        after = {c.name: c for c in asyncio.run(read_netns_counters(ns.path))}
+        assert after["lo"].rx_bytes >= before["lo"].rx_bytes + len(payload)
+        assert after["lo"].tx_packets > before["lo"].tx_packets
+        # The host's own loopback is not what was read.
+        with open("/proc/net/dev") as f:
+            host = {c.name: c for c in parse_net_dev(f.read())}
+        assert host["lo"].rx_bytes != after["lo"].rx_bytes
+
+
+def test_a_gone_namespace_is_named_in_the_error() -> None:
+    with pytest.raises(NetStatsError, match="skiff-ns-no-such"):
+        asyncio.run(read_netns_counters("/run/netns/skiff-ns-no-such"))
