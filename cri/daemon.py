@@ -26,6 +26,7 @@ from cri.metrics import Metrics
 from cri.metrics_server import MetricsServer
 from cri.sandboxes import SandboxManager
 from cri.server.services import register
+from cri.stats import StatsManager
 from cri.store import StateStore
 from cri.streaming.server import StreamingServer, StreamingTLSError
 from runtime.cgroup_driver import driver_problem
@@ -204,6 +205,7 @@ class Daemon:
         await containers.load()
         containers.start_watching()
         metrics.watch(images.store, sandboxes, containers)
+        stats = StatsManager(sandboxes, containers, Path(cfg.root))
         server = grpc.aio.server(
             interceptors=[CallInterceptor(metrics)],
             options=[
@@ -233,7 +235,8 @@ class Daemon:
                 f"metrics server cannot listen on {cfg.metrics.address}:{cfg.metrics.port}: "
                 f"{exc.strerror}; set metrics.port (or metrics.enabled: false)"
             ) from None
-        register(server, state, sandboxes, containers, streaming)
+        stats.start()
+        register(server, state, sandboxes, containers, streaming, stats)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
@@ -259,6 +262,7 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             self._remove_socket()
             containers.stop_watching()
+            stats.stop()
             await streaming.stop()
             await metrics_server.stop()
             await store.close()

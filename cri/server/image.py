@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from api.runtime.v1 import api_pb2 as pb
 from cri.images import ImageManager
 from cri.server.common import Context
+from cri.stats import WritableLayers
 from image import auth
 from image.store import ImageRecord
 
@@ -31,6 +32,7 @@ def image_to_proto(record: ImageRecord) -> pb.Image:
 
 class ImageRPCs:
     images: ImageManager
+    writable_layers: WritableLayers
 
     async def ListImages(
         self, request: pb.ListImagesRequest, context: Context
@@ -94,4 +96,12 @@ class ImageRPCs:
         )
         fs.used_bytes.value = usage.used_bytes
         fs.inodes_used.value = usage.inodes_used
-        return pb.ImageFsInfoResponse(image_filesystems=[fs])
+        # Containers' writable layers, as last measured in the background.
+        layers = self.writable_layers.total()
+        containers = pb.FilesystemUsage(
+            timestamp=layers.timestamp_ns,
+            fs_id=pb.FilesystemIdentifier(mountpoint=layers.mountpoint),
+        )
+        containers.used_bytes.value = layers.used_bytes
+        containers.inodes_used.value = layers.inodes_used
+        return pb.ImageFsInfoResponse(image_filesystems=[fs], container_filesystems=[containers])

@@ -17,6 +17,7 @@ from cri.server.runtime_info import RuntimeInfoRPCs
 from cri.server.sandbox import SandboxRPCs
 from cri.server.stats import StatsRPCs
 from cri.server.streaming import StreamingRPCs
+from cri.stats import StatsManager
 from cri.streaming.server import StreamingServer
 
 
@@ -36,17 +37,20 @@ class RuntimeService(
         sandboxes: SandboxManager,
         containers: ContainerManager,
         streaming: StreamingServer,
+        stats: StatsManager,
     ) -> None:
         self.state = state
         self.sandboxes = sandboxes
         self.containers = containers
         self.streaming = streaming
+        self.stats = stats
 
 
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
-    def __init__(self, state: DaemonState) -> None:
+    def __init__(self, state: DaemonState, stats: StatsManager) -> None:
         self.state = state
         self.images = state.images
+        self.writable_layers = stats.layers
 
 
 def register(
@@ -55,8 +59,9 @@ def register(
     sandboxes: SandboxManager,
     containers: ContainerManager,
     streaming: StreamingServer,
+    stats: StatsManager,
 ) -> None:
-    runtime = RuntimeService(state, sandboxes, containers, streaming)
+    runtime = RuntimeService(state, sandboxes, containers, streaming, stats)
     install_describer(state.events, sandboxes, containers)
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
-    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state), server)
+    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state, stats), server)

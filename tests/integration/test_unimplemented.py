@@ -41,6 +41,15 @@ BUILT = {
     "Attach",
     "PortForward",
     "GetContainerEvents",
+    "ContainerStats",
+    "ListContainerStats",
+    "StreamContainerStats",
+    "PodSandboxStats",
+    "ListPodSandboxStats",
+    "StreamPodSandboxStats",
+    "ListMetricDescriptors",
+    "ListPodSandboxMetrics",
+    "StreamPodSandboxMetrics",
 }
 
 METHODS = [

@@ -9,6 +9,7 @@ import pytest
 from runtime.cgroup_stats import (
     CgroupStatsReader,
     available,
+    count_processes,
     parse_flat_keyed,
     parse_limit,
     working_set,
@@ -101,7 +102,7 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
             "pids.max": "max\n",
         },
     )
-    usage = CgroupStatsReader(cgroups).read("/kubepods/pod1/ctr")
+    usage = CgroupStatsReader(cgroups).read("/kubepods/pod1/ctr", detailed=True)
     assert usage.timestamp_ns > 0
     assert usage.cpu is not None
     assert usage.cpu.usage_ns == 2451320 * 1000
@@ -202,7 +203,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
         },
     )
     _write(tmp_path / "pids" / "pod" / "ctr", {"pids.current": "5\n", "pids.max": "100\n"})
-    usage = CgroupStatsReader(cgroups).read("/pod/ctr")
+    usage = CgroupStatsReader(cgroups).read("/pod/ctr", detailed=True)
     assert usage.cpu is not None
     assert usage.cpu.usage_ns == 987654321
     assert usage.cpu.user_ns > usage.cpu.system_ns > 0
@@ -220,6 +221,16 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
     assert memory.swap_bytes == 60817408 - 58720256
     assert memory.oom_kills == 2
     assert (usage.pids, usage.pids_limit) == (5, 100)
+    # What the CRI stats do not carry is only read when asked for.
+    brief = CgroupStatsReader(cgroups).read("/pod/ctr")
+    assert brief.cpu is not None and brief.memory is not None
+    assert (brief.cpu.usage_ns, brief.cpu.user_ns, brief.cpu.periods) == (987654321, 0, 0)
+    assert brief.memory.working_set_bytes == memory.working_set_bytes
+    assert (brief.memory.oom_kills, brief.memory.max_usage_bytes, brief.pids_limit) == (
+        0,
+        None,
+        None,
+    )
 
 
 def test_v1_limit_gives_available_bytes_and_no_memsw_means_unknown_swap(tmp_path: Path) -> None:
@@ -254,3 +265,21 @@ def test_parsing_helpers() -> None:
     assert available(None, 5) is None
     assert available(100, 70) == 30
     assert available(100, 170) == 0
+
+
+def test_process_counts_come_from_the_cgroup_procs_and_proc(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path / "cg")
+    _write(tmp_path / "cg" / "pod", {"cgroup.procs": "10\n11\n12\n"})
+    proc = tmp_path / "proc"
+    for pid, tasks, links in (
+        (10, 3, ["/dev/null", "socket:[123]", "pipe:[9]"]),
+        (11, 1, ["socket:[7]", "socket:[8]"]),
+    ):  # 12 exited before it was read
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        for tid in range(tasks):
+            (proc / str(pid) / "task" / str(pid + tid)).mkdir(parents=True)
+        for fd, target in enumerate(links):
+            (proc / str(pid) / "fd" / str(fd)).symlink_to(target)
+    counts = count_processes(cgroups, "/pod", proc)
+    assert (counts.processes, counts.threads) == (2, 4)
+    assert (counts.file_descriptors, counts.sockets) == (5, 3)

@@ -1,0 +1,390 @@
+"""The stats manager: what pods and containers use, for the CRI stats and metrics RPCs.
+
+CPU, memory and process figures are read from the cgroups when asked (a few small
+files per cgroup, all of one call's cgroups in one worker-thread hop); network counters
+from each pod's network namespace. Writable layers are different: measuring one walks
+its tree, so a background task measures them all every ``layer_interval`` seconds and
+calls read the last measurement; only a container never measured yet is measured on
+the spot, once.
+
+``usage_nano_cores`` is the CPU rate since the previous sample of the same container or
+pod. Samples closer together than MIN_RATE_WINDOW_NS keep the previous rate, so two
+clients polling at once do not turn it into noise.
+
+As in cri-o and containerd, lists cover running containers and ready pods only; a
+container or pod asked for by id is answered whatever its state, with the cgroup
+figures left out once it has no cgroup.
+
+Plain dataclasses out; the servicer (cri/server/stats.py) turns them into protobuf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cri.containers import RUNNING, Container, ContainerManager
+from cri.sandboxes import READY, Sandbox, SandboxManager
+from network.netstats import InterfaceCounters, NetStatsError, default_interface
+from network.netstats import read_netns_counters as read_counters
+from runtime.cgroup_stats import (
+    CgroupStatsReader,
+    CgroupUsage,
+    CpuUsage,
+    MemoryUsage,
+    ProcessCounts,
+    count_processes,
+)
+from runtime.cgroups import CgroupError, CgroupNotFound
+from runtime.rootfs import RootfsError, rootfs_usage
+
+log = logging.getLogger("skiff.stats")
+
+MIN_RATE_WINDOW_NS = 500_000_000
+DEFAULT_LAYER_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class LayerUsage:
+    """A writable layer as last measured."""
+
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+    timestamp_ns: int
+
+
+@dataclass(frozen=True)
+class FilesystemCapacity:
+    """The filesystem holding the writable layers (statvfs)."""
+
+    mountpoint: str
+    capacity_bytes: int
+    available_bytes: int
+    inodes: int
+    inodes_free: int
+
+
+@dataclass(frozen=True)
+class ContainerSample:
+    container: Container
+    cgroup: CgroupUsage | None
+    nano_cores: int | None
+    writable_layer: LayerUsage | None
+    # Only for metrics (detailed samples).
+    processes: ProcessCounts | None = None
+
+
+@dataclass(frozen=True)
+class NetworkSample:
+    timestamp_ns: int
+    interfaces: tuple[InterfaceCounters, ...]
+    default: InterfaceCounters | None
+
+
+@dataclass(frozen=True)
+class PodSample:
+    sandbox: Sandbox
+    cgroup: CgroupUsage | None
+    nano_cores: int | None
+    network: NetworkSample | None
+    containers: tuple[ContainerSample, ...]
+
+
+class CpuRates:
+    """``usage_nano_cores`` per key from the previous sample of that key."""
+
+    def __init__(self, min_window_ns: int = MIN_RATE_WINDOW_NS) -> None:
+        self.min_window_ns = min_window_ns
+        # key -> (timestamp ns, usage ns, rate computed at that sample)
+        self._last: dict[str, tuple[int, int, int | None]] = {}
+
+    def rate(self, key: str, timestamp_ns: int, usage_ns: int) -> int | None:
+        """Nano cores used since the previous sample; None for the first one."""
+        previous = self._last.get(key)
+        if previous is None:
+            self._last[key] = (timestamp_ns, usage_ns, None)
+            return None
+        then, used_then, last_rate = previous
+        elapsed = timestamp_ns - then
+        if 0 <= elapsed < self.min_window_ns:
+            return last_rate
+        if elapsed < 0 or usage_ns < used_then:
+            # The clock stepped back, or the cgroup was made anew: start over.
+            self._last[key] = (timestamp_ns, usage_ns, None)
+            return None
+        rate = (usage_ns - used_then) * 1_000_000_000 // elapsed
+        self._last[key] = (timestamp_ns, usage_ns, rate)
+        return rate
+
+    def keep_only(self, keys: set[str]) -> None:
+        for key in [k for k in self._last if k not in keys]:
+            del self._last[key]
+
+
+def sum_usage(usages: list[CgroupUsage]) -> CgroupUsage | None:
+    """A pod's totals from its containers' cgroups, when it has no cgroup of its own."""
+    if not usages:
+        return None
+    cpus = [u.cpu for u in usages if u.cpu is not None]
+    memories = [u.memory for u in usages if u.memory is not None]
+    pids = [u.pids for u in usages if u.pids is not None]
+    cpu = None
+    if cpus:
+        cpu = CpuUsage(
+            usage_ns=sum(c.usage_ns for c in cpus),
+            user_ns=sum(c.user_ns for c in cpus),
+            system_ns=sum(c.system_ns for c in cpus),
+            periods=sum(c.periods for c in cpus),
+            throttled_periods=sum(c.throttled_periods for c in cpus),
+            throttled_ns=sum(c.throttled_ns for c in cpus),
+        )
+    memory = None
+    if memories:
+        memory = MemoryUsage(
+            usage_bytes=sum(m.usage_bytes for m in memories),
+            working_set_bytes=sum(m.working_set_bytes for m in memories),
+            rss_bytes=sum(m.rss_bytes for m in memories),
+            cache_bytes=sum(m.cache_bytes for m in memories),
+            mapped_file_bytes=sum(m.mapped_file_bytes for m in memories),
+            kernel_bytes=sum(m.kernel_bytes for m in memories),
+            page_faults=sum(m.page_faults for m in memories),
+            major_page_faults=sum(m.major_page_faults for m in memories),
+            failcnt=sum(m.failcnt for m in memories),
+            oom_kills=sum(m.oom_kills for m in memories),
+        )
+    return CgroupUsage(
+        timestamp_ns=max(u.timestamp_ns for u in usages),
+        cpu=cpu,
+        memory=memory,
+        pids=sum(pids) if pids else None,
+    )
+
+
+class WritableLayers:
+    """Containers' writable-layer usage, measured in the background."""
+
+    def __init__(
+        self,
+        containers_dir: Path,
+        containers: Callable[[], Awaitable[list[Container]]],
+        interval: float = DEFAULT_LAYER_INTERVAL,
+    ) -> None:
+        self.mountpoint = str(containers_dir)
+        self._containers = containers
+        self.interval = interval
+        self._usage: dict[str, LayerUsage] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, container_id: str) -> LayerUsage | None:
+        """The last measurement, None when there is none."""
+        return self._usage.get(container_id)
+
+    async def measure_new(self, containers: list[Container]) -> None:
+        """Measure now the containers never measured yet (a new container's layer is
+        small); the background refresh keeps them current from then on."""
+        new = {c.id: c.container_dir for c in containers if c.id not in self._usage}
+        if new:
+            self._usage.update(await asyncio.to_thread(self._measure, new))
+
+    def total(self) -> LayerUsage:
+        """All writable layers together, for ImageFsInfo's container filesystem."""
+        usages = list(self._usage.values())
+        return LayerUsage(
+            self.mountpoint,
+            sum(u.used_bytes for u in usages),
+            sum(u.inodes_used for u in usages),
+            max((u.timestamp_ns for u in usages), default=time.time_ns()),
+        )
+
+    def capacity(self) -> FilesystemCapacity | None:
+        try:
+            st = os.statvfs(self.mountpoint)
+        except OSError:
+            return None
+        return FilesystemCapacity(
+            self.mountpoint,
+            st.f_blocks * st.f_frsize,
+            st.f_bavail * st.f_frsize,
+            st.f_files,
+            st.f_ffree,
+        )
+
+    async def refresh(self) -> None:
+        """Measure every container's writable layer now (on a worker thread)."""
+        containers = {c.id: c.container_dir for c in await self._containers()}
+        measured = await asyncio.to_thread(self._measure, containers)
+        self._usage = measured
+
+    def _measure(self, containers: Mapping[str, str]) -> dict[str, LayerUsage]:
+        out: dict[str, LayerUsage] = {}
+        for container_id, container_dir in containers.items():
+            try:
+                used, inodes = rootfs_usage(Path(container_dir) / "rootfs")
+            except (OSError, RootfsError) as exc:
+                log.warning(
+                    "writable layer not measured",
+                    extra={"container_id": container_id, "error": str(exc)},
+                )
+                continue
+            out[container_id] = LayerUsage(self.mountpoint, used, inodes, time.time_ns())
+        return out
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.refresh()
+                except Exception as exc:
+                    log.error("writable layer refresh failed", extra={"error": str(exc)})
+                await asyncio.sleep(self.interval)
+
+        self._task = asyncio.get_running_loop().create_task(loop())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+class StatsManager:
+    def __init__(
+        self,
+        sandboxes: SandboxManager,
+        containers: ContainerManager,
+        root: Path,
+        layer_interval: float = DEFAULT_LAYER_INTERVAL,
+    ) -> None:
+        self.sandboxes = sandboxes
+        self.containers = containers
+        self.reader = CgroupStatsReader(sandboxes.cgroups)
+        self.rates = CpuRates()
+        self.layers = WritableLayers(root / "containers", containers.select, layer_interval)
+
+    def start(self) -> None:
+        self.layers.start()
+
+    def stop(self) -> None:
+        self.layers.stop()
+
+    # --- containers ------------------------------------------------------------------
+
+    def cgroup_path(self, container: Container) -> str | None:
+        sandbox = self.sandboxes.find(container.sandbox_id)
+        if sandbox is None:
+            return None
+        return self.containers._cgroups_path(sandbox, container.id)
+
+    async def container(self, container_id: str) -> ContainerSample:
+        """One container's sample; NotFound naming it when skiff does not know it."""
+        found = await self.containers.get(container_id)
+        return (await self._container_samples([found]))[0]
+
+    async def list_containers(
+        self, id_prefix: str = "", pod_prefix: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[ContainerSample]:
+        found = await self.containers.select(id_prefix, RUNNING, pod_prefix, labels)
+        samples = await self._container_samples(found)
+        if not id_prefix and not pod_prefix and not labels:
+            await self._forget_gone()
+        return samples
+
+    async def _container_samples(
+        self, found: list[Container], detailed: bool = False
+    ) -> list[ContainerSample]:
+        paths = {
+            c.id: path
+            for c in found
+            if c.state == RUNNING and (path := self.cgroup_path(c)) is not None
+        }
+        usages = await asyncio.to_thread(self._read_cgroups, paths, detailed)
+        await self.layers.measure_new(found)
+        samples = []
+        for c in found:
+            usage, counts = usages.get(c.id, (None, None))
+            rate = None
+            if usage is not None and usage.cpu is not None:
+                rate = self.rates.rate(f"container/{c.id}", usage.timestamp_ns, usage.cpu.usage_ns)
+            samples.append(ContainerSample(c, usage, rate, self.layers.get(c.id), counts))
+        return samples
+
+    def _read_cgroups(
+        self, paths: Mapping[str, str], detailed: bool
+    ) -> dict[str, tuple[CgroupUsage | None, ProcessCounts | None]]:
+        """On a worker thread: each cgroup's usage (None when it is gone or unreadable),
+        and with ``detailed`` (metrics) its process counts."""
+        out: dict[str, tuple[CgroupUsage | None, ProcessCounts | None]] = {}
+        for key, path in paths.items():
+            try:
+                usage = self.reader.read(path, detailed)
+                counts = count_processes(self.reader.cgroups, path) if detailed else None
+            except CgroupNotFound:
+                out[key] = (None, None)
+                continue
+            except CgroupError as exc:
+                log.warning("cgroup stats not read", extra={"cgroup": path, "error": str(exc)})
+                out[key] = (None, None)
+                continue
+            out[key] = (usage, counts)
+        return out
+
+    async def _forget_gone(self) -> None:
+        keys = {f"container/{c.id}" for c in await self.containers.select()}
+        keys.update(f"pod/{s.id}" for s in self.sandboxes.select())
+        self.rates.keep_only(keys)
+
+    # --- pods ------------------------------------------------------------------------
+
+    async def pod(self, sandbox_id: str, detailed: bool = False) -> PodSample:
+        """One pod's sample; NotFound naming it when skiff does not know it."""
+        return (await self._pod_samples([self.sandboxes.get(sandbox_id)], detailed))[0]
+
+    async def list_pods(
+        self, id_prefix: str = "", labels: Mapping[str, str] | None = None, detailed: bool = False
+    ) -> list[PodSample]:
+        found = self.sandboxes.select(id_prefix, READY, labels)
+        return await self._pod_samples(found, detailed)
+
+    async def _pod_samples(self, pods: list[Sandbox], detailed: bool) -> list[PodSample]:
+        members = {
+            pod.id: [c for c in self.containers.of_sandbox(pod.id) if c.state == RUNNING]
+            for pod in pods
+        }
+        everyone = [c for group in members.values() for c in group]
+        container_samples = {
+            s.container.id: s for s in await self._container_samples(everyone, detailed)
+        }
+        pod_paths = {p.id: p.cgroup_parent for p in pods if p.cgroup_parent.startswith("/")}
+        pod_usages = await asyncio.to_thread(self._read_cgroups, pod_paths, False)
+        networks = await asyncio.gather(*(self._network(p) for p in pods))
+        samples = []
+        for pod, network in zip(pods, networks, strict=True):
+            inside = tuple(
+                sorted(
+                    (container_samples[c.id] for c in members[pod.id]),
+                    key=lambda s: s.container.created_ns,
+                )
+            )
+            usage = pod_usages.get(pod.id, (None, None))[0]
+            if usage is None and pod.id not in pod_paths:
+                usage = sum_usage([s.cgroup for s in inside if s.cgroup is not None])
+            rate = None
+            if usage is not None and usage.cpu is not None:
+                rate = self.rates.rate(f"pod/{pod.id}", usage.timestamp_ns, usage.cpu.usage_ns)
+            samples.append(PodSample(pod, usage, rate, network, inside))
+        return samples
+
+    async def _network(self, pod: Sandbox) -> NetworkSample | None:
+        if pod.state != READY or not pod.netns:
+            return None
+        try:
+            interfaces = await read_counters(pod.netns)
+        except NetStatsError as exc:
+            log.warning("network stats not read", extra={"sandbox_id": pod.id, "error": str(exc)})
+            return None
+        return NetworkSample(time.time_ns(), tuple(interfaces), default_interface(interfaces))
