@@ -30,8 +30,12 @@ from pathlib import Path
 
 from cri.containers import RUNNING, Container, ContainerManager
 from cri.sandboxes import READY, Sandbox, SandboxManager
-from network.netstats import InterfaceCounters, NetStatsError, default_interface
-from network.netstats import read_netns_counters as read_counters
+from network.netstats import (
+    InterfaceCounters,
+    NetStatsError,
+    default_interface,
+    read_each_netns_counters,
+)
 from runtime.cgroup_stats import (
     CgroupStatsReader,
     CgroupUsage,
@@ -361,7 +365,7 @@ class StatsManager:
         }
         pod_paths = {p.id: p.cgroup_parent for p in pods if p.cgroup_parent.startswith("/")}
         pod_usages = await asyncio.to_thread(self._read_cgroups, pod_paths, False)
-        networks = await asyncio.gather(*(self._network(p) for p in pods))
+        networks = await self._networks(pods)
         samples = []
         for pod, network in zip(pods, networks, strict=True):
             inside = tuple(
@@ -379,12 +383,17 @@ class StatsManager:
             samples.append(PodSample(pod, usage, rate, network, inside))
         return samples
 
-    async def _network(self, pod: Sandbox) -> NetworkSample | None:
-        if pod.state != READY or not pod.netns:
-            return None
-        try:
-            interfaces = await read_counters(pod.netns)
-        except NetStatsError as exc:
-            log.warning("network stats not read", extra={"sandbox_id": pod.id, "error": str(exc)})
-            return None
-        return NetworkSample(time.time_ns(), tuple(interfaces), default_interface(interfaces))
+    async def _networks(self, pods: list[Sandbox]) -> list[NetworkSample | None]:
+        """Each pod's interface counters (None: no namespace of its own, or unreadable)."""
+        readable = [p for p in pods if p.state == READY and p.netns]
+        results = await read_each_netns_counters([p.netns for p in readable if p.netns])
+        now = time.time_ns()
+        found: dict[str, NetworkSample] = {}
+        for pod, result in zip(readable, results, strict=True):
+            if isinstance(result, NetStatsError):
+                log.warning(
+                    "network stats not read", extra={"sandbox_id": pod.id, "error": str(result)}
+                )
+                continue
+            found[pod.id] = NetworkSample(now, tuple(result), default_interface(result))
+        return [found.get(p.id) for p in pods]

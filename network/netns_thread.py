@@ -135,6 +135,71 @@ def _call_in_netns(
     return result  # type: ignore[return-value]
 
 
+def _call_in_each(pool: _Pool, netns_paths: list[str], work: Callable[[], T]) -> list[T | OSError]:
+    """On a pool thread: ``work()`` run inside each of ``netns_paths`` in turn, back
+    home after each; a namespace that cannot be entered, or an OSError of ``work``,
+    is that namespace's result."""
+    results: list[T | OSError] = []
+    own = os.open(_SELF_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _identity(own) != pool.home:
+            raise _PoisonedThread("the worker thread is not in the host network namespace")
+        for path in netns_paths:
+            try:
+                target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                results.append(exc)
+                continue
+            try:
+                _setns(target)  # on failure nothing changed
+            except OSError as exc:
+                results.append(exc)
+                continue
+            finally:
+                os.close(target)
+            try:
+                results.append(work())
+            except OSError as exc:
+                results.append(exc)
+            try:
+                _setns(own)
+                if _identity_of_thread() != pool.home:
+                    raise OSError(errno.EINVAL, "the thread is still in another namespace")
+            except OSError as exc:
+                raise _PoisonedThread(
+                    f"cannot return the worker thread to the host network namespace: {exc}"
+                ) from exc
+    finally:
+        os.close(own)
+    return results
+
+
+async def run_in_each_netns(netns_paths: list[str], work: Callable[[], T]) -> list[T | OSError]:
+    """``work()``'s result in each network namespace of ``netns_paths`` (in order), all
+    on one worker thread: one hand-off for many pods. A namespace that is gone or
+    cannot be entered gives its OSError instead of a result. ``work`` must be short,
+    must not block and must hold nothing that needs releasing. Raises NetnsThreadError
+    when the thread could not get back (the pool is replaced)."""
+    if not netns_paths:
+        return []
+    for attempt in (1, 2):
+        pool = _current_pool()
+        try:
+            job = pool.executor.submit(_call_in_each, pool, list(netns_paths), work)
+        except RuntimeError as exc:
+            if attempt == 2:
+                raise NetnsThreadError(f"entering network namespaces: {exc}") from exc
+            continue
+        try:
+            return await asyncio.wrap_future(job)
+        except _PoisonedThread as exc:
+            _retire(pool)
+            raise NetnsThreadError(
+                f"entering network namespaces: {exc}; the worker pool was replaced, try again"
+            ) from exc
+    raise AssertionError("unreachable")
+
+
 async def run_in_netns(
     netns_path: str, work: Callable[[], T], discard: Callable[[T], None] | None = None
 ) -> T:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from network.netns_thread import NetnsThreadError, run_in_netns
+from network.netns_thread import NetnsThreadError, run_in_each_netns
 
 _NET_DEV = "/proc/thread-self/net/dev"
 LOOPBACK = "lo"
@@ -78,13 +78,31 @@ def _read_net_dev() -> str:
         return f.read().decode()
 
 
+async def read_each_netns_counters(
+    netns_paths: list[str],
+) -> list[list[InterfaceCounters] | NetStatsError]:
+    """:func:`read_netns_counters` for many namespaces at once (one worker-thread hop);
+    a namespace that cannot be read gives a NetStatsError naming it, in its place."""
+    try:
+        texts = await run_in_each_netns(netns_paths, _read_net_dev)
+    except NetnsThreadError as exc:
+        failed = NetStatsError(f"reading interface counters: {exc}")
+        return [failed for _ in netns_paths]
+    out: list[list[InterfaceCounters] | NetStatsError] = []
+    for path, text in zip(netns_paths, texts, strict=True):
+        if isinstance(text, FileNotFoundError):
+            out.append(NetStatsError(f"network namespace {path} is gone"))
+        elif isinstance(text, OSError):
+            out.append(NetStatsError(f"reading interface counters in {path}: {text}"))
+        else:
+            out.append(parse_net_dev(text))
+    return out
+
+
 async def read_netns_counters(netns_path: str) -> list[InterfaceCounters]:
     """Every interface's counters (loopback included) in the network namespace at
     ``netns_path``. Raises NetStatsError naming the namespace when it cannot be read."""
-    try:
-        text = await run_in_netns(netns_path, _read_net_dev)
-    except FileNotFoundError:
-        raise NetStatsError(f"network namespace {netns_path} is gone") from None
-    except (OSError, NetnsThreadError) as exc:
-        raise NetStatsError(f"reading interface counters in {netns_path}: {exc}") from exc
-    return parse_net_dev(text)
+    (result,) = await read_each_netns_counters([netns_path])
+    if isinstance(result, NetStatsError):
+        raise result
+    return result

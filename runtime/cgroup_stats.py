@@ -29,6 +29,8 @@ from pathlib import Path
 
 from runtime.cgroups import V1_MEMORY_UNLIMITED, CgroupError, Cgroupfs, CgroupNotFound
 
+# Directories of this many cgroup paths are remembered (then forgotten all at once).
+MAX_CACHED_PATHS = 4096
 # cpuacct.stat counts in USER_HZ ticks.
 _TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 
@@ -72,18 +74,29 @@ class CgroupUsage:
     pids_limit: int | None = None
 
 
-def parse_flat_keyed(text: str) -> dict[str, int]:
-    """``key value`` lines (memory.stat, cpu.stat, memory.events) as a mapping;
-    lines that are not a key and an integer are skipped."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            try:
-                out[parts[0]] = int(parts[1])
-            except ValueError:
-                continue
-    return out
+class FlatKeyed:
+    """``key value`` lines (memory.stat, cpu.stat, memory.events): values are turned
+    into integers only when asked for, as a call wants a handful of memory.stat's ~40
+    keys. A key that is missing or not an integer reads as ``default``."""
+
+    def __init__(self, text: str) -> None:
+        words = text.split()
+        self._values = dict(zip(words[::2], words[1::2], strict=False))
+
+    def get(self, key: str, default: int = 0) -> int:
+        value = self._values.get(key)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def optional(self, key: str) -> int | None:
+        return self.get(key) if key in self._values else None
 
 
 def parse_limit(text: str) -> int | None:
@@ -143,6 +156,21 @@ class CgroupStatsReader:
         self.cgroups = cgroups
         hierarchies = cgroups.hierarchies
         self._v1_controllers = [c for c in ("cpuacct", "cpu", "memory", "pids") if c in hierarchies]
+        # cgroup path -> controller -> directory, as strings: building them with
+        # pathlib for every read of every cgroup costs as much as a file read.
+        self._directories: dict[str, dict[str, str]] = {}
+
+    def _dirs(self, path: str) -> dict[str, str]:
+        found = self._directories.get(path)
+        if found is None:
+            if len(self._directories) >= MAX_CACHED_PATHS:
+                self._directories.clear()
+            if self.cgroups.version == 2:
+                found = {"": str(self.cgroups.directory(path, ""))}
+            else:
+                found = {c: str(self.cgroups.directory(path, c)) for c in self._v1_controllers}
+            self._directories[path] = found
+        return found
 
     def read(self, path: str, detailed: bool = False) -> CgroupUsage:
         """Usage of cgroup ``path`` (like ``/kubepods/pod1/ctr``); CgroupNotFound when
@@ -155,13 +183,13 @@ class CgroupStatsReader:
         """
         now = time.time_ns()
         if self.cgroups.version == 2:
-            directory = str(self.cgroups.directory(path, ""))
+            directory = self._dirs(path)[""]
             cpu = _cpu_v2(directory)
             if cpu is None and not os.path.isdir(directory):
                 raise CgroupNotFound(f"cgroup {path} does not exist ({directory})")
             pids, pids_limit = _pids(directory, detailed)
             return CgroupUsage(now, cpu, _memory_v2(directory, detailed), pids, pids_limit)
-        dirs = {c: str(self.cgroups.directory(path, c)) for c in self._v1_controllers}
+        dirs = self._dirs(path)
         cpu = memory = None
         pids = pids_limit = None
         if "cpuacct" in dirs:
@@ -190,8 +218,8 @@ def _cpu_v1(cpuacct: str, cpu: str | None, detailed: bool) -> CpuUsage | None:
     usage = _read_int(cpuacct, "cpuacct.usage")
     if usage is None or not detailed:
         return None if usage is None else CpuUsage(usage)
-    times = parse_flat_keyed(_read(cpuacct, "cpuacct.stat") or "")
-    throttling = parse_flat_keyed(_read(cpu, "cpu.stat") or "") if cpu is not None else {}
+    times = FlatKeyed(_read(cpuacct, "cpuacct.stat") or "")
+    throttling = FlatKeyed((_read(cpu, "cpu.stat") or "") if cpu is not None else "")
     return CpuUsage(
         usage_ns=usage,
         user_ns=times.get("user", 0) * _TICK_NS,
@@ -206,7 +234,7 @@ def _memory_v1(directory: str, detailed: bool) -> MemoryUsage | None:
     usage = _read_int(directory, "memory.usage_in_bytes")
     if usage is None:
         return None
-    stat = parse_flat_keyed(_read(directory, "memory.stat") or "")
+    stat = FlatKeyed(_read(directory, "memory.stat") or "")
     limit = _read_limit(directory, "memory.limit_in_bytes")
     memsw = _read_int(directory, "memory.memsw.usage_in_bytes")
     working = working_set(usage, stat.get("total_inactive_file", 0))
@@ -224,7 +252,7 @@ def _memory_v1(directory: str, detailed: bool) -> MemoryUsage | None:
     )
     if not detailed:
         return memory
-    oom = parse_flat_keyed(_read(directory, "memory.oom_control") or "")
+    oom = FlatKeyed(_read(directory, "memory.oom_control") or "")
     return replace(
         memory,
         kernel_bytes=_read_int(directory, "memory.kmem.usage_in_bytes") or 0,
@@ -241,11 +269,11 @@ def _cpu_v2(directory: str) -> CpuUsage | None:
     text = _read(directory, "cpu.stat")
     if text is None:
         return None
-    stat = parse_flat_keyed(text)
+    stat = FlatKeyed(text)
     if "usage_usec" not in stat:
         return None
     return CpuUsage(
-        usage_ns=stat["usage_usec"] * 1000,
+        usage_ns=stat.get("usage_usec") * 1000,
         user_ns=stat.get("user_usec", 0) * 1000,
         system_ns=stat.get("system_usec", 0) * 1000,
         periods=stat.get("nr_periods", 0),
@@ -258,10 +286,10 @@ def _memory_v2(directory: str, detailed: bool) -> MemoryUsage | None:
     usage = _read_int(directory, "memory.current")
     if usage is None:
         return None
-    stat = parse_flat_keyed(_read(directory, "memory.stat") or "")
+    stat = FlatKeyed(_read(directory, "memory.stat") or "")
     limit = _read_limit(directory, "memory.max")
     working = working_set(usage, stat.get("inactive_file", 0))
-    kernel = stat.get("kernel")
+    kernel = stat.optional("kernel")
     if kernel is None:  # kernels before 5.18 have no "kernel" line: add up its parts
         kernel = sum(stat.get(key, 0) for key in ("kernel_stack", "pagetables", "slab", "sock"))
     memory = MemoryUsage(
@@ -279,7 +307,7 @@ def _memory_v2(directory: str, detailed: bool) -> MemoryUsage | None:
     )
     if not detailed:
         return memory
-    events = parse_flat_keyed(_read(directory, "memory.events") or "")
+    events = FlatKeyed(_read(directory, "memory.events") or "")
     return replace(
         memory,
         max_usage_bytes=_read_int(directory, "memory.peak"),

@@ -21,35 +21,42 @@ def _u64(value: int) -> pb.UInt64Value:
     return pb.UInt64Value(value=max(value, 0))
 
 
-def _cpu(usage: CgroupUsage, nano_cores: int | None) -> pb.CpuUsage | None:
-    if usage.cpu is None:
+def _cpu(usage: CgroupUsage | None, nano_cores: int | None) -> pb.CpuUsage | None:
+    if usage is None or usage.cpu is None:
         return None
-    cpu = pb.CpuUsage(
-        timestamp=usage.timestamp_ns, usage_core_nano_seconds=_u64(usage.cpu.usage_ns)
+    return pb.CpuUsage(
+        timestamp=usage.timestamp_ns,
+        usage_core_nano_seconds=_u64(usage.cpu.usage_ns),
+        usage_nano_cores=_u64(nano_cores) if nano_cores is not None else None,
     )
-    if nano_cores is not None:
-        cpu.usage_nano_cores.CopyFrom(_u64(nano_cores))
-    return cpu
 
 
-def _memory(usage: CgroupUsage) -> pb.MemoryUsage | None:
-    m = usage.memory
-    if m is None:
+def _memory(usage: CgroupUsage | None) -> pb.MemoryUsage | None:
+    m = usage.memory if usage is not None else None
+    if usage is None or m is None:
         return None
-    memory = pb.MemoryUsage(
+    return pb.MemoryUsage(
         timestamp=usage.timestamp_ns,
         working_set_bytes=_u64(m.working_set_bytes),
+        available_bytes=_u64(m.available_bytes) if m.available_bytes is not None else None,
         usage_bytes=_u64(m.usage_bytes),
         rss_bytes=_u64(m.rss_bytes),
         page_faults=_u64(m.page_faults),
         major_page_faults=_u64(m.major_page_faults),
     )
-    if m.available_bytes is not None:
-        memory.available_bytes.CopyFrom(_u64(m.available_bytes))
-    return memory
 
 
-def _filesystem(layer: LayerUsage) -> pb.FilesystemUsage:
+def _swap(usage: CgroupUsage | None) -> pb.SwapUsage | None:
+    if usage is None or usage.memory is None or usage.memory.swap_bytes is None:
+        return None
+    return pb.SwapUsage(
+        timestamp=usage.timestamp_ns, swap_usage_bytes=_u64(usage.memory.swap_bytes)
+    )
+
+
+def _filesystem(layer: LayerUsage | None) -> pb.FilesystemUsage | None:
+    if layer is None:
+        return None
     return pb.FilesystemUsage(
         timestamp=layer.timestamp_ns,
         fs_id=pb.FilesystemIdentifier(mountpoint=layer.mountpoint),
@@ -60,32 +67,21 @@ def _filesystem(layer: LayerUsage) -> pb.FilesystemUsage:
 
 def container_stats_to_proto(sample: ContainerSample) -> pb.ContainerStats:
     c = sample.container
-    stats = pb.ContainerStats(
+    usage = sample.cgroup
+    # Unset parts (None) stay unset: a container without a cgroup has no CPU figures,
+    # which is not the same as zero.
+    return pb.ContainerStats(
         attributes=pb.ContainerAttributes(
             id=c.id,
             metadata=pb.ContainerMetadata(name=c.name, attempt=c.attempt),
             labels=c.labels,
             annotations=c.annotations,
-        )
+        ),
+        cpu=_cpu(usage, sample.nano_cores),
+        memory=_memory(usage),
+        swap=_swap(usage),
+        writable_layer=_filesystem(sample.writable_layer),
     )
-    usage = sample.cgroup
-    if usage is not None:
-        cpu = _cpu(usage, sample.nano_cores)
-        if cpu is not None:
-            stats.cpu.CopyFrom(cpu)
-        memory = _memory(usage)
-        if memory is not None:
-            stats.memory.CopyFrom(memory)
-        if usage.memory is not None and usage.memory.swap_bytes is not None:
-            stats.swap.CopyFrom(
-                pb.SwapUsage(
-                    timestamp=usage.timestamp_ns,
-                    swap_usage_bytes=_u64(usage.memory.swap_bytes),
-                )
-            )
-    if sample.writable_layer is not None:
-        stats.writable_layer.CopyFrom(_filesystem(sample.writable_layer))
-    return stats
 
 
 def _interface(counters: InterfaceCounters) -> pb.NetworkInterfaceUsage:
@@ -98,33 +94,23 @@ def _interface(counters: InterfaceCounters) -> pb.NetworkInterfaceUsage:
     )
 
 
+def _network(sample: PodSample) -> pb.NetworkUsage | None:
+    network = sample.network
+    if network is None:
+        return None
+    return pb.NetworkUsage(
+        timestamp=network.timestamp_ns,
+        default_interface=_interface(network.default) if network.default is not None else None,
+        interfaces=[_interface(i) for i in network.interfaces],
+    )
+
+
 def pod_stats_to_proto(sample: PodSample) -> pb.PodSandboxStats:
     pod = sample.sandbox
-    linux = pb.LinuxPodSandboxStats(
-        containers=[container_stats_to_proto(c) for c in sample.containers]
-    )
     usage = sample.cgroup
-    if usage is not None:
-        cpu = _cpu(usage, sample.nano_cores)
-        if cpu is not None:
-            linux.cpu.CopyFrom(cpu)
-        memory = _memory(usage)
-        if memory is not None:
-            linux.memory.CopyFrom(memory)
-        if usage.pids is not None:
-            linux.process.CopyFrom(
-                pb.ProcessUsage(timestamp=usage.timestamp_ns, process_count=_u64(usage.pids))
-            )
-    network = sample.network
-    if network is not None:
-        linux.network.CopyFrom(
-            pb.NetworkUsage(
-                timestamp=network.timestamp_ns,
-                interfaces=[_interface(i) for i in network.interfaces],
-            )
-        )
-        if network.default is not None:
-            linux.network.default_interface.CopyFrom(_interface(network.default))
+    process = None
+    if usage is not None and usage.pids is not None:
+        process = pb.ProcessUsage(timestamp=usage.timestamp_ns, process_count=_u64(usage.pids))
     return pb.PodSandboxStats(
         attributes=pb.PodSandboxAttributes(
             id=pod.id,
@@ -134,7 +120,13 @@ def pod_stats_to_proto(sample: PodSample) -> pb.PodSandboxStats:
             labels=pod.labels,
             annotations=pod.annotations,
         ),
-        linux=linux,
+        linux=pb.LinuxPodSandboxStats(
+            cpu=_cpu(usage, sample.nano_cores),
+            memory=_memory(usage),
+            network=_network(sample),
+            process=process,
+            containers=[container_stats_to_proto(c) for c in sample.containers],
+        ),
     )
 
 

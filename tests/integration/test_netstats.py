@@ -8,7 +8,12 @@ import shutil
 
 import pytest
 
-from network.netstats import NetStatsError, parse_net_dev, read_netns_counters
+from network.netstats import (
+    NetStatsError,
+    parse_net_dev,
+    read_each_netns_counters,
+    read_netns_counters,
+)
 from tests.integration import netns
 
 pytestmark = pytest.mark.skipif(
@@ -36,3 +41,20 @@ def test_counters_of_the_namespace_grow_with_its_traffic() -> None:
 def test_a_gone_namespace_is_named_in_the_error() -> None:
     with pytest.raises(NetStatsError, match="skiff-ns-no-such"):
         asyncio.run(read_netns_counters("/run/netns/skiff-ns-no-such"))
+
+
+def test_many_namespaces_in_one_go_each_answers_for_itself() -> None:
+    with netns.netns("skiff-ns-") as up, netns.netns("skiff-ns-") as down:
+        assert up.run("ip", "link", "set", "lo", "up").returncode == 0
+        made = up.run("ip", "link", "add", "skv0", "type", "veth", "peer", "name", "skv1")
+        assert made.returncode == 0, made.stderr
+        gone = "/run/netns/skiff-ns-no-such"
+        first, missing, second = asyncio.run(read_each_netns_counters([up.path, gone, down.path]))
+        assert isinstance(first, list) and {c.name for c in first} == {"lo", "skv0", "skv1"}
+        assert isinstance(missing, NetStatsError) and gone in str(missing)
+        assert isinstance(second, list) and [c.name for c in second] == ["lo"]
+        # The worker thread went back home after each namespace.
+        host = os.stat("/proc/self/ns/net")
+        for task in os.listdir("/proc/self/task"):
+            st = os.stat(f"/proc/self/task/{task}/ns/net")
+            assert (st.st_dev, st.st_ino) == (host.st_dev, host.st_ino)

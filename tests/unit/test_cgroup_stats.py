@@ -8,9 +8,9 @@ import pytest
 
 from runtime.cgroup_stats import (
     CgroupStatsReader,
+    FlatKeyed,
     available,
     count_processes,
-    parse_flat_keyed,
     parse_limit,
     working_set,
 )
@@ -256,7 +256,10 @@ def test_v1_missing_everywhere_is_not_found(tmp_path: Path) -> None:
 
 
 def test_parsing_helpers() -> None:
-    assert parse_flat_keyed("a 1\nbad line here\nb x\nc -2\n") == {"a": 1, "c": -2}
+    stat = FlatKeyed("a 1\nb x\nc -2\n")
+    assert (stat.get("a"), stat.get("b"), stat.get("c"), stat.get("d", 7)) == (1, 0, -2, 7)
+    assert "b" in stat and "d" not in stat
+    assert (stat.optional("a"), stat.optional("d")) == (1, None)
     assert parse_limit("max\n") is None
     assert parse_limit(f"{V1_MEMORY_UNLIMITED}\n") is None
     assert parse_limit("1024\n") == 1024
