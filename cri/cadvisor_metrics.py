@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cri.stats import ContainerSample, FilesystemCapacity, PodSample
+from runtime.cgroup_stats import device_name
 
 BASE_LABELS = ("container", "id", "image", "name", "namespace", "pod")
 POD_CONTAINER = "POD"
@@ -88,6 +89,18 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
     _d("container_fs_limit_bytes", "Size of the filesystem holding the writable layer."),
     _d("container_fs_inodes_total", "Inodes of the filesystem holding the writable layer."),
     _d("container_fs_inodes_free", "Free inodes of the filesystem holding the writable layer."),
+    _d("container_fs_reads_bytes_total", "Cumulative bytes read from the device.", "device"),
+    _d("container_fs_reads_total", "Cumulative count of reads from the device.", "device"),
+    _d("container_fs_writes_bytes_total", "Cumulative bytes written to the device.", "device"),
+    _d("container_fs_writes_total", "Cumulative count of writes to the device.", "device"),
+    _d(
+        "container_blkio_device_usage_total",
+        "Block I/O bytes of the container per device and operation.",
+        "device",
+        "major",
+        "minor",
+        "operation",
+    ),
     _d("container_spec_cpu_period", "CPU CFS period of the container, in microseconds."),
     _d("container_spec_cpu_quota", "CPU CFS quota of the container, in microseconds."),
     _d("container_spec_cpu_shares", "CPU shares of the container."),
@@ -237,6 +250,23 @@ def container_metrics(
         out.add("container_threads", sample.processes.threads)
         out.add("container_file_descriptors", sample.processes.file_descriptors)
         out.add("container_sockets", sample.processes.sockets)
+    for io in usage.io if usage is not None else ():
+        device = device_name(io.major, io.minor)
+        out.add("container_fs_reads_bytes_total", io.read_bytes, device, counter=True)
+        out.add("container_fs_reads_total", io.reads, device, counter=True)
+        out.add("container_fs_writes_bytes_total", io.write_bytes, device, counter=True)
+        out.add("container_fs_writes_total", io.writes, device, counter=True)
+        major, minor = str(io.major), str(io.minor)
+        for operation, value in (("Read", io.read_bytes), ("Write", io.write_bytes)):
+            out.add(
+                "container_blkio_device_usage_total",
+                value,
+                device,
+                major,
+                minor,
+                operation,
+                counter=True,
+            )
     if sample.writable_layer is not None:
         out.add("container_fs_usage_bytes", sample.writable_layer.used_bytes)
     if fs is not None:

@@ -22,6 +22,7 @@ enabled for the cgroup) leaves its part ``None`` rather than failing the whole r
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -66,12 +67,26 @@ class MemoryUsage:
 
 
 @dataclass(frozen=True)
+class DeviceIo:
+    """Block I/O of a cgroup on one device (major:minor), since the cgroup was made."""
+
+    major: int
+    minor: int
+    read_bytes: int = 0
+    write_bytes: int = 0
+    reads: int = 0
+    writes: int = 0
+
+
+@dataclass(frozen=True)
 class CgroupUsage:
     timestamp_ns: int
     cpu: CpuUsage | None
     memory: MemoryUsage | None
     pids: int | None
     pids_limit: int | None = None
+    # Only in detailed reads; empty when the cgroup did no block I/O.
+    io: tuple[DeviceIo, ...] = ()
 
 
 class FlatKeyed:
@@ -97,6 +112,66 @@ class FlatKeyed:
 
     def optional(self, key: str) -> int | None:
         return self.get(key) if key in self._values else None
+
+
+def parse_v1_blkio(service_bytes: str, serviced: str) -> tuple[DeviceIo, ...]:
+    """v1 ``blkio.throttle.io_service_bytes_recursive`` and ``io_serviced_recursive``
+    ("8:0 Read 4096" lines, then "Total N") as per-device figures."""
+    found: dict[tuple[int, int], dict[str, int]] = {}
+    for text, suffix in ((service_bytes, "_bytes"), (serviced, "s")):
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) != 3 or ":" not in parts[0] or parts[1] not in ("Read", "Write"):
+                continue
+            major, _, minor = parts[0].partition(":")
+            try:
+                key = (int(major), int(minor))
+                value = int(parts[2])
+            except ValueError:
+                continue
+            found.setdefault(key, {})[parts[1].lower() + suffix] = value
+    return tuple(
+        DeviceIo(major, minor, **figures)
+        for (major, minor), figures in sorted(found.items())
+        if any(figures.values())
+    )
+
+
+def parse_v2_io_stat(text: str) -> tuple[DeviceIo, ...]:
+    """v2 ``io.stat`` ("8:16 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0" lines)."""
+    out = []
+    for line in text.splitlines():
+        device, *fields = line.split()
+        major, sep, minor = device.partition(":")
+        if not sep:
+            continue
+        values = dict(field.partition("=")[::2] for field in fields)
+        try:
+            out.append(
+                DeviceIo(
+                    int(major),
+                    int(minor),
+                    read_bytes=int(values.get("rbytes", 0)),
+                    write_bytes=int(values.get("wbytes", 0)),
+                    reads=int(values.get("rios", 0)),
+                    writes=int(values.get("wios", 0)),
+                )
+            )
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def device_name(major: int, minor: int, sysfs: str = "/sys") -> str:
+    """``/dev/<name>`` of a block device from its uevent in sysfs, or "major:minor"
+    when sysfs does not know it (cached: devices are few and rarely change)."""
+    text = _read(f"{sysfs}/dev/block/{major}:{minor}", "uevent") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "DEVNAME" and value:
+            return f"/dev/{value}"
+    return f"{major}:{minor}"
 
 
 def parse_limit(text: str) -> int | None:
@@ -155,7 +230,9 @@ class CgroupStatsReader:
     def __init__(self, cgroups: Cgroupfs) -> None:
         self.cgroups = cgroups
         hierarchies = cgroups.hierarchies
-        self._v1_controllers = [c for c in ("cpuacct", "cpu", "memory", "pids") if c in hierarchies]
+        self._v1_controllers = [
+            c for c in ("cpuacct", "cpu", "memory", "pids", "blkio") if c in hierarchies
+        ]
         # cgroup path -> controller -> directory, as strings: building them with
         # pathlib for every read of every cgroup costs as much as a file read.
         self._directories: dict[str, dict[str, str]] = {}
@@ -179,7 +256,7 @@ class CgroupStatsReader:
         Without ``detailed``, only what the CRI stats carry is read (CPU usage, memory
         usage, working set, RSS, faults, limit, swap, pids); ``detailed`` adds user and
         system time, throttling, kernel memory, peak usage, limit hits, OOM kills and
-        the pids limit, for metrics.
+        the pids limit and block I/O per device, for metrics.
         """
         now = time.time_ns()
         if self.cgroups.version == 2:
@@ -188,7 +265,9 @@ class CgroupStatsReader:
             if cpu is None and not os.path.isdir(directory):
                 raise CgroupNotFound(f"cgroup {path} does not exist ({directory})")
             pids, pids_limit = _pids(directory, detailed)
-            return CgroupUsage(now, cpu, _memory_v2(directory, detailed), pids, pids_limit)
+            device_io = parse_v2_io_stat(_read(directory, "io.stat") or "") if detailed else ()
+            memory_v2 = _memory_v2(directory, detailed)
+            return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io)
         dirs = self._dirs(path)
         cpu = memory = None
         pids = pids_limit = None
@@ -201,7 +280,13 @@ class CgroupStatsReader:
         nothing = cpu is None and memory is None and pids is None
         if nothing and not any(os.path.isdir(d) for d in dirs.values()):
             raise CgroupNotFound(f"cgroup {path} does not exist under {self.cgroups.root}")
-        return CgroupUsage(now, cpu, memory, pids, pids_limit)
+        io: tuple[DeviceIo, ...] = ()
+        if detailed and "blkio" in dirs:
+            io = parse_v1_blkio(
+                _read(dirs["blkio"], "blkio.throttle.io_service_bytes_recursive") or "",
+                _read(dirs["blkio"], "blkio.throttle.io_serviced_recursive") or "",
+            )
+        return CgroupUsage(now, cpu, memory, pids, pids_limit, io)
 
 
 def _pids(directory: str, detailed: bool) -> tuple[int | None, int | None]:

@@ -8,10 +8,14 @@ import pytest
 
 from runtime.cgroup_stats import (
     CgroupStatsReader,
+    DeviceIo,
     FlatKeyed,
     available,
     count_processes,
+    device_name,
     parse_limit,
+    parse_v1_blkio,
+    parse_v2_io_stat,
     working_set,
 )
 from runtime.cgroups import V1_MEMORY_UNLIMITED, Cgroupfs, CgroupNotFound
@@ -286,3 +290,26 @@ def test_process_counts_come_from_the_cgroup_procs_and_proc(tmp_path: Path) -> N
     counts = count_processes(cgroups, "/pod", proc)
     assert (counts.processes, counts.threads) == (2, 4)
     assert (counts.file_descriptors, counts.sockets) == (5, 3)
+
+
+def test_block_io_per_device_from_v1_and_v2_files(tmp_path: Path) -> None:
+    service_bytes = "8:0 Read 40960\n8:0 Write 8192\n8:0 Sync 0\n8:0 Async 49152\n"
+    service_bytes += "8:0 Discard 0\n8:0 Total 49152\n7:1 Read 0\n7:1 Write 0\nTotal 49152\n"
+    serviced = "8:0 Read 10\n8:0 Write 2\n8:0 Total 12\nTotal 12\n"
+    # A device with nothing done is left out.
+    assert parse_v1_blkio(service_bytes, serviced) == (DeviceIo(8, 0, 40960, 8192, 10, 2),)
+    assert parse_v1_blkio("Total 0\n", "Total 0\n") == ()
+    io_stat = "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n"
+    assert parse_v2_io_stat(io_stat) == (DeviceIo(8, 16, 1459200, 314773504, 192, 353),)
+
+    cgroups = _v2_tree(tmp_path)
+    _write(tmp_path / "ctr", {"cpu.stat": V2_CPU_STAT, "io.stat": io_stat})
+    reader = CgroupStatsReader(cgroups)
+    assert reader.read("/ctr", detailed=True).io == parse_v2_io_stat(io_stat)
+    assert reader.read("/ctr").io == ()  # not for the CRI stats
+
+
+def test_device_names_come_from_sysfs_uevents(tmp_path: Path) -> None:
+    _write(tmp_path / "dev" / "block" / "8:16", {"uevent": "MAJOR=8\nMINOR=16\nDEVNAME=sdb\n"})
+    assert device_name(8, 16, str(tmp_path)) == "/dev/sdb"
+    assert device_name(9, 9, str(tmp_path)) == "9:9"

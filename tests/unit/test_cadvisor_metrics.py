@@ -1,0 +1,169 @@
+"""The cAdvisor-named series built from stats samples: names, labels and values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cri import cadvisor_metrics as metrics
+from cri.containers import Container
+from cri.sandboxes import Sandbox
+from cri.stats import ContainerSample, FilesystemCapacity, LayerUsage, NetworkSample, PodSample
+from network.netstats import InterfaceCounters
+from runtime.cgroup_stats import CgroupUsage, CpuUsage, DeviceIo, MemoryUsage, ProcessCounts
+
+S = 1_000_000_000
+
+
+def _container(**overrides: Any) -> Container:
+    fields: dict[str, Any] = {
+        "id": "c" * 64,
+        "sandbox_id": "p" * 64,
+        "name": "web",
+        "attempt": 0,
+        "image": "registry.example/web:1",
+        "image_id": "sha256:" + "1" * 64,
+        "image_ref": "registry.example/web@sha256:" + "2" * 64,
+        "state": "running",
+        "created_ns": 1,
+        "started_ns": 1700000000 * S,
+        "finished_ns": 0,
+        "exit_code": 0,
+        "reason": "",
+        "message": "",
+        "labels": {},
+        "annotations": {},
+        "log_path": "",
+        "runtime_handler": "",
+        "container_dir": "/nowhere",
+        "mounts": [],
+        "uid": 0,
+        "gid": 0,
+        "groups": [],
+        "resources": {"cpu_shares": 256, "cpu_quota": 50000, "memory_limit": 1 << 26},
+        "stop_signal": 0,
+        "pid": 1,
+        "tty": False,
+        "stdin": False,
+        "config": {},
+    }
+    fields.update(overrides)
+    return Container(**fields)
+
+
+def _sandbox() -> Sandbox:
+    return Sandbox(
+        id="p" * 64,
+        name="shop",
+        namespace="prod",
+        uid="u1",
+        attempt=0,
+        state="ready",
+        created_ns=1,
+        runtime_handler="",
+        hostname="shop",
+        log_directory="",
+        labels={},
+        annotations={},
+        host_network=False,
+        host_ipc=False,
+        host_pid=False,
+        pid_mode="container",
+        cgroup_parent="",
+        cgroup_created=False,
+        netns="/run/netns/x",
+        ipcns=None,
+        utsns=None,
+        ips=[],
+        network_name="",
+        files_dir="",
+        shm_path=None,
+        port_mappings=[],
+        config={},
+    )
+
+
+def _sample() -> tuple[PodSample, ContainerSample]:
+    usage = CgroupUsage(
+        5 * S,
+        CpuUsage(usage_ns=3 * S + 7, user_ns=2 * S, system_ns=S, periods=10),
+        MemoryUsage(
+            usage_bytes=300,
+            working_set_bytes=200,
+            rss_bytes=100,
+            page_faults=40,
+            major_page_faults=4,
+            swap_bytes=None,
+            max_usage_bytes=400,
+        ),
+        pids=3,
+        pids_limit=None,
+        io=(DeviceIo(8, 0, read_bytes=4096, write_bytes=512, reads=2, writes=1),),
+    )
+    container = ContainerSample(
+        _container(),
+        usage,
+        None,
+        LayerUsage("/var/lib/skiff/containers", 12345, 6, 1),
+        ProcessCounts(processes=2, threads=5, file_descriptors=9, sockets=1),
+    )
+    eth0 = InterfaceCounters("eth0", 1000, 10, 1, 2, 500, 5, 0, 0)
+    pod = PodSample(_sandbox(), usage, None, NetworkSample(1, (eth0,), eth0), (container,))
+    return pod, container
+
+
+def test_every_series_has_one_value_per_label_key_of_its_descriptor() -> None:
+    pod, container = _sample()
+    fs = FilesystemCapacity("/var/lib/skiff/containers", 10**9, 10**8, 1000, 900)
+    series = metrics.pod_metrics(pod) + metrics.container_metrics(pod, container, fs, 9 * S)
+    keys = {d.name: d.label_keys for d in metrics.DESCRIPTORS}
+    for value in series:
+        assert len(value.label_values) == len(keys[value.name]), value.name
+    # Every descriptor has a value here, but swap: this sample does not know it.
+    assert {v.name for v in series} == set(keys) - {"container_memory_swap"}
+
+
+def test_values_and_labels() -> None:
+    pod, container = _sample()
+    series = metrics.container_metrics(pod, container, None, 9 * S)
+    by_name: dict[str, list[metrics.MetricValue]] = {}
+    for value in series:
+        by_name.setdefault(value.name, []).append(value)
+
+    def one(name: str) -> metrics.MetricValue:
+        (value,) = by_name[name]
+        return value
+
+    cpu = one("container_cpu_usage_seconds_total")
+    labels = dict(zip((*metrics.BASE_LABELS, "cpu"), cpu.label_values, strict=True))
+    assert labels == {
+        "container": "web",
+        "id": "c" * 64,
+        "image": "registry.example/web:1",
+        "name": "web",
+        "namespace": "prod",
+        "pod": "shop",
+        "cpu": "total",
+    }
+    assert (cpu.value, cpu.counter) == (3, True)  # whole seconds: the CRI carries integers
+    assert one("container_memory_working_set_bytes").value == 200
+    assert not one("container_memory_working_set_bytes").counter
+    assert one("container_spec_cpu_shares").value == 256
+    assert one("container_spec_cpu_quota").value == 50000
+    assert one("container_spec_memory_limit_bytes").value == 1 << 26
+    assert one("container_spec_memory_swap_limit_bytes").value == 0  # none asked
+    assert one("container_start_time_seconds").value == 1700000000
+    assert one("container_threads_max").value == 0  # unlimited
+    # Unknown swap is left out, not sent as 0; no filesystem figures without statvfs.
+    assert "container_memory_swap" not in by_name
+    assert "container_fs_limit_bytes" not in by_name
+    failures = {v.label_values[-2:]: v.value for v in by_name["container_memory_failures_total"]}
+    assert failures[("pgmajfault", "container")] == 4
+    assert failures[("pgfault", "hierarchy")] == 40
+    blkio = {v.label_values[-1]: v.value for v in by_name["container_blkio_device_usage_total"]}
+    assert blkio == {"Read": 4096, "Write": 512}
+    # Network counters are the pod's, under the pod's sandbox id.
+    network = metrics.pod_metrics(pod)
+    received = next(v for v in network if v.name == "container_network_receive_bytes_total")
+    assert received.value == 1000
+    assert received.label_values[:2] == ("POD", "p" * 64)
+    assert received.label_values[-1] == "eth0"
