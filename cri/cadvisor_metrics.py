@@ -80,6 +80,14 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
         "scope",
     ),
     _d("container_oom_events_total", "Count of out-of-memory kills in the container."),
+    *(
+        _d(
+            f"container_pressure_{resource}_{kind}_seconds_total",
+            f"Total time some tasks {verb} on {resource} (cgroup v2 PSI), in seconds.",
+        )
+        for resource in ("cpu", "memory", "io")
+        for kind, verb in (("waiting", "waited"), ("stalled", "were all stalled"))
+    ),
     _d("container_processes", "Number of processes running in the container."),
     _d("container_threads", "Number of threads running in the container."),
     _d("container_threads_max", "Maximum number of threads allowed, 0 for unlimited."),
@@ -243,6 +251,21 @@ def container_metrics(
                 counter=True,
             )
         out.add("container_oom_events_total", memory.oom_kills, counter=True)
+    if usage is not None:
+        for resource, pressure in (
+            ("cpu", cpu.pressure if cpu is not None else None),
+            ("memory", memory.pressure if memory is not None else None),
+            ("io", usage.io_pressure),
+        ):
+            if pressure is None:
+                continue
+            for kind, stall in (("waiting", pressure.some), ("stalled", pressure.full)):
+                if stall is not None:
+                    out.add(
+                        f"container_pressure_{resource}_{kind}_seconds_total",
+                        stall.total_ns // NS_PER_S,
+                        counter=True,
+                    )
     if usage is not None and usage.pids is not None:
         out.add("container_threads_max", usage.pids_limit or 0)
     if sample.processes is not None:

@@ -279,10 +279,13 @@ class StatsManager:
     # --- containers ------------------------------------------------------------------
 
     def cgroup_path(self, container: Container) -> str | None:
+        """The container's cgroup as the container manager names it; None without a
+        pod, or for a path cgroupfs does not take (a systemd slice name)."""
         sandbox = self.sandboxes.find(container.sandbox_id)
         if sandbox is None:
             return None
-        return self.containers._cgroups_path(sandbox, container.id)
+        path = self.containers._cgroups_path(sandbox, container.id)
+        return path if path.startswith("/") else None
 
     async def container(self, container_id: str) -> ContainerSample:
         """One container's sample; NotFound naming it when skiff does not know it."""

@@ -37,6 +37,26 @@ _TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 
 
 @dataclass(frozen=True)
+class Stall:
+    """One line of a v2 pressure file: the share of time (percent, averaged over 10,
+    60 and 300 s) and the total time (ns) tasks were stalled."""
+
+    total_ns: int
+    avg10: float
+    avg60: float
+    avg300: float
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """Pressure stall information (PSI) of a resource: ``some`` task waiting, or
+    ``full``: every task stalled at once."""
+
+    some: Stall | None
+    full: Stall | None
+
+
+@dataclass(frozen=True)
 class CpuUsage:
     usage_ns: int
     user_ns: int = 0
@@ -44,6 +64,8 @@ class CpuUsage:
     periods: int = 0
     throttled_periods: int = 0
     throttled_ns: int = 0
+    # v2 only (cpu.pressure).
+    pressure: Pressure | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,8 @@ class MemoryUsage:
     max_usage_bytes: int | None = None
     failcnt: int = 0
     oom_kills: int = 0
+    # v2 only (memory.pressure).
+    pressure: Pressure | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,8 @@ class CgroupUsage:
     pids_limit: int | None = None
     # Only in detailed reads; empty when the cgroup did no block I/O.
     io: tuple[DeviceIo, ...] = ()
+    # v2 only (io.pressure).
+    io_pressure: Pressure | None = None
 
 
 class FlatKeyed:
@@ -141,6 +167,8 @@ def parse_v2_io_stat(text: str) -> tuple[DeviceIo, ...]:
     """v2 ``io.stat`` ("8:16 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0" lines)."""
     out = []
     for line in text.splitlines():
+        if not line.strip():
+            continue
         device, *fields = line.split()
         major, sep, minor = device.partition(":")
         if not sep:
@@ -172,6 +200,34 @@ def device_name(major: int, minor: int, sysfs: str = "/sys") -> str:
         if key == "DEVNAME" and value:
             return f"/dev/{value}"
     return f"{major}:{minor}"
+
+
+def parse_pressure(text: str) -> Pressure | None:
+    """A v2 pressure file ("some avg10=0.12 avg60=0.30 avg300=0.05 total=123456" and a
+    "full" line; totals in µs); None when there is no line to read."""
+    stalls: dict[str, Stall] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        kind, *fields = line.split()
+        values = dict(field.partition("=")[::2] for field in fields)
+        try:
+            stalls[kind] = Stall(
+                int(values["total"]) * 1000,
+                float(values["avg10"]),
+                float(values["avg60"]),
+                float(values["avg300"]),
+            )
+        except (KeyError, ValueError):
+            continue
+    if not stalls:
+        return None
+    return Pressure(stalls.get("some"), stalls.get("full"))
+
+
+def _read_pressure(directory: str, name: str) -> Pressure | None:
+    text = _read(directory, name)
+    return parse_pressure(text) if text is not None else None
 
 
 def parse_limit(text: str) -> int | None:
@@ -267,7 +323,8 @@ class CgroupStatsReader:
             pids, pids_limit = _pids(directory, detailed)
             device_io = parse_v2_io_stat(_read(directory, "io.stat") or "") if detailed else ()
             memory_v2 = _memory_v2(directory, detailed)
-            return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io)
+            io_pressure = _read_pressure(directory, "io.pressure")
+            return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io, io_pressure)
         dirs = self._dirs(path)
         cpu = memory = None
         pids = pids_limit = None
@@ -364,6 +421,7 @@ def _cpu_v2(directory: str) -> CpuUsage | None:
         periods=stat.get("nr_periods", 0),
         throttled_periods=stat.get("nr_throttled", 0),
         throttled_ns=stat.get("throttled_usec", 0) * 1000,
+        pressure=_read_pressure(directory, "cpu.pressure"),
     )
 
 
@@ -389,6 +447,7 @@ def _memory_v2(directory: str, detailed: bool) -> MemoryUsage | None:
         limit_bytes=limit,
         available_bytes=available(limit, working),
         swap_bytes=_read_int(directory, "memory.swap.current"),
+        pressure=_read_pressure(directory, "memory.pressure"),
     )
     if not detailed:
         return memory

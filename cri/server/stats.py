@@ -11,7 +11,7 @@ from cri import cadvisor_metrics as metrics
 from cri.server.common import Context
 from cri.stats import ContainerSample, LayerUsage, PodSample, StatsManager
 from network.netstats import InterfaceCounters
-from runtime.cgroup_stats import CgroupUsage
+from runtime.cgroup_stats import CgroupUsage, Pressure, Stall
 
 # Items per message of a streaming response: far below the message size limit.
 STREAM_BATCH = 200
@@ -21,6 +21,20 @@ def _u64(value: int) -> pb.UInt64Value:
     return pb.UInt64Value(value=max(value, 0))
 
 
+def _stall(stall: Stall | None) -> pb.PsiData | None:
+    if stall is None:
+        return None
+    return pb.PsiData(
+        Total=stall.total_ns, Avg10=stall.avg10, Avg60=stall.avg60, Avg300=stall.avg300
+    )
+
+
+def _psi(pressure: Pressure | None) -> pb.PsiStats | None:
+    if pressure is None:
+        return None
+    return pb.PsiStats(Full=_stall(pressure.full), Some=_stall(pressure.some))
+
+
 def _cpu(usage: CgroupUsage | None, nano_cores: int | None) -> pb.CpuUsage | None:
     if usage is None or usage.cpu is None:
         return None
@@ -28,7 +42,14 @@ def _cpu(usage: CgroupUsage | None, nano_cores: int | None) -> pb.CpuUsage | Non
         timestamp=usage.timestamp_ns,
         usage_core_nano_seconds=_u64(usage.cpu.usage_ns),
         usage_nano_cores=_u64(nano_cores) if nano_cores is not None else None,
+        psi=_psi(usage.cpu.pressure),
     )
+
+
+def _io(usage: CgroupUsage | None) -> pb.IoUsage | None:
+    if usage is None or usage.io_pressure is None:
+        return None
+    return pb.IoUsage(timestamp=usage.timestamp_ns, psi=_psi(usage.io_pressure))
 
 
 def _memory(usage: CgroupUsage | None) -> pb.MemoryUsage | None:
@@ -43,6 +64,7 @@ def _memory(usage: CgroupUsage | None) -> pb.MemoryUsage | None:
         rss_bytes=_u64(m.rss_bytes),
         page_faults=_u64(m.page_faults),
         major_page_faults=_u64(m.major_page_faults),
+        psi=_psi(m.pressure),
     )
 
 
@@ -81,6 +103,7 @@ def container_stats_to_proto(sample: ContainerSample) -> pb.ContainerStats:
         memory=_memory(usage),
         swap=_swap(usage),
         writable_layer=_filesystem(sample.writable_layer),
+        io=_io(usage),
     )
 
 
@@ -126,6 +149,7 @@ def pod_stats_to_proto(sample: PodSample) -> pb.PodSandboxStats:
             network=_network(sample),
             process=process,
             containers=[container_stats_to_proto(c) for c in sample.containers],
+            io=_io(usage),
         ),
     )
 

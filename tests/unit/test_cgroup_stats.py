@@ -10,10 +10,13 @@ from runtime.cgroup_stats import (
     CgroupStatsReader,
     DeviceIo,
     FlatKeyed,
+    Pressure,
+    Stall,
     available,
     count_processes,
     device_name,
     parse_limit,
+    parse_pressure,
     parse_v1_blkio,
     parse_v2_io_stat,
     working_set,
@@ -69,6 +72,10 @@ pgrefill 0
 thp_fault_alloc 0
 """
 
+CPU_PRESSURE = """some avg10=0.75 avg60=10.09 avg300=15.69 total=940672340
+full avg10=0.00 avg60=0.00 avg300=0.00 total=0
+"""
+
 V2_MEMORY_EVENTS = """low 0
 high 0
 max 4
@@ -104,9 +111,18 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
             "memory.peak": "60000000\n",
             "pids.current": "3\n",
             "pids.max": "max\n",
+            "cpu.pressure": CPU_PRESSURE,
+            "memory.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n"
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=3\n",
+            "io.pressure": "some avg10=1.50 avg60=0.20 avg300=0.01 total=900\n"
+            "full avg10=1.00 avg60=0.10 avg300=0.00 total=800\n",
         },
     )
     usage = CgroupStatsReader(cgroups).read("/kubepods/pod1/ctr", detailed=True)
+    assert usage.cpu is not None and usage.memory is not None
+    assert usage.cpu.pressure == parse_pressure(CPU_PRESSURE)
+    assert usage.memory.pressure == Pressure(Stall(7000, 0, 0, 0), Stall(3000, 0, 0, 0))
+    assert usage.io_pressure is not None and usage.io_pressure.full == Stall(800_000, 1, 0.1, 0)
     assert usage.timestamp_ns > 0
     assert usage.cpu is not None
     assert usage.cpu.usage_ns == 2451320 * 1000
@@ -313,3 +329,16 @@ def test_device_names_come_from_sysfs_uevents(tmp_path: Path) -> None:
     _write(tmp_path / "dev" / "block" / "8:16", {"uevent": "MAJOR=8\nMINOR=16\nDEVNAME=sdb\n"})
     assert device_name(8, 16, str(tmp_path)) == "/dev/sdb"
     assert device_name(9, 9, str(tmp_path)) == "9:9"
+
+
+def test_pressure_lines_are_parsed_with_totals_in_ns() -> None:
+    pressure = parse_pressure(CPU_PRESSURE)
+    assert pressure == Pressure(
+        Stall(940672340 * 1000, 0.75, 10.09, 15.69), Stall(0, 0.0, 0.0, 0.0)
+    )
+    # Kernels before 5.13 have no "full" line for cpu.
+    only_some = parse_pressure(CPU_PRESSURE.splitlines()[0])
+    assert only_some is not None and only_some.full is None
+    assert parse_pressure("") is None
+    assert parse_pressure("\n") is None
+    assert parse_v2_io_stat("\n") == ()
