@@ -341,6 +341,8 @@ class StatsManager:
         return out
 
     async def _forget_gone(self) -> None:
+        """Drop the previous samples of containers and pods that are gone (after an
+        unfiltered list, which sees them all)."""
         keys = {f"container/{c.id}" for c in await self.containers.select()}
         keys.update(f"pod/{s.id}" for s in self.sandboxes.select())
         self.rates.keep_only(keys)
@@ -355,7 +357,10 @@ class StatsManager:
         self, id_prefix: str = "", labels: Mapping[str, str] | None = None, detailed: bool = False
     ) -> list[PodSample]:
         found = self.sandboxes.select(id_prefix, READY, labels)
-        return await self._pod_samples(found, detailed)
+        samples = await self._pod_samples(found, detailed)
+        if not id_prefix and not labels:
+            await self._forget_gone()
+        return samples
 
     async def _pod_samples(self, pods: list[Sandbox], detailed: bool) -> list[PodSample]:
         members = {
