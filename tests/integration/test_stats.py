@@ -155,8 +155,8 @@ def test_pod_stats_network_counters_grow_with_traffic(make_node: MakeNode) -> No
     received = after.rx_bytes.value - network.default_interface.rx_bytes.value
     assert sent >= 300000, sent
     assert 0 < received < sent
-    # The pod's containers are in its stats; without a pod cgroup the pod's figures
-    # are their sums.
+    # The pod's containers are in its stats; the pod's cgroup (skiff's own here: the
+    # pod names no cgroup parent) holds them.
     stats = _pod_stats(node, node.pod)
     assert [c.attributes.metadata.name for c in stats.linux.containers] == ["web"]
     web = stats.linux.containers[0]
