@@ -275,6 +275,7 @@ class StatsManager:
 
     def stop(self) -> None:
         self.layers.stop()
+        self.reader.files.close()
 
     # --- containers ------------------------------------------------------------------
 
@@ -341,11 +342,20 @@ class StatsManager:
         return out
 
     async def _forget_gone(self) -> None:
-        """Drop the previous samples of containers and pods that are gone (after an
+        """Drop what is kept for containers and pods that are gone or stopped (after an
         unfiltered list, which sees them all)."""
-        keys = {f"container/{c.id}" for c in await self.containers.select()}
-        keys.update(f"pod/{s.id}" for s in self.sandboxes.select())
+        containers = await self.containers.select()
+        pods = self.sandboxes.select()
+        keys = {f"container/{c.id}" for c in containers}
+        keys.update(f"pod/{s.id}" for s in pods)
         self.rates.keep_only(keys)
+        # The cgroup files kept open: only those of running containers and of pods.
+        live = {p.cgroup_parent for p in pods if p.cgroup_parent.startswith("/")}
+        for c in containers:
+            path = self.cgroup_path(c) if c.state == RUNNING else None
+            if path is not None:
+                live.add(path)
+        self.reader.keep_only(live)
 
     # --- pods ------------------------------------------------------------------------
 

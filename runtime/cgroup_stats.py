@@ -2,8 +2,9 @@
 
 Where the files are comes from :class:`runtime.cgroups.Cgroupfs` (its root, its version
 and, on v1, which hierarchy holds which controller), so a test can point it at a tree
-it built. Reading is a handful of small files per cgroup and no subprocess: cheap
-enough to do for every container on every stats call.
+it built. Reading is a handful of small files per cgroup, by pread(2) on descriptors
+kept open (:class:`ControlFiles`), and no subprocess: cheap enough to do for every
+container on every stats call.
 
 The figures are the ones the kubelet and cAdvisor use:
 
@@ -12,8 +13,12 @@ The figures are the ones the kubelet and cAdvisor use:
 - Memory: usage (v1 ``memory.usage_in_bytes``, v2 ``memory.current``); the working set,
   usage minus inactive file pages, which is what eviction and ``kubectl top`` read;
   RSS (v1 total_rss, v2 anon); page faults; bytes available below the limit (only
-  when there is a limit); swap in use.
+  when there is a limit); swap in use (v1 memory.stat total_swap, v2
+  ``memory.swap.current``; unknown without swap accounting).
 - pids.current.
+- For metrics only (``detailed``): user/system time, throttling, kernel memory, peak
+  usage, limit hits, OOM kills, the pids limit, block I/O per device; and on v2 the
+  pressure stall figures (PSI) of CPU, memory and I/O, which the CRI stats carry too.
 
 v1 keeps hierarchical totals under ``total_*`` in memory.stat; v2's memory.stat is
 hierarchical already. A controller whose files are missing (not mounted, or not
@@ -22,8 +27,10 @@ enabled for the cgroup) leaves its part ``None`` rather than failing the whole r
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +39,8 @@ from runtime.cgroups import V1_MEMORY_UNLIMITED, CgroupError, Cgroupfs, CgroupNo
 
 # Directories of this many cgroup paths are remembered (then forgotten all at once).
 MAX_CACHED_PATHS = 4096
+# Control files kept open at most (a few per cgroup); beyond, files are opened per read.
+MAX_OPEN_FILES = 8192
 # cpuacct.stat counts in USER_HZ ticks.
 _TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 
@@ -225,11 +234,6 @@ def parse_pressure(text: str) -> Pressure | None:
     return Pressure(stalls.get("some"), stalls.get("full"))
 
 
-def _read_pressure(directory: str, name: str) -> Pressure | None:
-    text = _read(directory, name)
-    return parse_pressure(text) if text is not None else None
-
-
 def parse_limit(text: str) -> int | None:
     """A limit file's value: None for "max" (v2) or v1's unlimited page-counter maximum."""
     value = text.strip()
@@ -249,9 +253,8 @@ def available(limit: int | None, working: int) -> int | None:
 
 
 def _read(directory: str, name: str) -> str | None:
-    """The text of a control file, or None when it is not there. One open and one
-    read: with ~15 files per cgroup and hundreds of cgroups per call, the cost of
-    Python file objects shows."""
+    """The text of a file read once (open, read, close), or None when it is not
+    there."""
     path = f"{directory}/{name}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -267,17 +270,80 @@ def _read(directory: str, name: str) -> str | None:
         os.close(fd)
 
 
-def _read_int(directory: str, name: str) -> int | None:
-    text = _read(directory, name)
-    if text is None:
-        return None
-    text = text.strip()
-    return int(text) if text.lstrip("-").isdigit() else None
+class ControlFiles:
+    """Control files read with pread(2) on descriptors kept open.
 
+    A pread at offset 0 of an open cgroupfs file makes the kernel render the file
+    anew, for a fraction of open + read + close; stats read the same few files of
+    the same cgroups call after call. Once a cgroup is removed its open files read
+    ENODEV: such a descriptor is closed and the file counts as missing. Descriptors
+    of cgroups no longer asked for are closed by :meth:`keep_only`; past ``max_open``
+    files are read the plain way. One lock covers a read or a close, so a descriptor
+    is never closed under a read (or its number reused) on another thread.
+    """
 
-def _read_limit(directory: str, name: str) -> int | None:
-    text = _read(directory, name)
-    return parse_limit(text) if text is not None else None
+    def __init__(self, max_open: int = MAX_OPEN_FILES) -> None:
+        self.max_open = max_open
+        self._fds: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def text(self, directory: str, name: str) -> str | None:
+        """The file's current text, or None when it is not there."""
+        key = (directory, name)
+        with self._lock:
+            fd = self._fds.get(key)
+            if fd is None:
+                if len(self._fds) >= self.max_open:
+                    return _read(directory, name)
+                try:
+                    fd = os.open(f"{directory}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return None
+                except OSError as exc:
+                    raise CgroupError(f"reading {directory}/{name}: {exc.strerror}") from exc
+                self._fds[key] = fd
+            try:
+                return os.pread(fd, 1 << 16, 0).decode()
+            except OSError as exc:
+                del self._fds[key]
+                os.close(fd)
+                if exc.errno in (errno.ENODEV, errno.ENOENT):
+                    return None  # the cgroup was removed
+                raise CgroupError(f"reading {directory}/{name}: {exc.strerror}") from exc
+
+    def integer(self, directory: str, name: str) -> int | None:
+        text = self.text(directory, name)
+        if text is None:
+            return None
+        text = text.strip()
+        return int(text) if text.lstrip("-").isdigit() else None
+
+    def limit(self, directory: str, name: str) -> int | None:
+        text = self.text(directory, name)
+        return parse_limit(text) if text is not None else None
+
+    def pressure(self, directory: str, name: str) -> Pressure | None:
+        text = self.text(directory, name)
+        return parse_pressure(text) if text is not None else None
+
+    def keep_only(self, directories: set[str]) -> None:
+        """Close the files of every directory not in ``directories``."""
+        with self._lock:
+            for key in [k for k in self._fds if k[0] not in directories]:
+                os.close(self._fds.pop(key))
+
+    def forget(self, directories: set[str]) -> None:
+        """Close the files of ``directories`` (a cgroup found gone)."""
+        with self._lock:
+            for key in [k for k in self._fds if k[0] in directories]:
+                os.close(self._fds.pop(key))
+
+    def close(self) -> None:
+        self.keep_only(set())
+
+    @property
+    def open_count(self) -> int:
+        return len(self._fds)
 
 
 class CgroupStatsReader:
@@ -292,6 +358,16 @@ class CgroupStatsReader:
         # cgroup path -> controller -> directory, as strings: building them with
         # pathlib for every read of every cgroup costs as much as a file read.
         self._directories: dict[str, dict[str, str]] = {}
+        self.files = ControlFiles()
+
+    def keep_only(self, paths: set[str]) -> None:
+        """Let go of what is kept for cgroups other than ``paths`` (gone ones)."""
+        live = {d for path in paths for d in self._dirs(path).values()}
+        self.files.keep_only(live)
+        # list() copies the keys in one step: reads on worker threads may add paths.
+        for path in list(self._directories):
+            if path not in paths:
+                self._directories.pop(path, None)
 
     def _dirs(self, path: str) -> dict[str, str]:
         found = self._directories.get(path)
@@ -305,6 +381,10 @@ class CgroupStatsReader:
             self._directories[path] = found
         return found
 
+    def _gone(self, path: str) -> None:
+        self.files.forget(set(self._dirs(path).values()))
+        self._directories.pop(path, None)
+
     def read(self, path: str, detailed: bool = False) -> CgroupUsage:
         """Usage of cgroup ``path`` (like ``/kubepods/pod1/ctr``); CgroupNotFound when
         the cgroup is not there.
@@ -315,53 +395,56 @@ class CgroupStatsReader:
         the pids limit and block I/O per device, for metrics.
         """
         now = time.time_ns()
+        files = self.files
         if self.cgroups.version == 2:
             directory = self._dirs(path)[""]
-            cpu = _cpu_v2(directory)
+            cpu = _cpu_v2(files, directory)
             if cpu is None and not os.path.isdir(directory):
+                self._gone(path)
                 raise CgroupNotFound(f"cgroup {path} does not exist ({directory})")
-            pids, pids_limit = _pids(directory, detailed)
-            device_io = parse_v2_io_stat(_read(directory, "io.stat") or "") if detailed else ()
-            memory_v2 = _memory_v2(directory, detailed)
-            io_pressure = _read_pressure(directory, "io.pressure")
+            pids, pids_limit = _pids(files, directory, detailed)
+            device_io = parse_v2_io_stat(files.text(directory, "io.stat") or "") if detailed else ()
+            memory_v2 = _memory_v2(files, directory, detailed)
+            io_pressure = files.pressure(directory, "io.pressure")
             return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io, io_pressure)
         dirs = self._dirs(path)
         cpu = memory = None
         pids = pids_limit = None
         if "cpuacct" in dirs:
-            cpu = _cpu_v1(dirs["cpuacct"], dirs.get("cpu"), detailed)
+            cpu = _cpu_v1(files, dirs["cpuacct"], dirs.get("cpu"), detailed)
         if "memory" in dirs:
-            memory = _memory_v1(dirs["memory"], detailed)
+            memory = _memory_v1(files, dirs["memory"], detailed)
         if "pids" in dirs:
-            pids, pids_limit = _pids(dirs["pids"], detailed)
+            pids, pids_limit = _pids(files, dirs["pids"], detailed)
         nothing = cpu is None and memory is None and pids is None
         if nothing and not any(os.path.isdir(d) for d in dirs.values()):
+            self._gone(path)
             raise CgroupNotFound(f"cgroup {path} does not exist under {self.cgroups.root}")
         io: tuple[DeviceIo, ...] = ()
         if detailed and "blkio" in dirs:
             io = parse_v1_blkio(
-                _read(dirs["blkio"], "blkio.throttle.io_service_bytes_recursive") or "",
-                _read(dirs["blkio"], "blkio.throttle.io_serviced_recursive") or "",
+                files.text(dirs["blkio"], "blkio.throttle.io_service_bytes_recursive") or "",
+                files.text(dirs["blkio"], "blkio.throttle.io_serviced_recursive") or "",
             )
         return CgroupUsage(now, cpu, memory, pids, pids_limit, io)
 
 
-def _pids(directory: str, detailed: bool) -> tuple[int | None, int | None]:
-    current = _read_int(directory, "pids.current")
+def _pids(files: ControlFiles, directory: str, detailed: bool) -> tuple[int | None, int | None]:
+    current = files.integer(directory, "pids.current")
     if current is None or not detailed:
         return current, None
-    return current, _read_limit(directory, "pids.max")
+    return current, files.limit(directory, "pids.max")
 
 
 # ---- v1 ---------------------------------------------------------------------------
 
 
-def _cpu_v1(cpuacct: str, cpu: str | None, detailed: bool) -> CpuUsage | None:
-    usage = _read_int(cpuacct, "cpuacct.usage")
+def _cpu_v1(files: ControlFiles, cpuacct: str, cpu: str | None, detailed: bool) -> CpuUsage | None:
+    usage = files.integer(cpuacct, "cpuacct.usage")
     if usage is None or not detailed:
         return None if usage is None else CpuUsage(usage)
-    times = FlatKeyed(_read(cpuacct, "cpuacct.stat") or "")
-    throttling = FlatKeyed((_read(cpu, "cpu.stat") or "") if cpu is not None else "")
+    times = FlatKeyed(files.text(cpuacct, "cpuacct.stat") or "")
+    throttling = FlatKeyed((files.text(cpu, "cpu.stat") or "") if cpu is not None else "")
     return CpuUsage(
         usage_ns=usage,
         user_ns=times.get("user", 0) * _TICK_NS,
@@ -372,13 +455,12 @@ def _cpu_v1(cpuacct: str, cpu: str | None, detailed: bool) -> CpuUsage | None:
     )
 
 
-def _memory_v1(directory: str, detailed: bool) -> MemoryUsage | None:
-    usage = _read_int(directory, "memory.usage_in_bytes")
+def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsage | None:
+    usage = files.integer(directory, "memory.usage_in_bytes")
     if usage is None:
         return None
-    stat = FlatKeyed(_read(directory, "memory.stat") or "")
-    limit = _read_limit(directory, "memory.limit_in_bytes")
-    memsw = _read_int(directory, "memory.memsw.usage_in_bytes")
+    stat = FlatKeyed(files.text(directory, "memory.stat") or "")
+    limit = files.limit(directory, "memory.limit_in_bytes")
     working = working_set(usage, stat.get("total_inactive_file", 0))
     memory = MemoryUsage(
         usage_bytes=usage,
@@ -390,16 +472,17 @@ def _memory_v1(directory: str, detailed: bool) -> MemoryUsage | None:
         major_page_faults=stat.get("total_pgmajfault", 0),
         limit_bytes=limit,
         available_bytes=available(limit, working),
-        swap_bytes=max(memsw - usage, 0) if memsw is not None else None,
+        # memory.stat has swap lines only with swap accounting (memsw) on.
+        swap_bytes=stat.optional("total_swap"),
     )
     if not detailed:
         return memory
-    oom = FlatKeyed(_read(directory, "memory.oom_control") or "")
+    oom = FlatKeyed(files.text(directory, "memory.oom_control") or "")
     return replace(
         memory,
-        kernel_bytes=_read_int(directory, "memory.kmem.usage_in_bytes") or 0,
-        max_usage_bytes=_read_int(directory, "memory.max_usage_in_bytes"),
-        failcnt=_read_int(directory, "memory.failcnt") or 0,
+        kernel_bytes=files.integer(directory, "memory.kmem.usage_in_bytes") or 0,
+        max_usage_bytes=files.integer(directory, "memory.max_usage_in_bytes"),
+        failcnt=files.integer(directory, "memory.failcnt") or 0,
         oom_kills=oom.get("oom_kill", 0),
     )
 
@@ -407,8 +490,8 @@ def _memory_v1(directory: str, detailed: bool) -> MemoryUsage | None:
 # ---- v2 ---------------------------------------------------------------------------
 
 
-def _cpu_v2(directory: str) -> CpuUsage | None:
-    text = _read(directory, "cpu.stat")
+def _cpu_v2(files: ControlFiles, directory: str) -> CpuUsage | None:
+    text = files.text(directory, "cpu.stat")
     if text is None:
         return None
     stat = FlatKeyed(text)
@@ -421,16 +504,16 @@ def _cpu_v2(directory: str) -> CpuUsage | None:
         periods=stat.get("nr_periods", 0),
         throttled_periods=stat.get("nr_throttled", 0),
         throttled_ns=stat.get("throttled_usec", 0) * 1000,
-        pressure=_read_pressure(directory, "cpu.pressure"),
+        pressure=files.pressure(directory, "cpu.pressure"),
     )
 
 
-def _memory_v2(directory: str, detailed: bool) -> MemoryUsage | None:
-    usage = _read_int(directory, "memory.current")
+def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsage | None:
+    usage = files.integer(directory, "memory.current")
     if usage is None:
         return None
-    stat = FlatKeyed(_read(directory, "memory.stat") or "")
-    limit = _read_limit(directory, "memory.max")
+    stat = FlatKeyed(files.text(directory, "memory.stat") or "")
+    limit = files.limit(directory, "memory.max")
     working = working_set(usage, stat.get("inactive_file", 0))
     kernel = stat.optional("kernel")
     if kernel is None:  # kernels before 5.18 have no "kernel" line: add up its parts
@@ -446,15 +529,15 @@ def _memory_v2(directory: str, detailed: bool) -> MemoryUsage | None:
         major_page_faults=stat.get("pgmajfault", 0),
         limit_bytes=limit,
         available_bytes=available(limit, working),
-        swap_bytes=_read_int(directory, "memory.swap.current"),
-        pressure=_read_pressure(directory, "memory.pressure"),
+        swap_bytes=files.integer(directory, "memory.swap.current"),
+        pressure=files.pressure(directory, "memory.pressure"),
     )
     if not detailed:
         return memory
-    events = FlatKeyed(_read(directory, "memory.events") or "")
+    events = FlatKeyed(files.text(directory, "memory.events") or "")
     return replace(
         memory,
-        max_usage_bytes=_read_int(directory, "memory.peak"),
+        max_usage_bytes=files.integer(directory, "memory.peak"),
         failcnt=events.get("max", 0),
         oom_kills=events.get("oom_kill", 0),
     )

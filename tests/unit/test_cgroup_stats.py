@@ -8,6 +8,7 @@ import pytest
 
 from runtime.cgroup_stats import (
     CgroupStatsReader,
+    ControlFiles,
     DeviceIo,
     FlatKeyed,
     Pressure,
@@ -190,6 +191,7 @@ total_inactive_anon 0
 total_active_anon 31457280
 total_inactive_file 16777216
 total_active_file 4194304
+total_swap 2097152
 """
 
 
@@ -216,7 +218,6 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
             "memory.usage_in_bytes": "58720256\n",
             "memory.stat": V1_MEMORY_STAT,
             "memory.limit_in_bytes": f"{V1_MEMORY_UNLIMITED}\n",
-            "memory.memsw.usage_in_bytes": "60817408\n",
             "memory.max_usage_in_bytes": "70000000\n",
             "memory.failcnt": "0\n",
             "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
@@ -238,7 +239,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
     assert memory.rss_bytes == 31457280
     assert (memory.page_faults, memory.major_page_faults) == (5000, 2)
     assert memory.limit_bytes is None and memory.available_bytes is None
-    assert memory.swap_bytes == 60817408 - 58720256
+    assert memory.swap_bytes == 2097152
     assert memory.oom_kills == 2
     assert (usage.pids, usage.pids_limit) == (5, 100)
     # What the CRI stats do not carry is only read when asked for.
@@ -253,7 +254,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
     )
 
 
-def test_v1_limit_gives_available_bytes_and_no_memsw_means_unknown_swap(tmp_path: Path) -> None:
+def test_v1_limit_gives_available_bytes_and_no_swap_accounting_unknown_swap(tmp_path: Path) -> None:
     cgroups = _v1_tree(tmp_path)
     _write(
         tmp_path / "memory" / "c",
@@ -342,3 +343,38 @@ def test_pressure_lines_are_parsed_with_totals_in_ns() -> None:
     assert parse_pressure("") is None
     assert parse_pressure("\n") is None
     assert parse_v2_io_stat("\n") == ()
+
+
+def test_control_files_stay_open_and_read_the_current_text(tmp_path: Path) -> None:
+    files = ControlFiles(max_open=2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, {"x": "1\n", "y": "max\n"})
+    _write(b, {"z": "7\n"})
+    assert files.integer(str(a), "x") == 1
+    assert files.limit(str(a), "y") is None
+    assert files.open_count == 2
+    (a / "x").write_text("2\n")  # the same file, rewritten: read anew
+    assert files.integer(str(a), "x") == 2
+    assert files.integer(str(b), "z") == 7  # past max_open: read the plain way
+    assert files.open_count == 2
+    assert files.text(str(a), "missing") is None
+    files.keep_only({str(b)})
+    assert files.open_count == 0
+    assert files.integer(str(b), "z") == 7
+    files.close()
+    assert files.open_count == 0
+
+
+def test_the_reader_lets_go_of_cgroups_no_longer_asked_for(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path)
+    for name in ("one", "two"):
+        _write(tmp_path / name, {"cpu.stat": V2_CPU_STAT, "memory.current": "1\n"})
+    reader = CgroupStatsReader(cgroups)
+    reader.read("/one")
+    reader.read("/two")
+    opened = reader.files.open_count
+    assert opened > 0
+    reader.keep_only({"/two"})
+    assert 0 < reader.files.open_count < opened
+    reader.keep_only(set())
+    assert reader.files.open_count == 0

@@ -1,0 +1,67 @@
+"""cgroup usage read from this machine's real cgroup v1 hierarchies.
+
+The test works in a "/skiff-statsv1-<random>" cgroup of its own, runs one process of
+its own in it (killed by pid), and removes the cgroup whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.cgroup_stats import CgroupStatsReader
+from runtime.cgroups import Cgroupfs, CgroupNotFound, CgroupResources, cgroup_version
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or cgroup_version(Path("/sys/fs/cgroup")) != 1,
+    reason="needs root and cgroup v1 hierarchies at /sys/fs/cgroup",
+)
+
+# Burns CPU and holds 30 MiB of anonymous memory it has touched.
+HOG = "data = bytearray(30 * 1024 * 1024)\nwhile True:\n    pass\n"
+MIB = 1 << 20
+
+
+def test_a_busy_process_shows_in_its_cgroup_until_the_cgroup_goes() -> None:
+    cgroups = Cgroupfs()
+    path = f"/skiff-statsv1-{secrets.token_hex(4)}"
+    cgroups.create(path, CgroupResources(memory_limit=256 * MIB))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        reader = CgroupStatsReader(cgroups)
+        idle = reader.read(path)
+        assert idle.cpu is not None and idle.cpu.usage_ns == 0
+        assert idle.pids == 0
+        proc = subprocess.Popen([sys.executable, "-c", HOG])
+        cgroups.attach(path, proc.pid)
+        time.sleep(1.0)
+        first = reader.read(path, detailed=True)
+        time.sleep(0.5)
+        second = reader.read(path)
+        assert first.cpu is not None and second.cpu is not None
+        assert second.cpu.usage_ns > first.cpu.usage_ns > 200_000_000
+        assert first.cpu.user_ns > 0
+        memory = second.memory
+        assert memory is not None
+        assert memory.working_set_bytes >= 30 * MIB
+        assert memory.rss_bytes >= 30 * MIB
+        assert memory.limit_bytes == 256 * MIB
+        assert memory.available_bytes == 256 * MIB - memory.working_set_bytes
+        assert memory.page_faults > 0
+        assert second.pids == 1
+        assert reader.files.open_count > 0  # kept open between reads
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        cgroups.delete(path)
+    # The kept descriptors now read ENODEV: the cgroup counts as gone.
+    with pytest.raises(CgroupNotFound, match=path):
+        reader.read(path)
+    assert reader.files.open_count == 0
