@@ -42,7 +42,6 @@ from runtime.cgroup_stats import (
     CpuUsage,
     MemoryUsage,
     ProcessCounts,
-    count_processes,
 )
 from runtime.cgroups import CgroupError, CgroupNotFound
 from runtime.rootfs import RootfsError, rootfs_usage
@@ -330,7 +329,7 @@ class StatsManager:
         for key, path in paths.items():
             try:
                 usage = self.reader.read(path, detailed)
-                counts = count_processes(self.reader.cgroups, path) if detailed else None
+                counts = self.reader.processes(path) if detailed else None
             except CgroupNotFound:
                 out[key] = (None, None)
                 continue

@@ -33,7 +33,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from runtime.cgroups import V1_MEMORY_UNLIMITED, CgroupError, Cgroupfs, CgroupNotFound
 
@@ -381,6 +380,14 @@ class CgroupStatsReader:
             self._directories[path] = found
         return found
 
+    def processes(self, path: str, proc: str = "/proc") -> ProcessCounts:
+        """Process, thread, file descriptor and socket counts of cgroup ``path`` itself
+        (not its children); every hierarchy holds the same processes, one is read."""
+        dirs = self._dirs(path)
+        directory = next((dirs[c] for c in ("", "pids", "cpuacct", "memory") if c in dirs), None)
+        text = self.files.text(directory, "cgroup.procs") if directory is not None else None
+        return count_processes([int(word) for word in (text or "").split()], proc)
+
     def _gone(self, path: str) -> None:
         self.files.forget(set(self._dirs(path).values()))
         self._directories.pop(path, None)
@@ -554,20 +561,20 @@ class ProcessCounts:
     sockets: int
 
 
-def count_processes(cgroups: Cgroupfs, path: str, proc: Path = Path("/proc")) -> ProcessCounts:
-    """Processes of cgroup ``path`` (itself, not its children) and their threads, open
-    file descriptors and sockets, from ``/proc``. Costs a directory listing and a
-    readlink per open file: for metrics scrapes, not for every stats call. A process
-    that exits meanwhile is skipped."""
+def count_processes(pids: list[int], proc: str = "/proc") -> ProcessCounts:
+    """The processes ``pids`` and their threads, open file descriptors and sockets,
+    from ``/proc``. Costs a directory listing and a readlink per open file: for
+    metrics scrapes, not for every stats call. A process that exits meanwhile is
+    skipped."""
     processes = threads = fds = sockets = 0
-    for pid in cgroups.pids(path):
-        base = proc / str(pid)
+    for pid in pids:
+        base = f"{proc}/{pid}"
         try:
-            task_count = len(os.listdir(base / "task"))
+            task_count = len(os.listdir(f"{base}/task"))
             links = []
-            for name in os.listdir(base / "fd"):
+            for name in os.listdir(f"{base}/fd"):
                 try:
-                    links.append(os.readlink(base / "fd" / name))
+                    links.append(os.readlink(f"{base}/fd/{name}"))
                 except FileNotFoundError:
                     continue  # closed meanwhile
         except (FileNotFoundError, ProcessLookupError):

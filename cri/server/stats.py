@@ -3,13 +3,16 @@ CRI messages, and the cAdvisor-named metrics the kubelet serves from the runtime
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from api.runtime.v1 import api_pb2 as pb
 from cri import cadvisor_metrics as metrics
 from cri.server.common import Context
-from cri.stats import ContainerSample, LayerUsage, PodSample, StatsManager
+from cri.stats import ContainerSample, FilesystemCapacity, LayerUsage, PodSample, StatsManager
 from network.netstats import InterfaceCounters
 from runtime.cgroup_stats import CgroupUsage, Pressure, Stall
 
@@ -154,14 +157,35 @@ def pod_stats_to_proto(sample: PodSample) -> pb.PodSandboxStats:
     )
 
 
-def _metric(value: metrics.MetricValue, timestamp_ns: int) -> pb.Metric:
-    return pb.Metric(
-        name=value.name,
-        timestamp=timestamp_ns,
-        metric_type=pb.MetricType.COUNTER if value.counter else pb.MetricType.GAUGE,
-        label_values=value.label_values,
-        value=_u64(value.value),
-    )
+def _add_metrics(
+    into: RepeatedCompositeFieldContainer[pb.Metric],
+    values: list[metrics.MetricValue],
+    timestamp_ns: int,
+) -> None:
+    """Append ``values`` to a repeated Metric field. Thousands per scrape: adding in
+    place costs a third of building each message and its UInt64Value apart."""
+    for v in values:
+        metric = into.add(
+            name=v.name,
+            timestamp=timestamp_ns,
+            metric_type=pb.MetricType.COUNTER if v.counter else pb.MetricType.GAUGE,
+            label_values=v.label_values,
+        )
+        metric.value.value = v.value
+
+
+def pod_metrics_to_proto(
+    samples: list[PodSample], fs: FilesystemCapacity | None, now_ns: int
+) -> list[pb.PodSandboxMetrics]:
+    out = []
+    for pod in samples:
+        message = pb.PodSandboxMetrics(pod_sandbox_id=pod.sandbox.id)
+        _add_metrics(message.metrics, metrics.pod_metrics(pod), now_ns)
+        for c in pod.containers:
+            container = message.container_metrics.add(container_id=c.container.id)
+            _add_metrics(container.metrics, metrics.container_metrics(pod, c, fs, now_ns), now_ns)
+        out.append(message)
+    return out
 
 
 class StatsRPCs:
@@ -178,25 +202,9 @@ class StatsRPCs:
     async def _pod_metrics(self) -> list[pb.PodSandboxMetrics]:
         samples = await self.stats.list_pods(detailed=True)
         fs = self.stats.layers.capacity()
-        now = time.time_ns()
-        out = []
-        for pod in samples:
-            out.append(
-                pb.PodSandboxMetrics(
-                    pod_sandbox_id=pod.sandbox.id,
-                    metrics=[_metric(v, now) for v in metrics.pod_metrics(pod)],
-                    container_metrics=[
-                        pb.ContainerMetrics(
-                            container_id=c.container.id,
-                            metrics=[
-                                _metric(v, now) for v in metrics.container_metrics(pod, c, fs, now)
-                            ],
-                        )
-                        for c in pod.containers
-                    ],
-                )
-            )
-        return out
+        # Some 50 series per container: built on a worker thread, so that the event
+        # loop keeps answering other calls meanwhile.
+        return await asyncio.to_thread(pod_metrics_to_proto, samples, fs, time.time_ns())
 
     async def ContainerStats(
         self, request: pb.ContainerStatsRequest, context: Context

@@ -1,4 +1,5 @@
-"""Container and sandbox records for unit tests of what is built from them."""
+"""Container and sandbox records, and stats samples of them, for unit tests of what is
+built from them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ from typing import Any
 
 from cri.containers import Container
 from cri.sandboxes import Sandbox
+from cri.stats import ContainerSample, LayerUsage, NetworkSample, PodSample
+from network.netstats import InterfaceCounters
+from runtime.cgroup_stats import (
+    CgroupUsage,
+    CpuUsage,
+    DeviceIo,
+    MemoryUsage,
+    Pressure,
+    ProcessCounts,
+    Stall,
+)
 
 S = 1_000_000_000
 
@@ -76,3 +88,38 @@ def sandbox_record() -> Sandbox:
         port_mappings=[],
         config={},
     )
+
+
+PRESSURE = Pressure(Stall(12 * S + 5, 1.0, 0.5, 0.1), Stall(2 * S, 0.0, 0.0, 0.0))
+
+
+def stats_sample() -> tuple[PodSample, ContainerSample]:
+    """A pod with one running container and every figure known but swap."""
+    usage = CgroupUsage(
+        5 * S,
+        CpuUsage(usage_ns=3 * S + 7, user_ns=2 * S, system_ns=S, periods=10, pressure=PRESSURE),
+        MemoryUsage(
+            usage_bytes=300,
+            working_set_bytes=200,
+            rss_bytes=100,
+            page_faults=40,
+            major_page_faults=4,
+            swap_bytes=None,
+            max_usage_bytes=400,
+            pressure=PRESSURE,
+        ),
+        pids=3,
+        pids_limit=None,
+        io=(DeviceIo(8, 0, read_bytes=4096, write_bytes=512, reads=2, writes=1),),
+        io_pressure=PRESSURE,
+    )
+    container = ContainerSample(
+        container_record(),
+        usage,
+        None,
+        LayerUsage("/var/lib/skiff/containers", 12345, 6, 1),
+        ProcessCounts(processes=2, threads=5, file_descriptors=9, sockets=1),
+    )
+    eth0 = InterfaceCounters("eth0", 1000, 10, 1, 2, 500, 5, 0, 0)
+    pod = PodSample(sandbox_record(), usage, None, NetworkSample(1, (eth0,), eth0), (container,))
+    return pod, container

@@ -3,56 +3,14 @@
 from __future__ import annotations
 
 from cri import cadvisor_metrics as metrics
-from cri.stats import ContainerSample, FilesystemCapacity, LayerUsage, NetworkSample, PodSample
-from network.netstats import InterfaceCounters
-from runtime.cgroup_stats import (
-    CgroupUsage,
-    CpuUsage,
-    DeviceIo,
-    MemoryUsage,
-    Pressure,
-    ProcessCounts,
-    Stall,
-)
-from tests.unit.records import container_record, sandbox_record
+from cri.stats import FilesystemCapacity
+from tests.unit.records import stats_sample
 
 S = 1_000_000_000
-PRESSURE = Pressure(Stall(12 * S + 5, 1.0, 0.5, 0.1), Stall(2 * S, 0.0, 0.0, 0.0))
-
-
-def _sample() -> tuple[PodSample, ContainerSample]:
-    usage = CgroupUsage(
-        5 * S,
-        CpuUsage(usage_ns=3 * S + 7, user_ns=2 * S, system_ns=S, periods=10, pressure=PRESSURE),
-        MemoryUsage(
-            usage_bytes=300,
-            working_set_bytes=200,
-            rss_bytes=100,
-            page_faults=40,
-            major_page_faults=4,
-            swap_bytes=None,
-            max_usage_bytes=400,
-            pressure=PRESSURE,
-        ),
-        pids=3,
-        pids_limit=None,
-        io=(DeviceIo(8, 0, read_bytes=4096, write_bytes=512, reads=2, writes=1),),
-        io_pressure=PRESSURE,
-    )
-    container = ContainerSample(
-        container_record(),
-        usage,
-        None,
-        LayerUsage("/var/lib/skiff/containers", 12345, 6, 1),
-        ProcessCounts(processes=2, threads=5, file_descriptors=9, sockets=1),
-    )
-    eth0 = InterfaceCounters("eth0", 1000, 10, 1, 2, 500, 5, 0, 0)
-    pod = PodSample(sandbox_record(), usage, None, NetworkSample(1, (eth0,), eth0), (container,))
-    return pod, container
 
 
 def test_every_series_has_one_value_per_label_key_of_its_descriptor() -> None:
-    pod, container = _sample()
+    pod, container = stats_sample()
     fs = FilesystemCapacity("/var/lib/skiff/containers", 10**9, 10**8, 1000, 900)
     series = metrics.pod_metrics(pod) + metrics.container_metrics(pod, container, fs, 9 * S)
     keys = {d.name: d.label_keys for d in metrics.DESCRIPTORS}
@@ -63,7 +21,7 @@ def test_every_series_has_one_value_per_label_key_of_its_descriptor() -> None:
 
 
 def test_values_and_labels() -> None:
-    pod, container = _sample()
+    pod, container = stats_sample()
     series = metrics.container_metrics(pod, container, None, 9 * S)
     by_name: dict[str, list[metrics.MetricValue]] = {}
     for value in series:

@@ -14,7 +14,6 @@ from runtime.cgroup_stats import (
     Pressure,
     Stall,
     available,
-    count_processes,
     device_name,
     parse_limit,
     parse_pressure,
@@ -304,7 +303,7 @@ def test_process_counts_come_from_the_cgroup_procs_and_proc(tmp_path: Path) -> N
             (proc / str(pid) / "task" / str(pid + tid)).mkdir(parents=True)
         for fd, target in enumerate(links):
             (proc / str(pid) / "fd" / str(fd)).symlink_to(target)
-    counts = count_processes(cgroups, "/pod", proc)
+    counts = CgroupStatsReader(cgroups).processes("/pod", str(proc))
     assert (counts.processes, counts.threads) == (2, 4)
     assert (counts.file_descriptors, counts.sockets) == (5, 3)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from cri.server.stats import container_stats_to_proto, pod_stats_to_proto
+from api.runtime.v1 import api_pb2 as pb
+from cri.server.stats import container_stats_to_proto, pod_metrics_to_proto, pod_stats_to_proto
 from cri.stats import ContainerSample, LayerUsage, NetworkSample, PodSample
 from network.netstats import InterfaceCounters
 from runtime.cgroup_stats import CgroupUsage, CpuUsage, MemoryUsage, Pressure, Stall
-from tests.unit.records import container_record, sandbox_record
+from tests.unit.records import container_record, sandbox_record, stats_sample
 
 PRESSURE = Pressure(Stall(5000, 1.5, 0.5, 0.25), None)
 
@@ -86,3 +87,17 @@ def test_a_pod_with_its_network_and_containers() -> None:
     assert [c.attributes.id for c in stats.linux.containers] == [container.container.id]
     no_network = pod_stats_to_proto(PodSample(sandbox_record(), None, None, None, ()))
     assert not no_network.linux.HasField("network") and not no_network.linux.HasField("cpu")
+
+
+def test_pod_metrics_as_messages() -> None:
+    pod, container = stats_sample()
+    (message,) = pod_metrics_to_proto([pod], None, 77)
+    assert message.pod_sandbox_id == pod.sandbox.id
+    received = next(m for m in message.metrics if m.name == "container_network_receive_bytes_total")
+    assert (received.value.value, received.timestamp) == (1000, 77)
+    assert received.metric_type == pb.MetricType.COUNTER
+    (ours,) = message.container_metrics
+    assert ours.container_id == container.container.id
+    rss = next(m for m in ours.metrics if m.name == "container_memory_rss")
+    assert (rss.value.value, rss.metric_type) == (100, pb.MetricType.GAUGE)
+    assert list(rss.label_values[:2]) == ["web", container.container.id]
