@@ -94,56 +94,64 @@ class _PoisonedThread(Exception):
     """This worker thread is (or may be) outside the host's network namespace."""
 
 
+def _go_home(pool: _Pool, own: int) -> None:
+    """Back to the host namespace, or _PoisonedThread when the thread cannot be."""
+    try:
+        _setns(own)
+        if _identity_of_thread() != pool.home:
+            raise OSError(errno.EINVAL, "the thread is still in another namespace")
+    except OSError as exc:
+        raise _PoisonedThread(
+            f"cannot return the worker thread to the host network namespace: {exc}"
+        ) from exc
+
+
+def _open_home(pool: _Pool) -> int:
+    own = os.open(_SELF_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    if _identity(own) != pool.home:
+        os.close(own)
+        raise _PoisonedThread("the worker thread is not in the host network namespace")
+    return own
+
+
 def _call_in_netns(
     pool: _Pool, netns_path: str, work: Callable[[], T], discard: Callable[[T], None] | None
 ) -> T:
     """On a pool thread: ``work()`` run inside ``netns_path``, then back home.
 
-    An OSError of ``work`` is raised after the thread is back; opening the namespace
+    Whatever ``work`` raises is raised once the thread is back; opening the namespace
     file raises as it is (FileNotFoundError when the namespace is gone)."""
     target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        own = os.open(_SELF_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        own = _open_home(pool)
         try:
-            if _identity(own) != pool.home:
-                raise _PoisonedThread("the worker thread is not in the host network namespace")
             _setns(target)  # on failure nothing changed
-            done = False
-            result: T | None = None
-            failed: OSError | None = None
             try:
                 result = work()
-                done = True
-            except OSError as exc:
-                failed = exc
+            except BaseException:
+                _go_home(pool, own)
+                raise
             try:
-                _setns(own)
-                if _identity_of_thread() != pool.home:
-                    raise OSError(errno.EINVAL, "the thread is still in another namespace")
-            except OSError as exc:
-                if done and discard is not None:
-                    discard(result)  # type: ignore[arg-type]
-                raise _PoisonedThread(
-                    f"cannot return the worker thread to the host network namespace: {exc}"
-                ) from exc
+                _go_home(pool, own)
+            except _PoisonedThread:
+                if discard is not None:
+                    discard(result)
+                raise
+            return result
         finally:
             os.close(own)
     finally:
         os.close(target)
-    if failed is not None:
-        raise failed
-    return result  # type: ignore[return-value]
 
 
 def _call_in_each(pool: _Pool, netns_paths: list[str], work: Callable[[], T]) -> list[T | OSError]:
     """On a pool thread: ``work()`` run inside each of ``netns_paths`` in turn, back
     home after each; a namespace that cannot be entered, or an OSError of ``work``,
-    is that namespace's result."""
+    is that namespace's result. Anything else ``work`` raises stops the round, once
+    the thread is back."""
     results: list[T | OSError] = []
-    own = os.open(_SELF_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    own = _open_home(pool)
     try:
-        if _identity(own) != pool.home:
-            raise _PoisonedThread("the worker thread is not in the host network namespace")
         for path in netns_paths:
             try:
                 target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -161,14 +169,8 @@ def _call_in_each(pool: _Pool, netns_paths: list[str], work: Callable[[], T]) ->
                 results.append(work())
             except OSError as exc:
                 results.append(exc)
-            try:
-                _setns(own)
-                if _identity_of_thread() != pool.home:
-                    raise OSError(errno.EINVAL, "the thread is still in another namespace")
-            except OSError as exc:
-                raise _PoisonedThread(
-                    f"cannot return the worker thread to the host network namespace: {exc}"
-                ) from exc
+            finally:
+                _go_home(pool, own)
     finally:
         os.close(own)
     return results

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from network import netns_thread
 from network.netstats import (
     NetStatsError,
     parse_net_dev,
@@ -53,8 +54,31 @@ def test_many_namespaces_in_one_go_each_answers_for_itself() -> None:
         assert isinstance(first, list) and {c.name for c in first} == {"lo", "skv0", "skv1"}
         assert isinstance(missing, NetStatsError) and gone in str(missing)
         assert isinstance(second, list) and [c.name for c in second] == ["lo"]
-        # The worker thread went back home after each namespace.
-        host = os.stat("/proc/self/ns/net")
-        for task in os.listdir("/proc/self/task"):
+        assert _threads_at_home()  # back home after each namespace
+
+
+def _threads_at_home() -> bool:
+    host = os.stat("/proc/self/ns/net")
+    for task in os.listdir("/proc/self/task"):
+        try:
             st = os.stat(f"/proc/self/task/{task}/ns/net")
-            assert (st.st_dev, st.st_ino) == (host.st_dev, host.st_ino)
+        except FileNotFoundError:
+            continue  # the thread just ended
+        if (st.st_dev, st.st_ino) != (host.st_dev, host.st_ino):
+            return False
+    return True
+
+
+def test_work_that_fails_still_brings_the_thread_back() -> None:
+    def broken() -> int:
+        raise ZeroDivisionError("a bug in the work")
+
+    with netns.netns("skiff-ns-") as ns:
+        with pytest.raises(ZeroDivisionError):
+            asyncio.run(netns_thread.run_in_netns(ns.path, broken))
+        assert _threads_at_home()
+        with pytest.raises(ZeroDivisionError):
+            asyncio.run(netns_thread.run_in_each_netns([ns.path], broken))
+        assert _threads_at_home()
+        # The pool is still good.
+        assert asyncio.run(netns_thread.run_in_netns(ns.path, lambda: 7)) == 7
