@@ -574,7 +574,7 @@ class ContainerManager:
             mounts=self._mounts(request, sandbox),
             devices=request.devices,
             namespaces=namespaces,
-            cgroups_path=self._cgroups_path(sandbox, container.id),
+            cgroups_path=self.cgroup_path(sandbox, container.id),
             resources=request.resources,
             oom_score_adj=request.oom_score_adj,
             security=request.security,
@@ -640,7 +640,7 @@ class ContainerManager:
             namespaces["pid"] = NEW
         return namespaces
 
-    def _cgroups_path(self, sandbox: Sandbox, container_id: str) -> str:
+    def cgroup_path(self, sandbox: Sandbox, container_id: str) -> str:
         return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-{container_id[:12]}"
 
     # --- lifecycle ---------------------------------------------------------------------

@@ -296,10 +296,10 @@ class StatsManager:
     def cgroup_path(self, container: Container) -> str | None:
         """The container's cgroup as the container manager names it; None without a
         pod, or for a path cgroupfs does not take (a systemd slice name)."""
-        sandbox = self.sandboxes.find(container.sandbox_id)
+        sandbox = self.sandboxes.by_id(container.sandbox_id)
         if sandbox is None:
             return None
-        path = self.containers._cgroups_path(sandbox, container.id)
+        path = self.containers.cgroup_path(sandbox, container.id)
         return path if path.startswith("/") else None
 
     async def container(self, container_id: str) -> ContainerSample:
