@@ -184,22 +184,10 @@ async def run_in_each_netns(netns_paths: list[str], work: Callable[[], T]) -> li
     when the thread could not get back (the pool is replaced)."""
     if not netns_paths:
         return []
-    for attempt in (1, 2):
-        pool = _current_pool()
-        try:
-            job = pool.executor.submit(_call_in_each, pool, list(netns_paths), work)
-        except RuntimeError as exc:
-            if attempt == 2:
-                raise NetnsThreadError(f"entering network namespaces: {exc}") from exc
-            continue
-        try:
-            return await asyncio.wrap_future(job)
-        except _PoisonedThread as exc:
-            _retire(pool)
-            raise NetnsThreadError(
-                f"entering network namespaces: {exc}; the worker pool was replaced, try again"
-            ) from exc
-    raise AssertionError("unreachable")
+    return await _on_worker(
+        "entering network namespaces",
+        lambda pool: pool.executor.submit(_call_in_each, pool, list(netns_paths), work),
+    )
 
 
 async def run_in_netns(
@@ -213,23 +201,35 @@ async def run_in_netns(
     NetnsThreadError when the thread could not get back (the pool is replaced; a retry
     may work), and OSError from opening the namespace or from ``work``.
     """
+    return await _on_worker(
+        f"entering network namespace {netns_path}",
+        lambda pool: pool.executor.submit(_call_in_netns, pool, netns_path, work, discard),
+        discard,
+    )
+
+
+async def _on_worker(
+    what: str,
+    submit: Callable[[_Pool], Future[T]],
+    discard: Callable[[T], None] | None = None,
+) -> T:
+    """The result of the job ``submit`` hands to the current pool. A pool retired by a
+    concurrent call just now ("cannot schedule new futures after shutdown") is replaced
+    by the next, fresh one; a thread that could not get home retires its pool."""
     for attempt in (1, 2):
         pool = _current_pool()
         try:
-            job = pool.executor.submit(_call_in_netns, pool, netns_path, work, discard)
+            job = submit(pool)
         except RuntimeError as exc:
-            # "cannot schedule new futures after shutdown": a concurrent call retired
-            # this pool just now; the next one is fresh.
             if attempt == 2:
-                raise NetnsThreadError(f"entering network namespace {netns_path}: {exc}") from exc
+                raise NetnsThreadError(f"{what}: {exc}") from exc
             continue
         try:
             return await asyncio.wrap_future(job)
         except _PoisonedThread as exc:
             _retire(pool)
             raise NetnsThreadError(
-                f"entering network namespace {netns_path}: {exc}; the worker pool was "
-                "replaced, try again"
+                f"{what}: {exc}; the worker pool was replaced, try again"
             ) from exc
         except asyncio.CancelledError:
             if discard is not None:
