@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -175,3 +176,30 @@ def test_a_subscriber_that_never_reads_does_not_stall_the_runtime(
             assert kinds == [CREATED, STARTED, STOPPED]
     finally:
         stuck.cancel()
+
+
+def test_a_disconnected_subscriber_is_dropped(
+    make_node: MakeNode, subscribers: list[Subscriber]
+) -> None:
+    node = make_node()
+    first, second = Subscriber(node), Subscriber(node)
+    subscribers.extend([first, second])
+    _wait_subscribed(node, [first, second])
+    first.close()
+
+    def counts() -> list[int]:
+        return [
+            int(m)
+            for m in re.findall(
+                r'msg="event subscriber left" subscribers=(\d+)', node.daemon.logs()
+            )
+        ]
+
+    deadline = time.monotonic() + 10
+    while counts() != [1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counts() == [1], node.daemon.logs()[-2000:]
+    # The one still connected keeps getting events.
+    cid = node.create("after", command=["true"])
+    (event,) = second.take(1, cid)
+    assert event.container_event_type == CREATED
