@@ -5,8 +5,10 @@ bad input and leaks."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -330,6 +332,19 @@ def test_containers_outlive_skiffd_and_exits_are_reconciled(make_node: MakeNode)
     status = node.status(short).status
     assert status.state == pb.ContainerState.CONTAINER_EXITED
     assert status.exit_code == 7
+    # The restarted skiffd watches the survivor's exit again: a List (which reads memory
+    # only, no exit file) sees it exited once it is killed.
+    os.kill(pid, signal.SIGKILL)
+    running = pb.ContainerFilter(
+        id=survivor, state=pb.ContainerStateValue(state=pb.ContainerState.CONTAINER_RUNNING)
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not node.runtime.ListContainers(pb.ListContainersRequest(filter=running)).containers:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the survivor's exit was not noticed after the restart")
 
 
 def _hybrid_cgroups() -> bool:
