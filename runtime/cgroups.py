@@ -286,6 +286,7 @@ class Cgroupfs:
         if self.version not in (1, 2):
             raise CgroupError(f"cgroup version {self.version} is neither 1 nor 2")
         self._hierarchies = self._find_hierarchies() if self.version == 1 else {}
+        self._others = self._other_hierarchies() if self.version == 1 else []
 
     # ---- layout -------------------------------------------------------------------
 
@@ -308,6 +309,21 @@ class Cgroupfs:
                 if name in V1_CONTROLLERS and (name == entry.name or name not in found):
                     found[name] = entry
         return found
+
+    def _other_hierarchies(self) -> list[Path]:
+        """v1 mounts with none of our controllers (name=systemd, a hybrid host's
+        cgroup2): runc makes a container's path there too, parents included, so the
+        parents skiff made are removed there as well."""
+        ours = {os.path.realpath(base) for base in self._hierarchies.values()}
+        try:
+            entries = sorted(self.root.iterdir())
+        except OSError:
+            return []
+        return [
+            entry
+            for entry in entries
+            if (entry / "cgroup.procs").is_file() and os.path.realpath(entry) not in ours
+        ]
 
     @property
     def hierarchies(self) -> dict[str, Path]:
@@ -405,7 +421,7 @@ class Cgroupfs:
         a child) is left whole and raises CgroupError naming it: nothing is killed.
         """
         rel = _relative(path)
-        leaves = [base / rel for base in self._bases() if (base / rel).is_dir()]
+        leaves = [base / rel for base in [*self._bases(), *self._others] if (base / rel).is_dir()]
         busy: list[str] = []
         doomed: list[Path] = []
         for leaf in leaves:
@@ -448,7 +464,7 @@ class Cgroupfs:
         gone everywhere. A cgroup still in use (EBUSY) is left as it is."""
         rel = _relative(path)
         gone = True
-        for base in self._bases():
+        for base in [*self._bases(), *self._others]:
             try:
                 self._rmdir(base / rel)
             except FileNotFoundError:

@@ -312,11 +312,24 @@ def test_an_image_in_use_cannot_be_removed(make_node: MakeNode) -> None:
 def test_stopping_and_removing_the_pod_takes_its_containers(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("in-pod", command=["sleep", "1000"])
+    pod_cgroup = json.loads(
+        node.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
+        ).info["info"]
+    )["cgroup_parent"].lstrip("/")
     node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
     assert node.status(cid).status.state == pb.ContainerState.CONTAINER_EXITED
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
     assert list(node.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
     _assert_no_container_leaks(node)
+    # runc makes the container's path in every hierarchy (name=systemd and a hybrid
+    # host's cgroup2 too): the pod's cgroup must be gone from all of them.
+    left = [
+        str(hierarchy / pod_cgroup)
+        for hierarchy in Path("/sys/fs/cgroup").iterdir()
+        if (hierarchy / pod_cgroup).exists()
+    ]
+    assert left == [], "pod cgroup left"
 
 
 def test_containers_outlive_skiffd_and_exits_are_reconciled(make_node: MakeNode) -> None:
