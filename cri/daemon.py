@@ -205,7 +205,7 @@ class Daemon:
         await containers.load()
         containers.start_watching()
         metrics.watch(images.store, sandboxes, containers)
-        stats = StatsManager(sandboxes, containers, Path(cfg.root))
+        stats = StatsManager(sandboxes, containers, Path(cfg.root), image_dir=images.store.layers)
         server = grpc.aio.server(
             interceptors=[CallInterceptor(metrics)],
             options=[

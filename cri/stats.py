@@ -171,6 +171,26 @@ def sum_usage(usages: list[CgroupUsage]) -> CgroupUsage | None:
     )
 
 
+def filesystem_name(containers_dir: Path, image_dir: Path | None) -> str:
+    """The mountpoint the writable layers' filesystem is named by. The kubelet takes
+    differing image and container filesystem names for a split disk (and its eviction
+    then refuses to work without the separate-disk feature), so when both directories
+    are on one device the image filesystem's name serves for both."""
+    if image_dir is not None and _device(containers_dir) == _device(image_dir):
+        return str(image_dir)
+    return str(containers_dir)
+
+
+def _device(path: Path) -> int | None:
+    """st_dev of ``path``, or of its nearest existing ancestor."""
+    for candidate in (path, *path.parents):
+        try:
+            return os.stat(candidate).st_dev
+        except OSError:
+            continue
+    return None
+
+
 class WritableLayers:
     """Containers' writable-layer usage, measured in the background."""
 
@@ -179,8 +199,9 @@ class WritableLayers:
         containers_dir: Path,
         containers: Callable[[], Awaitable[list[Container]]],
         interval: float = DEFAULT_LAYER_INTERVAL,
+        image_dir: Path | None = None,
     ) -> None:
-        self.mountpoint = str(containers_dir)
+        self.mountpoint = filesystem_name(containers_dir, image_dir)
         self._containers = containers
         self.interval = interval
         self._usage: dict[str, LayerUsage] = {}
@@ -277,12 +298,15 @@ class StatsManager:
         containers: ContainerManager,
         root: Path,
         layer_interval: float = DEFAULT_LAYER_INTERVAL,
+        image_dir: Path | None = None,
     ) -> None:
         self.sandboxes = sandboxes
         self.containers = containers
         self.reader = CgroupStatsReader(sandboxes.cgroups)
         self.rates = CpuRates()
-        self.layers = WritableLayers(root / "containers", containers.select, layer_interval)
+        self.layers = WritableLayers(
+            root / "containers", containers.select, layer_interval, image_dir
+        )
 
     def start(self) -> None:
         self.layers.start()

@@ -280,9 +280,12 @@ def test_writable_layer_and_container_filesystem(make_node: MakeNode) -> None:
     )
     layer = stats.writable_layer
     assert layer.inodes_used.value >= 3  # the upper dir and the two files
-    assert layer.fs_id.mountpoint == str(node.daemon.root / "containers")
     info = node.daemon.images().ImageFsInfo(pb.ImageFsInfoRequest())
-    assert [fs.fs_id.mountpoint for fs in info.container_filesystems] == [layer.fs_id.mountpoint]
+    # One disk: the kubelet must see the image and container filesystems as the same one
+    # (it compares their names), and the writable layers on it.
+    (image_fs,) = info.image_filesystems
+    assert [fs.fs_id.mountpoint for fs in info.container_filesystems] == [image_fs.fs_id.mountpoint]
+    assert layer.fs_id.mountpoint == image_fs.fs_id.mountpoint
     assert info.container_filesystems[0].used_bytes.value >= layer.used_bytes.value
     assert info.image_filesystems[0].used_bytes.value > 0
     # The layer is measured in the background, not walked per call: what is written

@@ -9,7 +9,7 @@ import pytest
 
 from cri import stats
 from cri.containers import Container
-from cri.stats import WritableLayers
+from cri.stats import WritableLayers, filesystem_name
 from tests.unit.records import container_record
 
 
@@ -67,3 +67,13 @@ def test_a_call_measures_a_bounded_number_of_new_layers(
     monkeypatch.setattr(stats, "MEASURED_PER_CALL", 2)
     asyncio.run(layers.measure_new(containers))
     assert [layers.get(c.id) is not None for c in containers] == [True, True, False, False, False]
+
+
+def test_the_filesystem_is_named_after_the_image_one_on_the_same_device(tmp_path: Path) -> None:
+    images = tmp_path / "layers"
+    images.mkdir()
+    # containers/ need not exist yet: its nearest existing parent tells the device.
+    assert filesystem_name(tmp_path / "containers", images) == str(images)
+    assert filesystem_name(tmp_path / "containers", None) == str(tmp_path / "containers")
+    # /proc is another filesystem than the test's temp dir.
+    assert filesystem_name(Path("/proc/self"), images) == "/proc/self"
