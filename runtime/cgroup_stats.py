@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import resource
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -281,8 +282,12 @@ class ControlFiles:
     is never closed under a read (or its number reused) on another thread.
     """
 
-    def __init__(self, max_open: int = MAX_OPEN_FILES) -> None:
-        self.max_open = max_open
+    def __init__(self, max_open: int | None = None) -> None:
+        # A quarter of the process's descriptors at most: the rest are for sockets,
+        # pipes to conmon and runc, the store.
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = MAX_OPEN_FILES if soft == resource.RLIM_INFINITY else min(MAX_OPEN_FILES, soft // 4)
+        self.max_open = limit if max_open is None else max_open
         self._fds: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 

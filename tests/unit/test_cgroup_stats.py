@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,12 @@ def test_the_reader_lets_go_of_cgroups_no_longer_asked_for(tmp_path: Path) -> No
     assert 0 < reader.files.open_count < opened
     reader.keep_only(set())
     assert reader.files.open_count == 0
+
+
+def test_open_files_stay_within_a_quarter_of_the_descriptor_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        assert ControlFiles().max_open == 64
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
