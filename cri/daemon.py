@@ -30,6 +30,7 @@ from cri.stats import StatsManager
 from cri.store import StateStore
 from cri.streaming.server import StreamingServer, StreamingTLSError
 from runtime.cgroup_driver import driver_problem
+from runtime.exit_watch import ExitWatchError
 
 log = logging.getLogger("skiff.daemon")
 
@@ -182,18 +183,24 @@ class Daemon:
             self._unlock()
 
     async def _serve(self) -> None:
+        # Whatever has started is stopped again, newest first, however this ends.
+        async with contextlib.AsyncExitStack() as started:
+            await self._serve_with(started)
+        log.info("skiffd stopped")
+
+    async def _serve_with(self, started: contextlib.AsyncExitStack) -> None:
         cfg = self.config
         store = StateStore(Path(cfg.root) / STATE_DB)
         try:
             await store.open()
         except Exception as exc:
             raise StartupError(str(exc)) from None
+        started.push_async_callback(store.close)
         metrics = Metrics()
         try:
             images = ImageManager(cfg, metrics)
             await images.open()
         except Exception as exc:
-            await store.close()
             raise StartupError(f"image store: {exc}") from None
         state = DaemonState(cfg, store, images, metrics)
         sandboxes = SandboxManager(state)
@@ -203,7 +210,11 @@ class Daemon:
         images.in_use = containers.images_in_use
         await sandboxes.load()
         await containers.load()
-        containers.start_watching()
+        try:
+            containers.start_watching()
+        except ExitWatchError as exc:
+            raise StartupError(f"cannot watch for container exits: {exc}") from None
+        started.callback(containers.stop_watching)
         metrics.watch(images.store, sandboxes, containers)
         stats = StatsManager(sandboxes, containers, Path(cfg.root), image_dir=images.store.layers)
         server = grpc.aio.server(
@@ -217,56 +228,47 @@ class Daemon:
         try:
             await streaming.start()
         except StreamingTLSError as exc:
-            await store.close()
             raise StartupError(str(exc)) from None
         except OSError as exc:
-            await store.close()
             raise StartupError(
                 f"streaming server cannot listen on {cfg.streaming.address}:"
                 f"{cfg.streaming.port}: {exc.strerror}"
             ) from None
+        started.push_async_callback(streaming.stop)
         metrics_server = MetricsServer(cfg.metrics, metrics.registry)
         try:
             await metrics_server.start()
         except OSError as exc:
-            await streaming.stop()
-            await store.close()
             raise StartupError(
                 f"metrics server cannot listen on {cfg.metrics.address}:{cfg.metrics.port}: "
                 f"{exc.strerror}; set metrics.port (or metrics.enabled: false)"
             ) from None
+        started.push_async_callback(metrics_server.stop)
         stats.start()
+        started.callback(stats.stop)
         register(server, state, sandboxes, containers, streaming, stats)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._reload, state)
-        try:
-            await self._bind(server)
-            log.info(
-                "skiffd ready",
-                extra={
-                    "version": package_version(),
-                    "socket": str(cfg.socket_path),
-                    "root": cfg.root,
-                    "runroot": cfg.runroot,
-                    "pid": os.getpid(),
-                },
-            )
-            _notify_systemd("READY=1")
-            await self._stop.wait()
-            _notify_systemd("STOPPING=1")
-            await self._drain(server)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            self._remove_socket()
-            containers.stop_watching()
-            stats.stop()
-            await streaming.stop()
-            await metrics_server.stop()
-            await store.close()
-        log.info("skiffd stopped")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            started.callback(loop.remove_signal_handler, sig)
+        started.callback(self._remove_socket)
+        await self._bind(server)
+        log.info(
+            "skiffd ready",
+            extra={
+                "version": package_version(),
+                "socket": str(cfg.socket_path),
+                "root": cfg.root,
+                "runroot": cfg.runroot,
+                "pid": os.getpid(),
+            },
+        )
+        _notify_systemd("READY=1")
+        await self._stop.wait()
+        _notify_systemd("STOPPING=1")
+        await self._drain(server)
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         """Stop taking calls; give the ones in flight shutdown_grace seconds."""
