@@ -38,7 +38,7 @@ class Subscription:
         self._bus = bus
         self._queue: collections.deque[Any] = collections.deque()
         self._ready = asyncio.Event()
-        self.dropped = False
+        self.dropped = ""  # why, once dropped
 
     def _offer(self, message: Any) -> bool:
         if len(self._queue) >= self._bus.capacity:
@@ -47,8 +47,8 @@ class Subscription:
         self._ready.set()
         return True
 
-    def _drop(self) -> None:
-        self.dropped = True
+    def _drop(self, why: str) -> None:
+        self.dropped = why
         self._queue.clear()
         self._ready.set()
 
@@ -56,8 +56,8 @@ class Subscription:
         while not self._queue:
             if self.dropped:
                 raise ResourceExhausted(
-                    f"container events: this subscriber fell {self._bus.capacity} events "
-                    "behind and was dropped; subscribe again and list containers to resync"
+                    f"container events: {self.dropped}; subscribe again and list "
+                    "containers to resync"
                 )
             self._ready.clear()
             await self._ready.wait()
@@ -90,11 +90,22 @@ class EventBus:
     def publish(self, kind: str, object_id: str, sandbox_id: str) -> None:
         if not self._subscribers or self.describe is None:
             return
-        message = self.describe(kind, object_id, sandbox_id, time.time_ns())
+        try:
+            message = self.describe(kind, object_id, sandbox_id, time.time_ns())
+        except Exception:
+            # The change is recorded already; a broken description must not undo the
+            # call. Subscribers miss this event, so cut them off: they relist.
+            log.exception("event not described", extra={"container_id": object_id})
+            for subscription in list(self._subscribers):
+                self._subscribers.remove(subscription)
+                subscription._drop(f"an event about {object_id} could not be built")
+            return
         for subscription in list(self._subscribers):
             if not subscription._offer(message):
                 self._subscribers.remove(subscription)
-                subscription._drop()
+                subscription._drop(
+                    f"this subscriber fell {self.capacity} events behind and was dropped"
+                )
                 log.warning(
                     "event subscriber too slow, dropped",
                     extra={"capacity": self.capacity, "container_id": object_id},

@@ -64,3 +64,20 @@ def test_nothing_is_built_without_subscribers() -> None:
     bus.describe = lambda kind, object_id, sandbox_id, at_ns: calls.append(kind)
     bus.publish(CREATED, "c1", "p1")
     assert calls == []
+
+
+def test_an_event_that_cannot_be_built_drops_subscribers_not_the_call() -> None:
+    async def main() -> None:
+        bus = EventBus()
+
+        def broken(kind: str, object_id: str, sandbox_id: str, at_ns: int) -> object:
+            raise ValueError("no such field")
+
+        bus.describe = broken
+        subscription = bus.subscribe()
+        bus.publish(CREATED, "c1", "p1")  # must not raise into the lifecycle call
+        assert bus.subscribers() == 0
+        with pytest.raises(ResourceExhausted, match="about c1 could not be built"):
+            await subscription.next()
+
+    asyncio.run(main())
