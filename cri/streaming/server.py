@@ -625,6 +625,8 @@ class StreamingServer:
             log.debug("port forward connection ended", extra={"port": port, "error": str(exc)})
         finally:
             writer.close()
+            # Unread data of a broken stream still holds session window: let it go.
+            data.reset()
 
 
 class _Input(Protocol):

@@ -345,11 +345,21 @@ class SpdyStream:
     def reset(self, status: int = CANCEL) -> None:
         """Abort both directions with RST_STREAM: pending reads get b"", writes fail,
         unread data is dropped. (After the peer's reset, data it sent before is still
-        read, then b"".)"""
+        read, then b"": resetting it then drops what is still unread.)"""
+        if self._reset_by_peer:
+            self._drop_unread()
+            return
         if self._reset_status is not None or (self._local_fin and self._remote_fin):
             return
         self._session._send_control(RST_STREAM, 0, struct.pack(">II", self.id, status))
         self._on_reset(status, by_peer=False)
+
+    def _drop_unread(self) -> None:
+        # Dropped data was charged to the session window; give it back or the session
+        # would slowly run out of window.
+        dropped, self._buffered = self._buffered, 0
+        self._chunks.clear()
+        self._session._consumed(None, dropped)
 
     # --- called by the session ---
 
@@ -359,11 +369,7 @@ class SpdyStream:
         self._reset_status = status
         self._reset_by_peer = by_peer
         if not by_peer:
-            # Dropped data was charged to the session window; give it back or the
-            # session would slowly run out of window.
-            dropped, self._buffered = self._buffered, 0
-            self._chunks.clear()
-            self._session._consumed(None, dropped)
+            self._drop_unread()
         # What the peer sent before its reset stays readable (its window is granted
         # back as it is read): Kubernetes' streaming server writes an exec's status on
         # the error stream and resets the streams right after, as it closes.

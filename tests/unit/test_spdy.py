@@ -435,6 +435,21 @@ def test_data_sent_before_the_peers_reset_is_read() -> None:
     run(main)
 
 
+def test_unread_data_of_a_peer_reset_stream_gives_its_window_back_on_reset() -> None:
+    # A port-forward whose pod side broke stops reading a stream the client then reset:
+    # resetting it on our side too must free the session window that data held.
+    async def main() -> None:
+        async with sessions() as (client, server):
+            for _ in range(2 * SESSION_WINDOW // STREAM_WINDOW):
+                ours, theirs = await opened(client, server, {"streamtype": "data"})
+                await asyncio.wait_for(theirs.write(b"z" * STREAM_WINDOW), 5)
+                theirs.reset()
+                await eventually(lambda: ours.reset_status == 5)  # noqa: B023
+                ours.reset()
+
+    run(main)
+
+
 def test_reset_both_ways() -> None:
     async def main() -> None:
         async with sessions() as (client, server):
