@@ -15,6 +15,7 @@ the retry instead of answering "name is reserved".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -42,7 +43,7 @@ from network.namespaces import (
     validate_sysctls,
 )
 from network.pod_files import DnsSettings, hosts_file, resolv_conf, write_file
-from runtime.cgroups import Cgroupfs, CgroupResources
+from runtime.cgroups import CgroupError, Cgroupfs, CgroupResources
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.pause import PauseProcess, is_running, start_pause, stop_pause
 
@@ -423,6 +424,9 @@ class SandboxManager:
                 await self.state.store.update(sandbox.to_record())
             except BaseException:
                 await stop_pause(pause)
+                sandbox.pause_pid = sandbox.pause_start_time = 0
+                with contextlib.suppress(CgroupError):
+                    await asyncio.to_thread(self.cgroups.delete, _pause_cgroup(sandbox))
                 raise
             log.info(
                 "pod PID namespace started", extra={"sandbox_id": sandbox.id, "pid": pause.pid}
