@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, TypeVar
 
 import grpc.aio
 
@@ -11,7 +11,18 @@ from cri.errors import not_built
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-__all__ = ["Context", "not_built", "not_built_stream"]
+__all__ = ["Context", "batches", "not_built", "not_built_stream"]
+
+T = TypeVar("T")
+
+#: Items per message of a Stream* response: far below the message size limit.
+STREAM_BATCH = 200
+
+
+def batches(items: Sequence[T], size: int = STREAM_BATCH) -> Iterator[Sequence[T]]:
+    """A Stream* response's items, ``size`` per message; one empty message for none."""
+    for start in range(0, max(len(items), 1), size):
+        yield items[start : start + size]
 
 
 async def not_built_stream(rpc: str) -> AsyncIterator[Any]:

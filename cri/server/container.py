@@ -20,7 +20,7 @@ from cri.containers import (
     CriMount,
 )
 from cri.errors import InvalidArgument
-from cri.server.common import Context
+from cri.server.common import Context, batches
 from cri.server.convert import resources
 from runtime.container_spec import DeviceSpec, SecuritySpec
 
@@ -263,8 +263,8 @@ class ContainerRPCs:
         self, request: pb.StreamContainersRequest, context: Context
     ) -> AsyncIterator[pb.StreamContainersResponse]:
         items = await self._listed_containers(request.filter)
-        for start in range(0, max(len(items), 1), 500):
-            yield pb.StreamContainersResponse(containers=items[start : start + 500])
+        for batch in batches(items):
+            yield pb.StreamContainersResponse(containers=batch)
 
     async def ContainerStatus(
         self, request: pb.ContainerStatusRequest, context: Context

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.images import ImageManager
-from cri.server.common import Context
+from cri.server.common import Context, batches
 from cri.stats import WritableLayers
 from image import auth
 from image.store import ImageRecord
@@ -44,9 +44,7 @@ class ImageRPCs:
         self, request: pb.StreamImagesRequest, context: Context
     ) -> AsyncIterator[pb.StreamImagesResponse]:
         records = self.images.list(request.filter.image.image)
-        # One response per batch keeps each message far below the size limit.
-        for start in range(0, max(len(records), 1), 500):
-            batch = records[start : start + 500]
+        for batch in batches(records):
             yield pb.StreamImagesResponse(images=[image_to_proto(r) for r in batch])
 
     async def ImageStatus(

@@ -10,7 +10,7 @@ from google.protobuf.json_format import MessageToDict
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument, clip, not_built
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
-from cri.server.common import Context
+from cri.server.common import Context, batches
 from cri.server.convert import resources
 from network.cni import PortMapping
 from network.pod_files import DnsSettings
@@ -209,8 +209,8 @@ class SandboxRPCs:
         self, request: pb.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
         items = self._listed_sandboxes(request.filter)
-        for start in range(0, max(len(items), 1), 500):
-            yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + 500])
+        for batch in batches(items):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=batch)
 
     async def UpdatePodSandboxResources(
         self, request: pb.UpdatePodSandboxResourcesRequest, context: Context

@@ -11,13 +11,10 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from api.runtime.v1 import api_pb2 as pb
 from cri import cadvisor_metrics as metrics
-from cri.server.common import Context
+from cri.server.common import Context, batches
 from cri.stats import ContainerSample, FilesystemCapacity, LayerUsage, PodSample, StatsManager
 from network.netstats import InterfaceCounters
 from runtime.cgroup_stats import CgroupUsage, Pressure, Stall
-
-# Items per message of a streaming response: far below the message size limit.
-STREAM_BATCH = 200
 
 
 def _u64(value: int) -> pb.UInt64Value:
@@ -221,10 +218,8 @@ class StatsRPCs:
         self, request: pb.StreamContainerStatsRequest, context: Context
     ) -> AsyncIterator[pb.StreamContainerStatsResponse]:
         items = await self._container_stats(request.filter)
-        for start in range(0, max(len(items), 1), STREAM_BATCH):
-            yield pb.StreamContainerStatsResponse(
-                container_stats=items[start : start + STREAM_BATCH]
-            )
+        for batch in batches(items):
+            yield pb.StreamContainerStatsResponse(container_stats=batch)
 
     async def PodSandboxStats(
         self, request: pb.PodSandboxStatsRequest, context: Context
@@ -241,10 +236,8 @@ class StatsRPCs:
         self, request: pb.StreamPodSandboxStatsRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxStatsResponse]:
         items = await self._pod_stats(request.filter)
-        for start in range(0, max(len(items), 1), STREAM_BATCH):
-            yield pb.StreamPodSandboxStatsResponse(
-                pod_sandbox_stats=items[start : start + STREAM_BATCH]
-            )
+        for batch in batches(items):
+            yield pb.StreamPodSandboxStatsResponse(pod_sandbox_stats=batch)
 
     async def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: Context
@@ -265,7 +258,5 @@ class StatsRPCs:
         self, request: pb.StreamPodSandboxMetricsRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxMetricsResponse]:
         items = await self._pod_metrics()
-        for start in range(0, max(len(items), 1), STREAM_BATCH):
-            yield pb.StreamPodSandboxMetricsResponse(
-                pod_sandbox_metrics=items[start : start + STREAM_BATCH]
-            )
+        for batch in batches(items):
+            yield pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=batch)
