@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from cri.config import MetricsConfig
+from cri.http_head import MalformedHead, parse_request_head, respond
 
 log = logging.getLogger("skiff.metrics")
 
@@ -24,13 +25,6 @@ PATH = "/metrics"
 MAX_HEAD_BYTES = 16 * 1024
 # A scraper sends its request at once; a connection that does not is dropped.
 HEAD_TIMEOUT = 10.0
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    500: "Internal Server Error",
-}
 
 
 class MetricsServer:
@@ -82,61 +76,25 @@ class MetricsServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
         except (TimeoutError, asyncio.LimitOverrunError):
-            await _respond(writer, 400, "text/plain", b"request head too slow or too long\n")
+            await respond(writer, 400, b"request head too slow or too long\n")
             return
-        request = parse_head(head)
-        if request is None:
-            await _respond(writer, 400, "text/plain", b"not an HTTP/1.x request\n")
+        try:
+            request = parse_request_head(head)
+        except MalformedHead as exc:
+            await respond(writer, 400, f"{exc}\n".encode())
             return
-        method, path, headers = request
+        method, path, headers = request.method, request.path, request.headers
         if path != PATH:
-            await _respond(writer, 404, "text/plain", f"metrics are at {PATH}\n".encode())
+            await respond(writer, 404, f"metrics are at {PATH}\n".encode())
             return
         if method not in ("GET", "HEAD"):
-            await _respond(writer, 405, "text/plain", b"use GET\n", extra={"Allow": "GET, HEAD"})
+            await respond(writer, 405, b"use GET\n", extra={"Allow": "GET, HEAD"})
             return
         encoder, content_type = choose_encoder(headers.get("accept", ""))
         try:
             body = encoder(self.registry)
         except Exception:
             log.error("collecting metrics failed", exc_info=True)
-            await _respond(writer, 500, "text/plain", b"collecting metrics failed; see the log\n")
+            await respond(writer, 500, b"collecting metrics failed; see the log\n")
             return
-        await _respond(writer, 200, content_type, body, send_body=method == "GET")
-
-
-def parse_head(head: bytes) -> tuple[str, str, dict[str, str]] | None:
-    """(method, path without query, headers with lower-case names), or None."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return None
-    method, target, _ = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return method, target.split("?", 1)[0], headers
-
-
-async def _respond(
-    writer: asyncio.StreamWriter,
-    status: int,
-    content_type: str,
-    body: bytes,
-    *,
-    send_body: bool = True,
-    extra: dict[str, str] | None = None,
-) -> None:
-    fields = {
-        "Content-Type": content_type,
-        "Content-Length": str(len(body)),
-        "Connection": "close",
-        **(extra or {}),
-    }
-    head = f"HTTP/1.1 {status} {REASONS[status]}\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in fields.items()
-    )
-    writer.write(head.encode("latin-1") + b"\r\n" + (body if send_body else b""))
-    await writer.drain()
+        await respond(writer, 200, body, content_type, send_body=method == "GET")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cri.config import StreamingConfig
+from cri.http_head import MalformedHead, parse_request_head, respond
 from cri.streaming.spdy import SpdySession, SpdyStream
 from cri.streaming.websocket import (
     ChannelSocket,
@@ -335,25 +336,16 @@ class StreamingServer:
         except (asyncio.LimitOverrunError, TimeoutError):
             await _respond(writer, 400, "request headers too large or too slow")
             return
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or parts[0] not in ("GET", "POST") or not parts[2].startswith("HTTP/1."):
-            await _respond(writer, 400, "not an HTTP/1.1 request")
+        try:
+            request = parse_request_head(head)
+        except MalformedHead as exc:
+            await _respond(writer, 400, str(exc))
             return
-        headers: dict[str, str] = {}
-        multi: dict[str, list[str]] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, sep, value = line.partition(":")
-            if not sep:
-                await _respond(writer, 400, "malformed header line")
-                return
-            key = name.strip().lower()
-            value = value.strip()
-            multi.setdefault(key, []).append(value)
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        path = parts[1].split("?", 1)[0].strip("/").split("/")
+        if request.method not in ("GET", "POST"):
+            await _respond(writer, 400, f"method {request.method} is not served here")
+            return
+        headers = request.headers
+        path = request.path.strip("/").split("/")
         if len(path) != 2 or path[0] not in ("exec", "attach", "portforward"):
             await _respond(writer, 404, "not found")
             return
@@ -370,7 +362,9 @@ class StreamingServer:
             await _respond(writer, 404, "unknown or expired streaming token")
             return
         if upgrade == "spdy/3.1":
-            await self._spdy(pending, multi.get("x-stream-protocol-version", []), reader, writer)
+            await self._spdy(
+                pending, request.values.get("x-stream-protocol-version", []), reader, writer
+            )
         else:
             await self._websocket(pending, headers, reader, writer)
 
@@ -671,12 +665,4 @@ async def _report(stream: SpdyStream | None, message: str) -> None:
 
 
 async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
-    reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found"}.get(status, "Error")
-    body = (message + "\n").encode()
-    writer.write(
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-        + body
-    )
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
+    await respond(writer, status, (message + "\n").encode())

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cri.config import MetricsConfig
 from cri.metrics import Metrics
-from cri.metrics_server import MetricsServer, parse_head
+from cri.metrics_server import MetricsServer
 
 
 async def _request(url_host: str, port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -36,13 +36,6 @@ def _get(path: str, method: str = "GET", accept: str = "") -> bytes:
 
 def _port(server: MetricsServer) -> int:
     return int(server.url.rsplit(":", 1)[1].split("/")[0])
-
-
-def test_parse_head() -> None:
-    head = b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: text/plain\r\n\r\n"
-    assert parse_head(head) == ("GET", "/metrics", {"host": "a", "accept": "text/plain"})
-    assert parse_head(b"GET /metrics\r\n\r\n") is None
-    assert parse_head(b"\x16\x03\x01 TLS hello\r\n\r\n") is None
 
 
 def test_scrape_and_other_requests() -> None:
