@@ -23,8 +23,16 @@ pytestmark = pytest.mark.skipif(
     reason="needs root and cgroup v1 hierarchies at /sys/fs/cgroup",
 )
 
-# Burns CPU and holds 30 MiB of anonymous memory it has touched.
-HOG = "data = bytearray(30 * 1024 * 1024)\nwhile True:\n    pass\n"
+# Waits until it is in the cgroup (cgroup v1 leaves memory charged where it was
+# touched), touches 32 MiB of anonymous memory, says so, then burns CPU.
+HOG = (
+    "import sys\n"
+    "sys.stdin.readline()\n"
+    "data = bytearray(32 * 1024 * 1024)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    pass\n"
+)
 MIB = 1 << 20
 
 
@@ -38,8 +46,14 @@ def test_a_busy_process_shows_in_its_cgroup_until_the_cgroup_goes() -> None:
         idle = reader.read(path)
         assert idle.cpu is not None and idle.cpu.usage_ns == 0
         assert idle.pids == 0
-        proc = subprocess.Popen([sys.executable, "-c", HOG])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert proc.stdin is not None and proc.stdout is not None
         cgroups.attach(path, proc.pid)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"ready\n"
         time.sleep(1.0)
         first = reader.read(path, detailed=True)
         time.sleep(0.5)
@@ -59,7 +73,7 @@ def test_a_busy_process_shows_in_its_cgroup_until_the_cgroup_goes() -> None:
     finally:
         if proc is not None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
         cgroups.delete(path)
     # The kept descriptors now read ENODEV: the cgroup counts as gone.
     with pytest.raises(CgroupNotFound, match=path):
