@@ -71,7 +71,9 @@ def world() -> Iterator[World]:
         stopper = img.busybox_image(
             run=img.RunConfig(
                 entrypoint=("sh", "-c"),
-                cmd=("trap 'echo got usr1; exit 0' USR1; while true; do sleep 0.1; done",),
+                cmd=(
+                    "trap 'echo got usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done",
+                ),
                 stop_signal="SIGUSR1",
                 user="app",
             )
@@ -147,6 +149,14 @@ class Node:
     def logs(self, container_id: str) -> str:
         path = Path(self.status(container_id).status.log_path)
         return path.read_text() if path.exists() else ""
+
+    def wait_output(self, container_id: str, line: str, timeout: float = 20) -> None:
+        """Waits until the container has written `line` to its stdout."""
+        deadline = time.monotonic() + timeout
+        while line not in self.output(container_id).splitlines():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"container {container_id} did not print {line!r}")
+            time.sleep(0.05)
 
     def output(self, container_id: str) -> str:
         """The container's stdout as text, from its CRI log lines."""

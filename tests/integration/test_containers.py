@@ -78,7 +78,7 @@ def test_env_and_command_merging(make_node: MakeNode) -> None:
 def test_stop_signal_from_the_image_then_kill(make_node: MakeNode) -> None:
     node = make_node()
     polite = node.run("polite", image=node.world.stopper)
-    time.sleep(0.5)
+    node.wait_output(polite, "ready")  # its trap is set
     node.runtime.StopContainer(pb.StopContainerRequest(container_id=polite, timeout=10), timeout=30)
     status = node.status(polite).status
     assert status.state == pb.ContainerState.CONTAINER_EXITED
@@ -86,9 +86,10 @@ def test_stop_signal_from_the_image_then_kill(make_node: MakeNode) -> None:
     assert "got usr1" in node.output(polite)
 
     stubborn = node.run(
-        "stubborn", command=["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+        "stubborn",
+        command=["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"],
     )
-    time.sleep(0.3)
+    node.wait_output(stubborn, "ready")
     started = time.monotonic()
     node.runtime.StopContainer(
         pb.StopContainerRequest(container_id=stubborn, timeout=1), timeout=30
@@ -102,7 +103,6 @@ def test_stop_signal_from_the_image_then_kill(make_node: MakeNode) -> None:
 def test_users_and_groups(make_node: MakeNode) -> None:
     node = make_node()
     from_image = node.run("img-user", image=node.world.stopper)  # USER app in the image
-    time.sleep(0.3)
     assert node.exec(from_image, "id", "-u").stdout.strip() == b"1000"
     status = node.status(from_image).status
     assert (status.user.linux.uid, status.user.linux.gid) == (1000, 1000)
@@ -219,7 +219,6 @@ def test_pod_files_are_mounted(make_node: MakeNode) -> None:
 def test_exec_sync(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("sleeper", command=["sleep", "1000"])
-    time.sleep(0.3)
     response = node.exec(cid, "echo", "hi")
     assert (response.exit_code, response.stdout) == (0, b"hi\n")
     assert node.exec(cid, "sh", "-c", "echo e >&2; exit 5").exit_code == 5
@@ -258,14 +257,14 @@ def test_update_resources_reach_the_cgroup(make_node: MakeNode) -> None:
 def test_reopen_container_log(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("chatty", command=["sh", "-c", "while true; do echo tick; sleep 0.1; done"])
-    time.sleep(0.5)
+    node.wait_output(cid, "tick")
     log_path = Path(node.status(cid).status.log_path)
     rotated = log_path.with_suffix(".1")
     log_path.rename(rotated)
     node.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
-    time.sleep(0.5)
+    # The new file exists when the call returns; lines reach it as the loop prints them.
     assert log_path.exists(), "no new log file after ReopenContainerLog"
-    assert "tick" in log_path.read_text()
+    node.wait_output(cid, "tick")
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -460,8 +459,13 @@ def test_containers_sharing_the_pod_pid_namespace(make_node: MakeNode) -> None:
     linux = pb.LinuxContainerConfig(security_context=shared)
     first = node.run("first", command=["sleep", "1000"], linux=linux)
     second = node.run("second", command=["sleep", "2000"], linux=linux)
-    time.sleep(0.3)
-    seen = node.exec(second, "ps", "-o", "pid,args").stdout.decode()
+    deadline = time.monotonic() + 20
+    # Each container's init execs its command just after StartContainer returns.
+    while True:
+        seen = node.exec(second, "ps", "-o", "pid,args").stdout.decode()
+        if ("sleep 1000" in seen and "sleep 2000" in seen) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert "sleep 1000" in seen and "sleep 2000" in seen, seen
     # PID 1 is the pod's own init, not either container.
     assert not any(line.split(None, 1)[0] == "1" and "sleep" in line for line in seen.splitlines())
