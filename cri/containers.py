@@ -32,6 +32,7 @@ from cri.errors import (
     NotFound,
 )
 from cri.rollback import Rollback
+from cri.runtime_status import supports_recursive_read_only
 from cri.sandboxes import READY, Sandbox, SandboxManager
 from cri.store import Record
 from image.store import ImageRecord
@@ -67,6 +68,9 @@ class CriMount:
     host_path: str
     readonly: bool = False
     propagation: str = "private"  # private | slave | shared
+    # Read-only all the way down: submounts of the host path too (needs readonly and
+    # private propagation).
+    recursive_read_only: bool = False
     # An image volume: the image's files (or a directory of them), read-only.
     image: str = ""
     image_sub_path: str = ""
@@ -375,6 +379,7 @@ class ContainerManager:
                 f"pod sandbox {sandbox.id} is not ready; containers cannot be created in it"
             )
         request = _with_sandbox_id(request, sandbox.id)
+        await self._check_recursive_read_only(request, sandbox)
         name = f"{sandbox.id}/{request.name}/{request.attempt}"
         if self.creations.pending(name) is None:
             handed = self.creations.take_undelivered(name)
@@ -387,6 +392,26 @@ class ContainerManager:
                     f"{sandbox.id} is reserved by container {existing.id}"
                 )
         return await self.creations.run(name, lambda: self._create(request, sandbox))
+
+    async def _check_recursive_read_only(self, request: ContainerRequest, sandbox: Sandbox) -> None:
+        for mount in request.mounts:
+            if not mount.recursive_read_only:
+                continue
+            what = f"mount of {mount.host_path!r} at {mount.container_path!r}"
+            if not mount.readonly:
+                raise InvalidArgument(f"{what}: a recursive read-only mount must be readonly")
+            if mount.propagation != "private":
+                raise InvalidArgument(
+                    f"{what}: a recursive read-only mount needs private propagation, "
+                    f"not {mount.propagation}"
+                )
+            if not await supports_recursive_read_only(self.state, sandbox.runtime_handler):
+                handler = sandbox.runtime_handler or self.state.config.runtime.default_handler
+                raise InvalidArgument(
+                    f"{what}: runtime handler {handler!r} cannot make recursive read-only "
+                    "mounts (its OCI runtime lacks the rro mount option or the kernel "
+                    "lacks mount_setattr)"
+                )
 
     async def _create(self, request: ContainerRequest, sandbox: Sandbox) -> str:
         image = self.state.images.find(request.image)
@@ -615,6 +640,8 @@ class ContainerManager:
                     )
             options = ["rbind", "r" + mount.propagation]
             options.append("ro" if mount.readonly else "rw")
+            if mount.recursive_read_only:
+                options.append("rro")
             mounts.append(MountSpec(mount.container_path, mount.host_path, "bind", tuple(options)))
         return tuple(mounts)
 

@@ -2,16 +2,18 @@
 
 RuntimeReady needs the default handler's OCI runtime and conmon to run; NetworkReady
 needs a usable CNI network config. Features are reported as skiff really supports
-them today, never ahead of the code.
+them today, never ahead of the code: recursive read-only mounts where the handler's OCI
+runtime and the kernel can make them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from cri import package_version
 from cri.daemon_state import DaemonState
+from runtime.mounts import kernel_has_mount_setattr
 
 RUNTIME_NAME = "skiff"
 RUNTIME_API_VERSION = "v1"
@@ -91,11 +93,14 @@ async def status(state: DaemonState, verbose: bool) -> RuntimeReport:
     runtime_ready, programs = await runtime_condition(state)
     network_ready, network = network_condition(state)
     config = state.config
-    # Recursive read-only mounts and user namespaces are not supported by skiff's
-    # runner yet: reported false until they are.
+    # User namespaces are not supported by skiff's runner yet: reported false.
     handler_names = [config.runtime.default_handler, *sorted(config.runtime.handlers)]
-    handlers = [HandlerFeatures(name, False, False) for name in handler_names]
-    handlers.insert(0, HandlerFeatures("", False, False))
+    handlers = [
+        HandlerFeatures(name, await supports_recursive_read_only(state, name), False)
+        for name in handler_names
+    ]
+    # The empty name is the default handler, as RunPodSandbox takes it.
+    handlers.insert(0, replace(handlers[0], name=""))
     info: dict[str, str] = {}
     if verbose:
         info["config"] = config.to_json()
@@ -113,6 +118,16 @@ async def status(state: DaemonState, verbose: bool) -> RuntimeReport:
         mount_options=False,
         info=info,
     )
+
+
+async def supports_recursive_read_only(state: DaemonState, handler: str) -> bool:
+    """A handler supports recursive read-only mounts when its OCI runtime knows the
+    ``rro`` mount option and the kernel can apply it."""
+    runtime = state.config.runtime
+    known = runtime.handlers.get(handler or runtime.default_handler)
+    if known is None or not kernel_has_mount_setattr():
+        return False
+    return "rro" in await state.programs.mount_options(known.path)
 
 
 def _unique(handlers: list[HandlerFeatures]) -> list[HandlerFeatures]:

@@ -47,6 +47,17 @@ def unmount(target: Path) -> None:
         raise MountError(err, f"unmounting {target}: {os.strerror(err)}")
 
 
+def kernel_has_mount_setattr(release: str | None = None) -> bool:
+    """Recursive mount attributes (an OCI runtime's ``rro``) need mount_setattr(2),
+    which Linux has since 5.12."""
+    numbers = (release or os.uname().release).split("-", 1)[0].split(".")
+    try:
+        major, minor = int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (5, 12)
+
+
 def is_mountpoint(path: Path) -> bool:
     wanted = str(path)
     with open("/proc/self/mountinfo") as f:

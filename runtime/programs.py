@@ -10,9 +10,11 @@ while a package upgrade or removal is noticed on the next call.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from dataclasses import dataclass
+from typing import cast
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ def find_program(name_or_path: str) -> str | None:
 class ProgramProber:
     def __init__(self, timeout: float = 5.0) -> None:
         self.timeout = timeout
-        self._cache: dict[str, tuple[tuple[int, int, int, int], ProgramStatus]] = {}
+        self._cache: dict[tuple[str, str], tuple[tuple[int, int, int, int], object]] = {}
 
     async def probe(self, name_or_path: str) -> ProgramStatus:
         path = find_program(name_or_path)
@@ -42,52 +44,84 @@ class ProgramProber:
             where = "at that path" if name_or_path.startswith("/") else "in PATH"
             return ProgramStatus(name_or_path, None, False, "", f"{name_or_path} not found {where}")
         try:
-            st = os.stat(path)
+            identity = _identity(path)
         except OSError as exc:
             return ProgramStatus(name_or_path, path, False, "", f"{path}: {exc.strerror}")
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = self._cache.get(path)
+        cached = self._cache.get((path, "--version"))
         if cached is not None and cached[0] == identity:
-            return cached[1]
-        status = await self._run_version(name_or_path, path)
-        self._cache[path] = (identity, status)
+            return cast(ProgramStatus, cached[1])
+        status = await self._version(name_or_path, path)
+        self._cache[(path, "--version")] = (identity, status)
         return status
 
-    async def _run_version(self, name: str, path: str) -> ProgramStatus:
+    async def mount_options(self, name_or_path: str) -> frozenset[str]:
+        """The mount options an OCI runtime accepts, from its ``features`` command (OCI
+        runtime spec "features"); empty when it has none (crun before 1.9) or fails."""
+        path = find_program(name_or_path)
+        if path is None:
+            return frozenset()
+        try:
+            identity = _identity(path)
+        except OSError:
+            return frozenset()
+        cached = self._cache.get((path, "features"))
+        if cached is not None and cached[0] == identity:
+            return cast(frozenset[str], cached[1])
+        options: frozenset[str] = frozenset()
+        try:
+            code, out = await self._run(path, "features")
+            if code == 0:
+                listed = json.loads(out).get("mountOptions") or []
+                options = frozenset(o for o in listed if isinstance(o, str))
+        except (OSError, TimeoutError, ValueError, AttributeError):
+            pass
+        self._cache[(path, "features")] = (identity, options)
+        return options
+
+    async def _version(self, name: str, path: str) -> ProgramStatus:
         if not os.access(path, os.X_OK):
             return ProgramStatus(name, path, False, "", f"{path} is not executable")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                path,
-                "--version",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+            code, out = await self._run(path, "--version")
+        except TimeoutError:  # before OSError, of which it is a subclass
+            return ProgramStatus(
+                name, path, False, "", f"{path} --version did not answer in {self.timeout:g}s"
             )
         except OSError as exc:
             return ProgramStatus(name, path, False, "", f"{path} cannot be run: {exc.strerror}")
+        text = out.decode(errors="replace").strip()
+        if code != 0:
+            last = text.splitlines()[-1] if text else "no output"
+            return ProgramStatus(
+                name, path, False, "", f"{path} --version failed with exit status {code}: {last}"
+            )
+        first = text.splitlines()[0] if text else ""
+        return ProgramStatus(name, path, True, first, "")
+
+    async def _run(self, path: str, argument: str) -> tuple[int, bytes]:
+        """Runs ``path argument`` and returns its exit status and its output (stdout and
+        stderr together); a program that does not answer in time is killed."""
+        proc = await asyncio.create_subprocess_exec(
+            path,
+            argument,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            return ProgramStatus(
-                name, path, False, "", f"{path} --version did not answer in {self.timeout:g}s"
-            )
+            raise
         except asyncio.CancelledError:
             # The caller went away (a cancelled RPC, shutdown): leave no process behind.
             if proc.returncode is None:
                 proc.kill()
             raise
-        text = out.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            last = text.splitlines()[-1] if text else "no output"
-            return ProgramStatus(
-                name,
-                path,
-                False,
-                "",
-                f"{path} --version failed with exit status {proc.returncode}: {last}",
-            )
-        first = text.splitlines()[0] if text else ""
-        return ProgramStatus(name, path, True, first, "")
+        return cast(int, proc.returncode), out
+
+
+def _identity(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

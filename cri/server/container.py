@@ -98,6 +98,7 @@ def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
                 m.host_path,
                 m.readonly,
                 _PROPAGATION.get(m.propagation, "private"),
+                m.recursive_read_only,
                 m.image.image,
                 m.image_sub_path,
             )
@@ -191,6 +192,7 @@ def status_to_proto(c: Container) -> pb.ContainerStatus:
                 container_path=m["container_path"],
                 host_path=m["host_path"],
                 readonly=m["readonly"],
+                recursive_read_only=m.get("recursive_read_only", False),
                 propagation=_PROPAGATION_BACK.get(
                     m["propagation"], pb.MountPropagation.PROPAGATION_PRIVATE
                 ),

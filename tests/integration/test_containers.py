@@ -368,6 +368,11 @@ def _hybrid_cgroups() -> bool:
 
 def test_crun_handler(make_node: MakeNode) -> None:
     node = make_node("crunpod", runtime_handler="crun")
+    # Debian 12's crun 1.8.1 cannot say it knows rro (no `crun features`): refused.
+    rro = pb.Mount(container_path="/v", host_path="/tmp", readonly=True, recursive_read_only=True)
+    error = node.create_error("rro-on-crun", command=["true"], mounts=[rro])
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "handler 'crun' cannot make recursive read-only mounts" in (error.details() or "")
     if _hybrid_cgroups():
         # crun 1.8 refuses hybrid cgroup hosts; the error must say so, not hide it.
         error = node.create_error("on-crun", command=["sh", "-c", "exit 4"])
@@ -562,6 +567,53 @@ def test_mount_propagation_from_the_host(make_node: MakeNode) -> None:
     finally:
         subprocess.run(["umount", "-R", "-l", str(shared)], check=False)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_recursive_read_only_mounts(make_node: MakeNode) -> None:
+    node = make_node()
+    volume = short_tempdir("rro")
+    submount = volume / "tmpfs"
+    submount.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "skiff-rro", str(submount)], check=True)
+        touch = ["sh", "-c", "touch /v/tmpfs/f && echo wrote || echo refused"]
+
+        def mount(**fields: object) -> pb.Mount:
+            return pb.Mount(container_path="/v", host_path=str(volume), **fields)  # type: ignore[arg-type]
+
+        # Plain readonly binds only the top: the tmpfs under it stays writable.
+        plain = node.run("plain", command=touch, mounts=[mount(readonly=True)])
+        node.wait_exit(plain)
+        assert node.output(plain) == "wrote"
+        # Recursive read-only reaches the tmpfs too.
+        recursive = mount(readonly=True, recursive_read_only=True)
+        rro = node.run("rro", command=touch, mounts=[recursive])
+        node.wait_exit(rro)
+        assert node.output(rro) == "refused"
+        (shown,) = node.status(rro).status.mounts
+        assert shown.readonly and shown.recursive_read_only
+
+        for name, bad, problem in (
+            ("rw", mount(recursive_read_only=True), "must be readonly"),
+            (
+                "slave",
+                mount(
+                    readonly=True,
+                    recursive_read_only=True,
+                    propagation=pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER,
+                ),
+                "private propagation",
+            ),
+        ):
+            error = node.create_error(name, command=["true"], mounts=[bad])
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert problem in (error.details() or "") and str(volume) in (error.details() or "")
+        node.remove(plain)
+        node.remove(rro)
+        _assert_no_container_leaks(node)
+    finally:
+        subprocess.run(["umount", "-l", str(submount)], check=False)
+        shutil.rmtree(volume, ignore_errors=True)
 
 
 def test_devices_and_apparmor_requests(make_node: MakeNode) -> None:

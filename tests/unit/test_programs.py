@@ -70,3 +70,34 @@ def test_answers_are_cached_until_the_file_changes(tmp_path: Path) -> None:
 
     assert asyncio.run(probe_three_times()) == [True, True, False]
     assert marker.read_text().count("x") == 1
+
+
+def test_mount_options_come_from_the_runtimes_features(tmp_path: Path) -> None:
+    marker = tmp_path / "calls"
+    features = '{"ociVersionMin": "1.0.0", "mountOptions": ["ro", "rro", "rbind"]}'
+    runc = _script(
+        tmp_path / "runc",
+        f"echo x >> {marker}; [ \"$1\" = features ] && echo '{features}' || exit 9",
+    )
+    old = _script(tmp_path / "crun", "echo 'unknown command features' >&2; exit 1")
+    garbled = _script(tmp_path / "other", "echo '[not an object'")
+
+    async def probe() -> list[frozenset[str]]:
+        prober = ProgramProber()
+        return [
+            await prober.mount_options(str(runc)),
+            await prober.mount_options(str(runc)),
+            await prober.mount_options(str(old)),
+            await prober.mount_options(str(garbled)),
+            await prober.mount_options("no-such-runtime-xyz"),
+        ]
+
+    first, again, *nothing = asyncio.run(probe())
+    assert first == again == frozenset({"ro", "rro", "rbind"})
+    assert marker.read_text().count("x") == 1  # asked once, then cached
+    assert nothing == [frozenset(), frozenset(), frozenset()]
+
+
+def test_real_runc_knows_recursive_read_only() -> None:
+    # Debian 12's runc 1.1.5 has `runc features` and the rro mount option.
+    assert "rro" in asyncio.run(ProgramProber().mount_options("runc"))
