@@ -439,6 +439,27 @@ class SandboxManager:
             # The shared root goes with its last pod (another pod's cgroup keeps it busy).
             await asyncio.to_thread(self.cgroups.remove_if_unused, DEFAULT_CGROUP_ROOT)
 
+    async def update_resources(
+        self,
+        id_or_prefix: str,
+        resources: Mapping[str, Any] | None,
+        overhead: Mapping[str, Any] | None,
+    ) -> None:
+        """Records the pod-level resources the kubelet resized the pod to. The kubelet
+        has already changed the pod cgroup itself; the runtime keeps its copy of the
+        pod's config current (verbose status shows it)."""
+        sandbox = self.get(id_or_prefix)
+        async with self._lock(sandbox.id):
+            linux = dict(sandbox.config.get("linux") or {})
+            for key, value in (("resources", resources), ("overhead", overhead)):
+                if value is None:
+                    linux.pop(key, None)
+                else:
+                    linux[key] = dict(value)
+            sandbox.config = {**sandbox.config, "linux": linux}
+            await self.state.store.update(sandbox.to_record())
+        log.info("sandbox resources updated", extra={"sandbox_id": sandbox.id})
+
     # --- stop and remove ---------------------------------------------------------
 
     async def stop(self, id_or_prefix: str) -> None:

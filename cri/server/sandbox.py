@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from google.protobuf.json_format import MessageToDict
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.errors import InvalidArgument, clip, not_built
+from cri.errors import InvalidArgument, clip
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
 from cri.server.common import Context, batches
 from cri.server.convert import resources
@@ -215,4 +215,12 @@ class SandboxRPCs:
     async def UpdatePodSandboxResources(
         self, request: pb.UpdatePodSandboxResourcesRequest, context: Context
     ) -> pb.UpdatePodSandboxResourcesResponse:
-        raise not_built("UpdatePodSandboxResources")
+        def as_dict(message: pb.LinuxContainerResources, given: bool) -> dict[str, object] | None:
+            return MessageToDict(message, preserving_proto_field_name=True) if given else None
+
+        await self.sandboxes.update_resources(
+            request.pod_sandbox_id,
+            as_dict(request.resources, request.HasField("resources")),
+            as_dict(request.overhead, request.HasField("overhead")),
+        )
+        return pb.UpdatePodSandboxResourcesResponse()

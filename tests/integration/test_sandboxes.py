@@ -371,6 +371,40 @@ def test_host_network_pod(make_daemon: MakeDaemon, network: PodNetwork) -> None:
     _assert_no_leaks(daemon, network)
 
 
+def test_update_pod_sandbox_resources_is_recorded(
+    make_daemon: MakeDaemon, network: PodNetwork
+) -> None:
+    daemon = make_daemon()
+    sandbox_id = _run(daemon, _config("resize"))
+    resources = pb.LinuxContainerResources(cpu_shares=512, memory_limit_in_bytes=128 << 20)
+    daemon.runtime().UpdatePodSandboxResources(
+        pb.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=sandbox_id,
+            resources=resources,
+            overhead=pb.LinuxContainerResources(cpu_shares=2),
+        )
+    )
+    linux = json.loads(_status(daemon, sandbox_id, verbose=True).info["info"])["config"]["linux"]
+    assert linux["resources"] == {"cpu_shares": "512", "memory_limit_in_bytes": "134217728"}
+    assert linux["overhead"] == {"cpu_shares": "2"}
+    # It survives a restart, and a later update without overhead drops it.
+    daemon.stop()
+    daemon.start()
+    daemon.runtime().UpdatePodSandboxResources(
+        pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id=sandbox_id, resources=resources)
+    )
+    linux = json.loads(_status(daemon, sandbox_id, verbose=True).info["info"])["config"]["linux"]
+    assert "overhead" not in linux and linux["resources"]["cpu_shares"] == "512"
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.runtime().UpdatePodSandboxResources(
+            pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id="f" * 64, resources=resources)
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "f" * 12 in (err.value.details() or "")
+    _remove(daemon, sandbox_id)
+    _assert_no_leaks(daemon, network)
+
+
 def test_sysctls_are_applied_and_unsafe_ones_refused(
     make_daemon: MakeDaemon, network: PodNetwork
 ) -> None:

@@ -27,6 +27,7 @@ BUILT = {
     "PodSandboxStatus",
     "ListPodSandbox",
     "StreamPodSandboxes",
+    "UpdatePodSandboxResources",
     "CreateContainer",
     "StartContainer",
     "StopContainer",
