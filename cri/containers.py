@@ -36,7 +36,7 @@ from cri.runtime_status import supports_recursive_read_only
 from cri.sandboxes import READY, Sandbox, SandboxManager
 from cri.store import Record
 from image.store import ImageRecord
-from runtime.cgroups import CgroupResources
+from runtime.cgroups import CgroupError, CgroupResources
 from runtime.container_spec import (
     HOST,
     NEW,
@@ -59,6 +59,8 @@ log = logging.getLogger("skiff.container")
 CREATED = "created"
 RUNNING = "running"
 EXITED = "exited"
+# How long a removal waits for a dead conmon to leave its cgroup.
+_CGROUP_DRAIN_SECONDS = 5.0
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -146,6 +148,8 @@ class Container:
     config: dict[str, Any]
     # Images mounted as volumes (CRI image volumes), by id.
     volume_image_ids: list[str] = field(default_factory=list)
+    # The cgroup of the container's conmon, under the pod's ("" when it has none).
+    conmon_cgroup: str = ""
 
     @property
     def reserved_name(self) -> str:
@@ -437,6 +441,9 @@ class ContainerManager:
             oci = build_spec(spec, self.host())
             bundle = container.bundle
             await asyncio.to_thread(_write_bundle, bundle, oci)
+            if container.conmon_cgroup:
+                await asyncio.to_thread(self.sandboxes.cgroups.create, container.conmon_cgroup)
+                undo.push("conmon cgroup", lambda: self._delete_conmon_cgroup(container))
             container.pid = await runtime.create(
                 container_id,
                 bundle,
@@ -444,6 +451,7 @@ class ContainerManager:
                 terminal=request.tty,
                 stdin=request.stdin,
                 stdin_once=request.stdin_once,
+                conmon_cgroup=container.conmon_cgroup or None,
             )
             undo.push("runtime", lambda: runtime.delete(container_id))
             await self.state.store.add(container.to_record())
@@ -540,6 +548,7 @@ class ContainerManager:
             tty=request.tty,
             stdin=request.stdin,
             config=dict(request.config_json),
+            conmon_cgroup=self.conmon_cgroup_path(sandbox, container_id),
         )
 
     def _spec(
@@ -670,6 +679,15 @@ class ContainerManager:
     def cgroup_path(self, sandbox: Sandbox, container_id: str) -> str:
         return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-{container_id[:12]}"
 
+    @staticmethod
+    def conmon_cgroup_path(sandbox: Sandbox, container_id: str) -> str:
+        """conmon is the pod's overhead, so it is accounted to the pod, in a leaf of its
+        own (cgroup v2 allows processes only in leaves). Pods whose parent is not a
+        cgroupfs path (none, or a systemd slice) keep conmon where skiffd is."""
+        if not sandbox.cgroup_parent.startswith("/"):
+            return ""
+        return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-conmon-{container_id[:12]}"
+
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self, id_or_prefix: str) -> None:
@@ -734,6 +752,7 @@ class ContainerManager:
             await self._stop_locked(container, 0)
             runtime = self.runtime(container.runtime_handler)
             await runtime.delete(container.id)
+            await self._delete_conmon_cgroup(container)
             container_dir = Path(container.container_dir)
             await asyncio.to_thread(_unmount_volumes, container_dir)
             await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
@@ -744,6 +763,20 @@ class ContainerManager:
         self._locks.pop(container.id, None)
         self.creations.forget(container.id)
         log.info("container removed", extra={"container_id": container.id})
+
+    async def _delete_conmon_cgroup(self, container: Container) -> None:
+        if not container.conmon_cgroup:
+            return
+        # conmon is gone by now, but a killed one may still be leaving its cgroup.
+        deadline = time.monotonic() + _CGROUP_DRAIN_SECONDS
+        while True:
+            try:
+                await asyncio.to_thread(self.sandboxes.cgroups.delete, container.conmon_cgroup)
+                return
+            except CgroupError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def stop_all(self, sandbox_id: str) -> None:
         for container in self.of_sandbox(sandbox_id):

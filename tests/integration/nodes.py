@@ -303,3 +303,11 @@ def _assert_no_container_leaks(node: Node) -> None:
         for p in _processes_mentioning(str(node.daemon.base))
         if p != (node.daemon.proc.pid if node.daemon.proc else 0)
     ] == [], "conmon/runc processes left"
+    # Neither the containers' cgroups nor their conmons' remain under any pod's.
+    for pod in runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
+        info = runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id, verbose=True)
+        ).info["info"]
+        parent = Path("/sys/fs/cgroup/memory") / json.loads(info)["cgroup_parent"].lstrip("/")
+        children = sorted(c.name for c in parent.iterdir() if c.is_dir()) if parent.is_dir() else []
+        assert [c for c in children if c != "skiff-pause"] == [], f"cgroups left in {parent}"

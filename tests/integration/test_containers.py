@@ -499,6 +499,25 @@ def test_containers_sharing_the_pod_pid_namespace(make_node: MakeNode) -> None:
         raise AssertionError("the pod's init survived StopPodSandbox")
 
 
+def test_conmon_is_accounted_to_the_pod(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.run("watched", command=["sleep", "1000"])
+    info = json.loads(node.status(cid, verbose=True).info["info"])
+    pod_info = json.loads(
+        node.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
+        ).info["info"]
+    )
+    conmon_pid = int(Path(node.daemon.runroot / "containers" / cid / "conmon.pid").read_text())
+    expected = f"{pod_info['cgroup_parent']}/skiff-conmon-{cid[:12]}"
+    assert _memory_cgroup_of(conmon_pid) == expected
+    # The container itself is in its own cgroup beside conmon's, not in it.
+    assert _memory_cgroup_of(info["pid"]) == f"{pod_info['cgroup_parent']}/skiff-{cid[:12]}"
+    node.remove(cid)
+    assert not Path(f"/sys/fs/cgroup/memory{expected}").exists()
+    _assert_no_container_leaks(node)
+
+
 def _memory_cgroup_of(pid: int) -> str:
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)

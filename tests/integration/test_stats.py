@@ -187,20 +187,20 @@ def test_pod_cgroup_totals_and_processes(make_node: MakeNode) -> None:
         burner = node.run("burner", command=BURN, pod=pod)
         node.run("idle", command=["sh", "-c", "sleep 1000 & sleep 1000"], pod=pod)
         first = _eventually(
-            lambda: _pod_stats(node, pod), lambda s: s.linux.process.process_count.value == 3
+            lambda: _pod_stats(node, pod), lambda s: s.linux.process.process_count.value == 5
         )
         time.sleep(1.0)
         stats = _pod_stats(node, pod)
         assert stats.attributes.id == pod
-        # The pod cgroup holds both containers: its CPU covers the burner's, its
-        # processes are the burner's shell and the idle container's two sleeps (its
-        # shell execs the last command).
+        # The pod cgroup holds both containers and their conmons: its CPU covers the
+        # burner's, its processes are the burner's shell, the idle container's two
+        # sleeps (its shell execs the last command) and the two conmons.
         containers = {c.attributes.metadata.name: c for c in stats.linux.containers}
         assert set(containers) == {"burner", "idle"}
         burner_cpu = containers["burner"].cpu.usage_core_nano_seconds.value
         assert stats.linux.cpu.usage_core_nano_seconds.value >= burner_cpu
         assert stats.linux.cpu.usage_nano_cores.value > 200_000_000
-        assert stats.linux.process.process_count.value == 3
+        assert stats.linux.process.process_count.value == 5
         assert stats.linux.memory.working_set_bytes.value > 0
         assert first.linux.cpu.timestamp < stats.linux.cpu.timestamp
         usage_file = Path(f"/sys/fs/cgroup/cpuacct{cgroup}/cpuacct.usage")
