@@ -142,7 +142,8 @@ class Metrics:
         self._runtime_seconds = Histogram(
             _name("oci_runtime_duration_seconds"),
             "Time an OCI runtime call took, by runtime handler and verb (create is conmon "
-            "starting the container, exec is the whole ExecSync command).",
+            "starting the container, exec is the whole ExecSync command, exec_start a "
+            "streaming Exec's command getting started).",
             ["handler", "verb"],
             buckets=PROGRAM_BUCKETS,
             registry=registry,

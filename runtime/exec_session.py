@@ -437,9 +437,13 @@ async def start_exec(runtime: OciRuntime, container_id: str, options: ExecOption
     if options.tty:
         argv.append("--tty")
     argv += ["--pid-file", str(pid_file), container_id, *options.command]
+    # Timed until the command's process exists: how long the session lasts is the
+    # client's business, not the runtime's.
     if options.tty:
-        return await _start_tty(runtime, container_id, options, argv, pid_file)
-    return await _start_pipes(runtime, container_id, options, argv, pid_file)
+        starting = _start_tty(runtime, container_id, options, argv, pid_file)
+    else:
+        starting = _start_pipes(runtime, container_id, options, argv, pid_file)
+    return await runtime.observed("exec_start", starting)
 
 
 async def _start_pipes(

@@ -172,7 +172,7 @@ class OciRuntime:
         if self.observer is not None:
             self.observer(self.handler.name, verb, time.monotonic() - started, ok)
 
-    async def _observed(self, verb: str, call: Awaitable[T]) -> T:
+    async def observed(self, verb: str, call: Awaitable[T]) -> T:
         """Await a call, telling the observer its duration and whether it raised
         (a cancelled call is not reported: it neither failed nor finished)."""
         started = time.monotonic()
@@ -266,7 +266,7 @@ class OciRuntime:
             log_size_max=log_size_max,
         )
         try:
-            pid = await self._observed("create", self._start_conmon(options, conmon_cgroup, what))
+            pid = await self.observed("create", self._start_conmon(options, conmon_cgroup, what))
             memory_cgroup = await asyncio.to_thread(_memory_cgroup_dir, pid)
             meta = {
                 "bundle": str(bundle),
@@ -603,7 +603,7 @@ class OciRuntime:
         max_output: int = 16 * 1024 * 1024,
     ) -> ExecResult:
         """:meth:`_exec_sync`, observed as the verb ``exec``."""
-        return await self._observed(
+        return await self.observed(
             "exec", self._exec_sync(container_id, command, timeout, max_output)
         )
 

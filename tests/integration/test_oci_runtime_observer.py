@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from runtime.exec_session import ExecError, ExecOptions, start_exec
 from runtime.oci_runtime import OciRuntimeError
 from tests.integration.test_oci_runtime import Env, make_env, pytestmark, run
 
@@ -50,6 +51,16 @@ def test_every_runtime_call_is_observed(env: Env) -> None:
             ("runc", "exec", True),
             ("runc", "exec", False),
         ]
+
+        # A streaming exec is timed until its command runs, then left to its client.
+        session = await start_exec(env.runtime, cid, ExecOptions(("sleep", "0.5")))
+        async with session:
+            assert calls() == [("runc", "exec_start", True)]
+            assert await session.wait() == 0
+        assert calls() == []
+        with pytest.raises(ExecError):
+            await start_exec(env.runtime, cid, ExecOptions(("no-such-command",)))
+        assert calls() == [("runc", "exec_start", False)]
 
         await env.runtime.stop(cid, signal.SIGKILL, 5)
         await env.runtime.delete(cid)
