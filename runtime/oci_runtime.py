@@ -168,9 +168,10 @@ class OciRuntime:
 
     # ---- running the runtime ------------------------------------------------------
 
-    def _observe(self, verb: str, started: float, ok: bool) -> None:
+    def _observe(self, verb: str, started: float, ok: bool, ended: float | None = None) -> None:
         if self.observer is not None:
-            self.observer(self.handler.name, verb, time.monotonic() - started, ok)
+            took = (time.monotonic() if ended is None else ended) - started
+            self.observer(self.handler.name, verb, took, ok)
 
     async def observed(self, verb: str, call: Awaitable[T]) -> T:
         """Await a call, telling the observer its duration and whether it raised
@@ -191,8 +192,11 @@ class OciRuntime:
         what: str,
         stdin: bytes | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
+        judged_by_caller: bool = False,
     ) -> tuple[int, bytes, bytes]:
-        """Run ``<runtime> --root <root> args...``; (exit status, stdout, stderr)."""
+        """Run ``<runtime> --root <root> args...``; (exit status, stdout, stderr).
+        ``judged_by_caller``: a non-zero exit may still be success (the caller tells
+        the observer); a run that could not start or finish is reported here."""
         argv = [self.handler.runtime_path, "--root", self.handler.runtime_root, *args]
         limit = self.timeout if timeout is None else timeout
         started = time.monotonic()
@@ -221,7 +225,8 @@ class OciRuntime:
             await asyncio.shield(_kill_and_reap(proc))
             raise
         assert proc.returncode is not None
-        self._observe(args[0], started, ok=proc.returncode == 0)
+        if not judged_by_caller:
+            self._observe(args[0], started, ok=proc.returncode == 0)
         return proc.returncode, out, err
 
     def _failure(self, what: str, verb: str, rc: int, err: bytes, out: bytes = b"") -> str:
@@ -421,17 +426,31 @@ class OciRuntime:
         state = self._dir(container_id)
         if not self._runtime_knows(container_id):
             raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
-        rc, out, err = await self._run(["kill", container_id, str(int(signal))], what=what)
-        if rc == 0:
+        started = time.monotonic()
+        rc, out, err = await self._run(
+            ["kill", container_id, str(int(signal))], what=what, judged_by_caller=True
+        )
+        ended = time.monotonic()
+        try:
+            stopped = rc == 0 or await self._already_stopped(container_id, state, what)
+        except ContainerNotFound:
+            self._observe("kill", started, ok=False, ended=ended)
+            raise
+        if stopped:
+            # A container that has already stopped (or never ran) needs no signal:
+            # runc's complaint about it is not a failed call.
+            self._observe("kill", started, ok=True, ended=ended)
             return
+        self._observe("kill", started, ok=False, ended=ended)
+        raise OciRuntimeError(self._failure(what, "kill", rc, err, out))
+
+    async def _already_stopped(self, container_id: str, state: Path, what: str) -> bool:
         if conmon.read_exit_file(state) is not None:
-            return
+            return True
         if not self._runtime_knows(container_id):
             raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
         current = await self.state(container_id)
-        if current is None or current.get("status") == "stopped":
-            return
-        raise OciRuntimeError(self._failure(what, "kill", rc, err, out))
+        return current is None or current.get("status") == "stopped"
 
     async def stop(
         self,

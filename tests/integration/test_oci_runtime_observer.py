@@ -68,6 +68,16 @@ def test_every_runtime_call_is_observed(env: Env) -> None:
         assert ("runc", "kill", True) in verbs
         assert ("runc", "delete", True) in verbs
 
+        # Stopping a container that never ran, or one already gone, is no failed call.
+        never = env.new_id()
+        await env.runtime.create(never, env.bundle(never, ["sleep", "1000"]), env.log(never))
+        calls()
+        await env.runtime.stop(never, signal.SIGTERM, 5)
+        await env.runtime.kill(never, signal.SIGKILL)
+        assert [c for c in calls() if c[1] == "kill"] == [("runc", "kill", True)] * 2
+        await env.runtime.delete(never)
+        calls()
+
         bad = env.new_id()
         with pytest.raises(OciRuntimeError):
             await env.runtime.create(bad, env.bundle(bad, ["/no/such/program"]), env.log(bad))
