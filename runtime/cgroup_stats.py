@@ -14,7 +14,10 @@ The figures are the ones the kubelet and cAdvisor use:
   usage minus inactive file pages, which is what eviction and ``kubectl top`` read;
   RSS (v1 total_rss, v2 anon); page faults; bytes available below the limit (only
   when there is a limit); swap in use (v1 memory.stat total_swap, v2
-  ``memory.swap.current``; unknown without swap accounting).
+  ``memory.swap.current``; unknown without swap accounting) and swap left below the
+  swap limit (only when there is one: v2 ``memory.swap.max``; v1 memsw limits memory
+  plus swap, so its allowance is ``memory.memsw.limit_in_bytes`` minus
+  ``memory.limit_in_bytes``).
 - pids.current.
 - For metrics only (``detailed``): user/system time, throttling, kernel memory, peak
   usage, limit hits, OOM kills, the pids limit, block I/O per device; and on v2 the
@@ -92,6 +95,8 @@ class MemoryUsage:
     available_bytes: int | None = None
     # None when the kernel does not account swap for the cgroup.
     swap_bytes: int | None = None
+    # None without a swap limit of the cgroup's own (or without swap accounting).
+    swap_available_bytes: int | None = None
     max_usage_bytes: int | None = None
     failcnt: int = 0
     oom_kills: int = 0
@@ -474,6 +479,15 @@ def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
     stat = FlatKeyed(files.text(directory, "memory.stat") or "")
     limit = files.limit(directory, "memory.limit_in_bytes")
     working = working_set(usage, stat.get("total_inactive_file", 0))
+    # memory.stat has swap lines only with swap accounting (memsw) on.
+    swap = stat.optional("total_swap")
+    swap_available = None
+    if swap is not None and limit is not None:
+        # The kernel keeps memsw >= limit, so a memsw limit implies a memory limit;
+        # the difference is what the cgroup may have in swap.
+        memsw = files.limit(directory, "memory.memsw.limit_in_bytes")
+        if memsw is not None:
+            swap_available = available(memsw - limit, swap)
     memory = MemoryUsage(
         usage_bytes=usage,
         working_set_bytes=working,
@@ -484,8 +498,8 @@ def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         major_page_faults=stat.get("total_pgmajfault", 0),
         limit_bytes=limit,
         available_bytes=available(limit, working),
-        # memory.stat has swap lines only with swap accounting (memsw) on.
-        swap_bytes=stat.optional("total_swap"),
+        swap_bytes=swap,
+        swap_available_bytes=swap_available,
     )
     if not detailed:
         return memory
@@ -527,6 +541,9 @@ def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
     stat = FlatKeyed(files.text(directory, "memory.stat") or "")
     limit = files.limit(directory, "memory.max")
     working = working_set(usage, stat.get("inactive_file", 0))
+    swap = files.integer(directory, "memory.swap.current")
+    # Without memory.swap.current there is no swap accounting, and no limit to read.
+    swap_limit = files.limit(directory, "memory.swap.max") if swap is not None else None
     kernel = stat.optional("kernel")
     if kernel is None:  # kernels before 5.18 have no "kernel" line: add up its parts
         kernel = sum(stat.get(key, 0) for key in ("kernel_stack", "pagetables", "slab", "sock"))
@@ -541,7 +558,8 @@ def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         major_page_faults=stat.get("pgmajfault", 0),
         limit_bytes=limit,
         available_bytes=available(limit, working),
-        swap_bytes=files.integer(directory, "memory.swap.current"),
+        swap_bytes=swap,
+        swap_available_bytes=available(swap_limit, swap) if swap is not None else None,
         pressure=files.pressure(directory, "memory.pressure"),
     )
     if not detailed:

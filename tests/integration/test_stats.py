@@ -133,6 +133,49 @@ def test_memory_hog_shows_its_working_set_against_its_limit(make_node: MakeNode)
     if cgroup_version() == 1:  # swap is reported where the kernel accounts it (memsw)
         accounted = Path("/sys/fs/cgroup/memory/memory.memsw.usage_in_bytes").exists()
         assert stats.HasField("swap") == accounted
+        # A memory limit alone sets no swap limit: nothing to be available below.
+        assert not stats.swap.HasField("swap_available_bytes")
+
+
+def _swap_accounted() -> bool:
+    if cgroup_version() == 1:
+        return Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+    return any(Path("/sys/fs/cgroup").glob("*/memory.swap.max"))
+
+
+@pytest.mark.skipif(not _swap_accounted(), reason="the kernel accounts no swap to cgroups")
+def test_swap_available_is_what_the_swap_limit_leaves(make_node: MakeNode) -> None:
+    node = make_node()
+    # The CRI's swap limit is memory plus swap (as v1's memsw): 96 MiB over a 64 MiB
+    # limit allows 32 MiB of swap.
+    limited = node.run(
+        "swapper",
+        command=IDLE,
+        linux=pb.LinuxContainerConfig(
+            resources=pb.LinuxContainerResources(
+                memory_limit_in_bytes=64 * MiB, memory_swap_limit_in_bytes=96 * MiB
+            )
+        ),
+    )
+    unlimited = node.run(
+        "plain",
+        command=IDLE,
+        linux=pb.LinuxContainerConfig(
+            resources=pb.LinuxContainerResources(memory_limit_in_bytes=64 * MiB)
+        ),
+    )
+    swap = _container_stats(node, limited).swap
+    assert swap.timestamp > 0
+    assert swap.HasField("swap_available_bytes"), swap
+    assert swap.swap_available_bytes.value == 32 * MiB - swap.swap_usage_bytes.value
+    # No swap limit of its own: usage is known, what is available is not.
+    plain = _container_stats(node, unlimited).swap
+    assert plain.HasField("swap_usage_bytes")
+    assert not plain.HasField("swap_available_bytes")
+    # The pod's stats carry each container's swap (the CRI has no pod-level swap).
+    pod = {c.attributes.id: c for c in _pod_stats(node, node.pod).linux.containers}
+    assert pod[limited].swap.swap_available_bytes.value == swap.swap_available_bytes.value
+    assert not pod[unlimited].swap.HasField("swap_available_bytes")
 
 
 def test_pod_stats_network_counters_grow_with_traffic(make_node: MakeNode) -> None:

@@ -109,6 +109,7 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
             "memory.events": V2_MEMORY_EVENTS,
             "memory.max": "67108864\n",
             "memory.swap.current": "1048576\n",
+            "memory.swap.max": "8388608\n",
             "memory.peak": "60000000\n",
             "pids.current": "3\n",
             "pids.max": "max\n",
@@ -142,6 +143,7 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
     assert memory.limit_bytes == 67108864
     assert memory.available_bytes == 67108864 - (52428800 - 8388608)
     assert memory.swap_bytes == 1048576
+    assert memory.swap_available_bytes == 8388608 - 1048576
     assert memory.max_usage_bytes == 60000000
     assert (memory.failcnt, memory.oom_kills) == (4, 1)
     assert (usage.pids, usage.pids_limit) == (3, None)
@@ -158,10 +160,39 @@ def test_v2_unlimited_memory_has_no_available_bytes(tmp_path: Path) -> None:
     assert memory is not None
     assert memory.limit_bytes is None and memory.available_bytes is None
     # Without memory.swap.current (no swap accounting) swap is unknown, not 0.
-    assert memory.swap_bytes is None
+    assert memory.swap_bytes is None and memory.swap_available_bytes is None
     # The working set never goes below zero, even when the cache outgrows usage.
     assert memory.working_set_bytes == 0
     assert memory.kernel_bytes == 49152 + 102400 + 1000000 + 0
+
+
+@pytest.mark.parametrize(
+    ("swap_max", "expected"),
+    [
+        ("max\n", None),  # no swap limit: nothing to be available below
+        ("0\n", 0),  # no swap allowed at all
+        ("1048576\n", 1048576 - 4096),
+        ("2048\n", 0),  # lowered below what is already swapped out
+    ],
+)
+def test_v2_swap_available_is_the_swap_limit_minus_swap_in_use(
+    tmp_path: Path, swap_max: str, expected: int | None
+) -> None:
+    cgroups = _v2_tree(tmp_path)
+    _write(
+        tmp_path / "ctr",
+        {
+            "memory.current": "8192\n",
+            "memory.stat": V2_MEMORY_STAT,
+            "memory.max": "max\n",
+            "memory.swap.current": "4096\n",
+            "memory.swap.max": swap_max,
+        },
+    )
+    memory = CgroupStatsReader(cgroups).read("/ctr").memory
+    assert memory is not None
+    assert memory.swap_bytes == 4096
+    assert memory.swap_available_bytes == expected
 
 
 def test_v2_controllers_not_enabled_leave_their_part_empty(tmp_path: Path) -> None:
@@ -269,6 +300,41 @@ def test_v1_limit_gives_available_bytes_and_no_swap_accounting_unknown_swap(tmp_
     assert usage.memory is not None
     assert usage.memory.available_bytes == 5000 - 800
     assert usage.memory.swap_bytes is None
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("limit", "memsw", "swap_line", "expected"),
+    [
+        # memsw limits memory plus swap: 96 MiB with 64 MiB of memory leaves 32 MiB of
+        # swap, of which 4 MiB are in use.
+        (64 * MIB, 96 * MIB, f"total_swap {4 * MIB}\n", 28 * MIB),
+        (64 * MIB, 64 * MIB, "total_swap 0\n", 0),  # memsw == limit: no swap allowed
+        (64 * MIB, V1_MEMORY_UNLIMITED, "total_swap 0\n", None),  # no swap limit
+        (V1_MEMORY_UNLIMITED, V1_MEMORY_UNLIMITED, "total_swap 0\n", None),
+        # No swap lines in memory.stat: no swap accounting, whatever the files say.
+        (64 * MIB, 96 * MIB, "", None),
+    ],
+)
+def test_v1_swap_available_is_the_memsw_allowance_minus_swap_in_use(
+    tmp_path: Path, limit: int, memsw: int, swap_line: str, expected: int | None
+) -> None:
+    cgroups = _v1_tree(tmp_path)
+    _write(
+        tmp_path / "memory" / "c",
+        {
+            "memory.usage_in_bytes": f"{8 * MIB}\n",
+            "memory.stat": "total_inactive_file 0\n" + swap_line,
+            "memory.limit_in_bytes": f"{limit}\n",
+            "memory.memsw.limit_in_bytes": f"{memsw}\n",
+        },
+    )
+    memory = CgroupStatsReader(cgroups).read("/c").memory
+    assert memory is not None
+    assert memory.swap_available_bytes == expected
+    assert memory.swap_bytes == (int(swap_line.split()[1]) if swap_line else None)
 
 
 def test_v1_missing_everywhere_is_not_found(tmp_path: Path) -> None:
