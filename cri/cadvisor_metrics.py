@@ -3,9 +3,11 @@ ListPodSandboxMetrics: what the kubelet serves on /metrics/cadvisor when it take
 metrics from the runtime instead of running cAdvisor itself.
 
 Every series carries cAdvisor's labels (container, id, image, name, namespace, pod)
-and the metric's own (cpu, interface, failure_type and scope), in the order the
-descriptor lists them. A pod's network counters belong to the pod (container "POD",
-as cAdvisor reports them on the pod's sandbox); everything else to its containers.
+and the metric's own (cpu, interface, failure_type and scope, pagesize), in the order
+the descriptor lists them. A pod's network counters belong to the pod (container
+"POD", as cAdvisor reports them on the pod's sandbox); everything else to its
+containers. Names, labels and types are cAdvisor's; the help texts of the metrics
+added since the first set are cAdvisor's too.
 
 The CRI carries values as unsigned integers, so the ``*_seconds_total`` counters are
 whole seconds (as in cri-o), and a value that cannot be known is left out rather
@@ -87,6 +89,15 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
         )
         for resource in ("cpu", "memory", "io")
         for kind, verb in (("waiting", "waited"), ("stalled", "were all stalled"))
+    ),
+    # Per huge page size, labelled as the kernel names it ("2MB", "1GB"): the name
+    # cAdvisor takes from runc's cgroup library.
+    _d("container_hugetlb_failcnt", "Number of hugepage usage hits limits", "pagesize"),
+    _d("container_hugetlb_usage_bytes", "Current hugepage usage in bytes", "pagesize"),
+    _d(
+        "container_hugetlb_max_usage_bytes",
+        "Maximum hugepage usage recorded in bytes",
+        "pagesize",
     ),
     _d("container_processes", "Number of processes running in the container."),
     _d("container_threads", "Number of threads running in the container."),
@@ -266,6 +277,11 @@ def container_metrics(
                         stall.total_ns // NS_PER_S,
                         counter=True,
                     )
+    for pages in usage.hugetlb if usage is not None else ():
+        out.add("container_hugetlb_failcnt", pages.failcnt, pages.pagesize, counter=True)
+        out.add("container_hugetlb_usage_bytes", pages.usage_bytes, pages.pagesize)
+        # cgroup v2 keeps no peak: left out there (cAdvisor would send 0).
+        out.add("container_hugetlb_max_usage_bytes", pages.max_usage_bytes, pages.pagesize)
     if usage is not None and usage.pids is not None:
         out.add("container_threads_max", usage.pids_limit or 0)
     if sample.processes is not None:

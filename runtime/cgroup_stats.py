@@ -20,8 +20,11 @@ The figures are the ones the kubelet and cAdvisor use:
   ``memory.limit_in_bytes``).
 - pids.current.
 - For metrics only (``detailed``): user/system time, throttling, kernel memory, peak
-  usage, limit hits, OOM kills, the pids limit, block I/O per device; and on v2 the
-  pressure stall figures (PSI) of CPU, memory and I/O, which the CRI stats carry too.
+  usage, limit hits, OOM kills, the pids limit, block I/O per device, huge pages per
+  page size (v1 ``hugetlb.<size>.usage_in_bytes``, ``max_usage_in_bytes`` and
+  ``failcnt``; v2 ``hugetlb.<size>.current`` and the ``max`` count of
+  ``hugetlb.<size>.events``; v2 keeps no peak); and on v2 the pressure stall figures
+  (PSI) of CPU, memory and I/O, which the CRI stats carry too.
 
 v1 keeps hierarchical totals under ``total_*`` in memory.stat; v2's memory.stat is
 hierarchical already. A controller whose files are missing (not mounted, or not
@@ -117,6 +120,21 @@ class DeviceIo:
 
 
 @dataclass(frozen=True)
+class HugetlbUsage:
+    """Huge pages of one size charged to a cgroup (pages faulted in, which is what
+    ``hugetlb.<size>.max`` and v1's ``limit_in_bytes`` limit)."""
+
+    # As the kernel names the size in the control files ("2MB", "1GB"); cAdvisor's
+    # pagesize label is this same name.
+    pagesize: str
+    usage_bytes: int
+    # v1 only: v2 records no peak.
+    max_usage_bytes: int | None = None
+    # Faults refused at the limit.
+    failcnt: int = 0
+
+
+@dataclass(frozen=True)
 class CgroupUsage:
     timestamp_ns: int
     cpu: CpuUsage | None
@@ -127,6 +145,9 @@ class CgroupUsage:
     io: tuple[DeviceIo, ...] = ()
     # v2 only (io.pressure).
     io_pressure: Pressure | None = None
+    # Only in detailed reads, one per page size of the machine; empty without the
+    # hugetlb controller.
+    hugetlb: tuple[HugetlbUsage, ...] = ()
 
 
 class FlatKeyed:
@@ -214,6 +235,33 @@ def device_name(major: int, minor: int, sysfs: str = "/sys") -> str:
         if key == "DEVNAME" and value:
             return f"/dev/{value}"
     return f"{major}:{minor}"
+
+
+def hugepage_size_name(kib: int) -> str:
+    """The name hugetlb control files give a page size of ``kib`` KiB: whole GB, MB
+    or KB, the largest unit that fits (2048 -> "2MB", 1048576 -> "1GB")."""
+    if kib >= 1 << 20:
+        return f"{kib >> 20}GB"
+    if kib >= 1 << 10:
+        return f"{kib >> 10}MB"
+    return f"{kib}KB"
+
+
+@functools.lru_cache(maxsize=4)
+def hugepage_sizes(sysfs: str = "/sys") -> tuple[str, ...]:
+    """The machine's huge page sizes, smallest first, as hugetlb control files name
+    them, from the ``hugepages-<N>kB`` directories in sysfs (cached: they are fixed
+    at boot). Empty when the kernel has no huge pages."""
+    try:
+        names = os.listdir(f"{sysfs}/kernel/mm/hugepages")
+    except OSError:
+        return ()
+    kibs = []
+    for name in names:
+        number = name.removeprefix("hugepages-").removesuffix("kB")
+        if name.startswith("hugepages-") and name.endswith("kB") and number.isdigit():
+            kibs.append(int(number))
+    return tuple(hugepage_size_name(kib) for kib in sorted(kibs))
 
 
 def parse_pressure(text: str) -> Pressure | None:
@@ -358,11 +406,13 @@ class ControlFiles:
 class CgroupStatsReader:
     """Reads usage of cgroups named as :class:`Cgroupfs` names them."""
 
-    def __init__(self, cgroups: Cgroupfs) -> None:
+    def __init__(self, cgroups: Cgroupfs, hugepages: tuple[str, ...] | None = None) -> None:
         self.cgroups = cgroups
+        # The page sizes whose hugetlb files are read (default: this machine's).
+        self.hugepages = hugepage_sizes() if hugepages is None else hugepages
         hierarchies = cgroups.hierarchies
         self._v1_controllers = [
-            c for c in ("cpuacct", "cpu", "memory", "pids", "blkio") if c in hierarchies
+            c for c in ("cpuacct", "cpu", "memory", "pids", "blkio", "hugetlb") if c in hierarchies
         ]
         # cgroup path -> controller -> directory, as strings: building them with
         # pathlib for every read of every cgroup costs as much as a file read.
@@ -408,8 +458,8 @@ class CgroupStatsReader:
 
         Without ``detailed``, only what the CRI stats carry is read (CPU usage, memory
         usage, working set, RSS, faults, limit, swap, pids); ``detailed`` adds user and
-        system time, throttling, kernel memory, peak usage, limit hits, OOM kills and
-        the pids limit and block I/O per device, for metrics.
+        system time, throttling, kernel memory, peak usage, limit hits, OOM kills, the
+        pids limit, block I/O per device and huge pages, for metrics.
         """
         now = time.time_ns()
         files = self.files
@@ -423,7 +473,8 @@ class CgroupStatsReader:
             device_io = parse_v2_io_stat(files.text(directory, "io.stat") or "") if detailed else ()
             memory_v2 = _memory_v2(files, directory, detailed)
             io_pressure = files.pressure(directory, "io.pressure")
-            return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io, io_pressure)
+            pages = _hugetlb_v2(files, directory, self.hugepages) if detailed else ()
+            return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io, io_pressure, pages)
         dirs = self._dirs(path)
         cpu = memory = None
         pids = pids_limit = None
@@ -443,7 +494,10 @@ class CgroupStatsReader:
                 files.text(dirs["blkio"], "blkio.throttle.io_service_bytes_recursive") or "",
                 files.text(dirs["blkio"], "blkio.throttle.io_serviced_recursive") or "",
             )
-        return CgroupUsage(now, cpu, memory, pids, pids_limit, io)
+        huge: tuple[HugetlbUsage, ...] = ()
+        if detailed and "hugetlb" in dirs:
+            huge = _hugetlb_v1(files, dirs["hugetlb"], self.hugepages)
+        return CgroupUsage(now, cpu, memory, pids, pids_limit, io, hugetlb=huge)
 
 
 def _pids(files: ControlFiles, directory: str, detailed: bool) -> tuple[int | None, int | None]:
@@ -513,6 +567,25 @@ def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
     )
 
 
+def _hugetlb_v1(
+    files: ControlFiles, directory: str, sizes: tuple[str, ...]
+) -> tuple[HugetlbUsage, ...]:
+    out = []
+    for size in sizes:
+        usage = files.integer(directory, f"hugetlb.{size}.usage_in_bytes")
+        if usage is None:
+            continue
+        out.append(
+            HugetlbUsage(
+                size,
+                usage,
+                files.integer(directory, f"hugetlb.{size}.max_usage_in_bytes"),
+                files.integer(directory, f"hugetlb.{size}.failcnt") or 0,
+            )
+        )
+    return tuple(out)
+
+
 # ---- v2 ---------------------------------------------------------------------------
 
 
@@ -571,6 +644,20 @@ def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         failcnt=events.get("max", 0),
         oom_kills=events.get("oom_kill", 0),
     )
+
+
+def _hugetlb_v2(
+    files: ControlFiles, directory: str, sizes: tuple[str, ...]
+) -> tuple[HugetlbUsage, ...]:
+    out = []
+    for size in sizes:
+        # Missing unless the hugetlb controller is enabled for the cgroup.
+        usage = files.integer(directory, f"hugetlb.{size}.current")
+        if usage is None:
+            continue
+        events = FlatKeyed(files.text(directory, f"hugetlb.{size}.events") or "")
+        out.append(HugetlbUsage(size, usage, failcnt=events.get("max", 0)))
+    return tuple(out)
 
 
 # ---- processes --------------------------------------------------------------------

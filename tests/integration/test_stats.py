@@ -420,6 +420,8 @@ def test_metric_descriptors_and_pod_metrics_agree(make_node: MakeNode) -> None:
     assert list(descriptors["container_network_receive_bytes_total"].label_keys[-1:]) == [
         "interface"
     ]
+    for name in ("container_hugetlb_usage_bytes", "container_hugetlb_max_usage_bytes"):
+        assert list(descriptors[name].label_keys[-1:]) == ["pagesize"]
 
     pod_metrics = node.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest()).pod_metrics
     ours = next(m for m in pod_metrics if m.pod_sandbox_id == node.pod)
@@ -444,6 +446,9 @@ def test_metric_descriptors_and_pod_metrics_agree(make_node: MakeNode) -> None:
     assert values["container_spec_memory_limit_bytes"].value.value == 64 * MiB
     assert values["container_processes"].value.value == 1
     assert values["container_memory_working_set_bytes"].metric_type == pb.MetricType.GAUGE
+    if cgroup_version() == 1 and not Path("/sys/fs/cgroup/hugetlb").is_dir():
+        # No v1 hugetlb hierarchy, no huge page figures (rather than zeros).
+        assert not any(m.name.startswith("container_hugetlb_") for m in series)
     streamed = [
         m.pod_sandbox_id
         for response in node.runtime.StreamPodSandboxMetrics(pb.StreamPodSandboxMetricsRequest())

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cri import cadvisor_metrics as metrics
-from cri.stats import FilesystemCapacity
+from cri.stats import ContainerSample, FilesystemCapacity, PodSample
+from runtime.cgroup_stats import HugetlbUsage
 from tests.unit.records import stats_sample
 
 S = 1_000_000_000
+MIB = 1 << 20
+
+
+def _with_hugetlb(container: ContainerSample, *pages: HugetlbUsage) -> ContainerSample:
+    assert container.cgroup is not None
+    return replace(container, cgroup=replace(container.cgroup, hugetlb=pages))
+
+
+def _series(
+    pod: PodSample, container: ContainerSample, name: str
+) -> dict[tuple[str, ...], metrics.MetricValue]:
+    """The container's series of one metric, by their own label values."""
+    base = len(metrics.BASE_LABELS)
+    return {
+        v.label_values[base:]: v
+        for v in metrics.container_metrics(pod, container, None, 9 * S)
+        if v.name == name
+    }
 
 
 def test_every_series_has_one_value_per_label_key_of_its_descriptor() -> None:
     pod, container = stats_sample()
+    container = _with_hugetlb(container, HugetlbUsage("2MB", 0, 0, 0))
     fs = FilesystemCapacity("/var/lib/skiff/containers", 10**9, 10**8, 1000, 900)
     series = metrics.pod_metrics(pod) + metrics.container_metrics(pod, container, fs, 9 * S)
     keys = {d.name: d.label_keys for d in metrics.DESCRIPTORS}
@@ -67,3 +89,31 @@ def test_values_and_labels() -> None:
     assert received.value == 1000
     assert received.label_values[:2] == ("POD", "p" * 64)
     assert received.label_values[-1] == "eth0"
+
+
+def test_hugetlb_series_per_page_size() -> None:
+    pod, container = stats_sample()
+    keys = {d.name: d.label_keys for d in metrics.DESCRIPTORS}
+    for name in (
+        "container_hugetlb_usage_bytes",
+        "container_hugetlb_max_usage_bytes",
+        "container_hugetlb_failcnt",
+    ):
+        assert keys[name] == (*metrics.BASE_LABELS, "pagesize")
+    help_text = {d.name: d.help for d in metrics.DESCRIPTORS}
+    assert help_text["container_hugetlb_usage_bytes"] == "Current hugepage usage in bytes"
+    # v1 (a peak) for 2MB pages, v2 (no peak) for 1GB ones.
+    container = _with_hugetlb(
+        container, HugetlbUsage("2MB", 4 * MIB, 6 * MIB, 2), HugetlbUsage("1GB", 1024 * MIB)
+    )
+    usage = _series(pod, container, "container_hugetlb_usage_bytes")
+    assert {k: v.value for k, v in usage.items()} == {("2MB",): 4 * MIB, ("1GB",): 1024 * MIB}
+    assert not usage[("2MB",)].counter
+    peak = _series(pod, container, "container_hugetlb_max_usage_bytes")
+    assert {k: v.value for k, v in peak.items()} == {("2MB",): 6 * MIB}
+    failures = _series(pod, container, "container_hugetlb_failcnt")
+    assert {k: v.value for k, v in failures.items()} == {("2MB",): 2, ("1GB",): 0}
+    assert failures[("2MB",)].counter
+    # No hugetlb controller: no series at all.
+    pod, plain = stats_sample()
+    assert _series(pod, plain, "container_hugetlb_usage_bytes") == {}

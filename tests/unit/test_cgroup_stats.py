@@ -12,10 +12,13 @@ from runtime.cgroup_stats import (
     ControlFiles,
     DeviceIo,
     FlatKeyed,
+    HugetlbUsage,
     Pressure,
     Stall,
     available,
     device_name,
+    hugepage_size_name,
+    hugepage_sizes,
     parse_limit,
     parse_pressure,
     parse_v1_blkio,
@@ -453,3 +456,72 @@ def test_open_files_stay_within_a_quarter_of_the_descriptor_limit() -> None:
         assert ControlFiles().max_open == 64
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_hugepage_sizes_are_named_as_the_kernel_names_them(tmp_path: Path) -> None:
+    assert hugepage_size_name(2048) == "2MB"
+    assert hugepage_size_name(1048576) == "1GB"
+    assert hugepage_size_name(16 * 1048576) == "16GB"
+    assert hugepage_size_name(32768) == "32MB"
+    assert hugepage_size_name(64) == "64KB"
+    hugepages = tmp_path / "kernel" / "mm" / "hugepages"
+    for name in ("hugepages-1048576kB", "hugepages-2048kB", "hugepages-64kB", "other"):
+        (hugepages / name).mkdir(parents=True)
+    assert hugepage_sizes(str(tmp_path)) == ("64KB", "2MB", "1GB")
+    assert hugepage_sizes(str(tmp_path / "none")) == ()
+
+
+def test_v2_hugetlb_per_page_size_only_in_detailed_reads(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path)
+    # What a 6.x kernel has for each size once hugetlb is enabled for the cgroup.
+    files = {"cpu.stat": V2_CPU_STAT}
+    for size, current, refused in (("2MB", 4194304, 3), ("1GB", 0, 0)):
+        files |= {
+            f"hugetlb.{size}.current": f"{current}\n",
+            f"hugetlb.{size}.events": f"max {refused}\n",
+            f"hugetlb.{size}.events.local": f"max {refused}\n",
+            f"hugetlb.{size}.max": "max\n",
+            f"hugetlb.{size}.rsvd.current": f"{current + 2097152}\n",
+            f"hugetlb.{size}.rsvd.max": "max\n",
+        }
+    _write(tmp_path / "ctr", files)
+    _write(tmp_path / "plain", {"cpu.stat": V2_CPU_STAT})
+    reader = CgroupStatsReader(cgroups, hugepages=("2MB", "1GB"))
+    assert reader.read("/ctr", detailed=True).hugetlb == (
+        HugetlbUsage("2MB", 4194304, None, 3),
+        HugetlbUsage("1GB", 0, None, 0),
+    )
+    assert reader.read("/ctr").hugetlb == ()  # not for the CRI stats
+    # Not enabled for the cgroup (no files), or a machine without huge pages: none.
+    assert reader.read("/plain", detailed=True).hugetlb == ()
+    assert CgroupStatsReader(cgroups, hugepages=()).read("/ctr", detailed=True).hugetlb == ()
+
+
+def test_v1_hugetlb_comes_from_its_own_hierarchy(tmp_path: Path) -> None:
+    _v1_tree(tmp_path)
+    _write(tmp_path / "hugetlb", {"cgroup.procs": ""})
+    cgroups = Cgroupfs(tmp_path)
+    assert "hugetlb" in cgroups.hierarchies
+    _write(tmp_path / "cpuacct" / "ctr", {"cpuacct.usage": "1\n"})
+    _write(
+        tmp_path / "hugetlb" / "ctr",
+        {
+            "hugetlb.2MB.usage_in_bytes": "2097152\n",
+            "hugetlb.2MB.max_usage_in_bytes": "6291456\n",
+            "hugetlb.2MB.failcnt": "1\n",
+            "hugetlb.2MB.limit_in_bytes": "8388608\n",
+            "hugetlb.1GB.usage_in_bytes": "0\n",
+            "hugetlb.1GB.max_usage_in_bytes": "0\n",
+            "hugetlb.1GB.failcnt": "0\n",
+        },
+    )
+    reader = CgroupStatsReader(cgroups, hugepages=("2MB", "1GB"))
+    assert reader.read("/ctr", detailed=True).hugetlb == (
+        HugetlbUsage("2MB", 2097152, 6291456, 1),
+        HugetlbUsage("1GB", 0, 0, 0),
+    )
+    assert reader.read("/ctr").hugetlb == ()
+    # Without a hugetlb hierarchy nothing is read for it.
+    without = _v1_tree(tmp_path / "other")
+    _write(tmp_path / "other" / "cpuacct" / "ctr", {"cpuacct.usage": "1\n"})
+    assert CgroupStatsReader(without, ("2MB",)).read("/ctr", detailed=True).hugetlb == ()
