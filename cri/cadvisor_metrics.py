@@ -129,6 +129,10 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
         "Memory plus swap limit of the container, 0 for none.",
     ),
     _d(
+        "container_spec_memory_reservation_limit_bytes",
+        "Memory reservation limit for the container.",
+    ),
+    _d(
         "container_network_receive_bytes_total",
         "Cumulative count of bytes received.",
         "interface",
@@ -262,6 +266,9 @@ def container_metrics(
                 counter=True,
             )
         out.add("container_oom_events_total", memory.oom_kills, counter=True)
+        # Read from the cgroup, as cAdvisor does (the CRI has no such resource): 0 when
+        # unlimited, as cAdvisor sends it.
+        out.add("container_spec_memory_reservation_limit_bytes", memory.reservation_bytes or 0)
     if usage is not None:
         for resource, pressure in (
             ("cpu", cpu.pressure if cpu is not None else None),

@@ -23,8 +23,10 @@ The figures are the ones the kubelet and cAdvisor use:
   usage, limit hits, OOM kills, the pids limit, block I/O per device, huge pages per
   page size (v1 ``hugetlb.<size>.usage_in_bytes``, ``max_usage_in_bytes`` and
   ``failcnt``; v2 ``hugetlb.<size>.current`` and the ``max`` count of
-  ``hugetlb.<size>.events``; v2 keeps no peak); and on v2 the pressure stall figures
-  (PSI) of CPU, memory and I/O, which the CRI stats carry too.
+  ``hugetlb.<size>.events``; v2 keeps no peak), the memory reservation (v1
+  ``memory.soft_limit_in_bytes``, v2 ``memory.min``, as cAdvisor reads them); and on
+  v2 the pressure stall figures (PSI) of CPU, memory and I/O, which the CRI stats
+  carry too.
 
 v1 keeps hierarchical totals under ``total_*`` in memory.stat; v2's memory.stat is
 hierarchical already. A controller whose files are missing (not mounted, or not
@@ -103,6 +105,8 @@ class MemoryUsage:
     max_usage_bytes: int | None = None
     failcnt: int = 0
     oom_kills: int = 0
+    # Detailed reads only; None when unlimited (or not read).
+    reservation_bytes: int | None = None
     # v2 only (memory.pressure).
     pressure: Pressure | None = None
 
@@ -564,6 +568,7 @@ def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         max_usage_bytes=files.integer(directory, "memory.max_usage_in_bytes"),
         failcnt=files.integer(directory, "memory.failcnt") or 0,
         oom_kills=oom.get("oom_kill", 0),
+        reservation_bytes=files.limit(directory, "memory.soft_limit_in_bytes"),
     )
 
 
@@ -643,6 +648,9 @@ def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         max_usage_bytes=files.integer(directory, "memory.peak"),
         failcnt=events.get("max", 0),
         oom_kills=events.get("oom_kill", 0),
+        # The protected amount: cAdvisor's reservation on v2 (not memory.low, which
+        # runc writes the OCI reservation to).
+        reservation_bytes=files.limit(directory, "memory.min"),
     )
 
 

@@ -445,6 +445,9 @@ def test_metric_descriptors_and_pod_metrics_agree(make_node: MakeNode) -> None:
     assert values["container_spec_cpu_quota"].value.value == 20000
     assert values["container_spec_memory_limit_bytes"].value.value == 64 * MiB
     assert values["container_processes"].value.value == 1
+    # Nothing sets a soft limit (v1) or memory.min (v2) here: 0, as cAdvisor sends it.
+    reservation = values["container_spec_memory_reservation_limit_bytes"]
+    assert (reservation.value.value, reservation.metric_type) == (0, pb.MetricType.GAUGE)
     assert values["container_memory_working_set_bytes"].metric_type == pb.MetricType.GAUGE
     if cgroup_version() == 1 and not Path("/sys/fs/cgroup/hugetlb").is_dir():
         # No v1 hugetlb hierarchy, no huge page figures (rather than zeros).

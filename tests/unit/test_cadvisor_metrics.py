@@ -75,6 +75,9 @@ def test_values_and_labels() -> None:
     assert one("container_threads_max").value == 0  # unlimited
     assert one("container_pressure_cpu_waiting_seconds_total").value == 12
     assert one("container_pressure_io_stalled_seconds_total").value == 2
+    # No reservation (unlimited) is 0, as cAdvisor sends it.
+    assert one("container_spec_memory_reservation_limit_bytes").value == 0
+    assert not one("container_spec_memory_reservation_limit_bytes").counter
     # Unknown swap is left out, not sent as 0; no filesystem figures without statvfs.
     assert "container_memory_swap" not in by_name
     assert "container_fs_limit_bytes" not in by_name
@@ -117,3 +120,15 @@ def test_hugetlb_series_per_page_size() -> None:
     # No hugetlb controller: no series at all.
     pod, plain = stats_sample()
     assert _series(pod, plain, "container_hugetlb_usage_bytes") == {}
+
+
+def test_memory_reservation_comes_from_the_cgroup() -> None:
+    pod, container = stats_sample()
+    assert container.cgroup is not None and container.cgroup.memory is not None
+    memory = replace(container.cgroup.memory, reservation_bytes=32 * MIB)
+    reserved = replace(container, cgroup=replace(container.cgroup, memory=memory))
+    (value,) = _series(pod, reserved, "container_spec_memory_reservation_limit_bytes").values()
+    assert value.value == 32 * MIB
+    # No memory figures at all (no memory controller): no reservation either.
+    no_memory = replace(container, cgroup=replace(container.cgroup, memory=None))
+    assert _series(pod, no_memory, "container_spec_memory_reservation_limit_bytes") == {}

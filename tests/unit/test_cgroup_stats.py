@@ -114,6 +114,7 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
             "memory.swap.current": "1048576\n",
             "memory.swap.max": "8388608\n",
             "memory.peak": "60000000\n",
+            "memory.min": "16777216\n",
             "pids.current": "3\n",
             "pids.max": "max\n",
             "cpu.pressure": CPU_PRESSURE,
@@ -149,6 +150,7 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
     assert memory.swap_available_bytes == 8388608 - 1048576
     assert memory.max_usage_bytes == 60000000
     assert (memory.failcnt, memory.oom_kills) == (4, 1)
+    assert memory.reservation_bytes == 16777216
     assert (usage.pids, usage.pids_limit) == (3, None)
 
 
@@ -255,6 +257,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
             "memory.max_usage_in_bytes": "70000000\n",
             "memory.failcnt": "0\n",
             "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            "memory.soft_limit_in_bytes": "33554432\n",
         },
     )
     _write(tmp_path / "pids" / "pod" / "ctr", {"pids.current": "5\n", "pids.max": "100\n"})
@@ -275,6 +278,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
     assert memory.limit_bytes is None and memory.available_bytes is None
     assert memory.swap_bytes == 2097152
     assert memory.oom_kills == 2
+    assert memory.reservation_bytes == 33554432
     assert (usage.pids, usage.pids_limit) == (5, 100)
     # What the CRI stats do not carry is only read when asked for.
     brief = CgroupStatsReader(cgroups).read("/pod/ctr")
@@ -286,6 +290,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
         None,
         None,
     )
+    assert brief.memory.reservation_bytes is None
 
 
 def test_v1_limit_gives_available_bytes_and_no_swap_accounting_unknown_swap(tmp_path: Path) -> None:
@@ -525,3 +530,28 @@ def test_v1_hugetlb_comes_from_its_own_hierarchy(tmp_path: Path) -> None:
     without = _v1_tree(tmp_path / "other")
     _write(tmp_path / "other" / "cpuacct" / "ctr", {"cpuacct.usage": "1\n"})
     assert CgroupStatsReader(without, ("2MB",)).read("/ctr", detailed=True).hugetlb == ()
+
+
+@pytest.mark.parametrize(
+    ("version", "file", "text", "expected"),
+    [
+        (2, "memory.min", "0\n", 0),  # the default: nothing protected
+        (2, "memory.min", "max\n", None),
+        (1, "memory.soft_limit_in_bytes", f"{V1_MEMORY_UNLIMITED}\n", None),  # the default
+        (1, "memory.soft_limit_in_bytes", "67108864\n", 67108864),
+    ],
+)
+def test_memory_reservation_is_read_as_cadvisor_reads_it(
+    tmp_path: Path, version: int, file: str, text: str, expected: int | None
+) -> None:
+    if version == 2:
+        cgroups = _v2_tree(tmp_path)
+        directory = tmp_path / "ctr"
+        files = {"memory.current": "4096\n", "memory.stat": V2_MEMORY_STAT}
+    else:
+        cgroups = _v1_tree(tmp_path)
+        directory = tmp_path / "memory" / "ctr"
+        files = {"memory.usage_in_bytes": "4096\n", "memory.stat": V1_MEMORY_STAT}
+    _write(directory, files | {file: text})
+    memory = CgroupStatsReader(cgroups).read("/ctr", detailed=True).memory
+    assert memory is not None and memory.reservation_bytes == expected
