@@ -3,11 +3,11 @@ ListPodSandboxMetrics: what the kubelet serves on /metrics/cadvisor when it take
 metrics from the runtime instead of running cAdvisor itself.
 
 Every series carries cAdvisor's labels (container, id, image, name, namespace, pod)
-and the metric's own (cpu, interface, failure_type and scope, pagesize), in the order
-the descriptor lists them. A pod's network counters belong to the pod (container
+and the metric's own (cpu, interface, failure_type and scope, pagesize, ulimit), in the
+order the descriptor lists them. A pod's network counters belong to the pod (container
 "POD", as cAdvisor reports them on the pod's sandbox); everything else to its
-containers. Names, labels and types are cAdvisor's; the help texts of the metrics
-added since the first set are cAdvisor's too.
+containers. Names, labels and types are cAdvisor's; the hugetlb, memory reservation
+and ulimit metrics also carry its help texts.
 
 The CRI carries values as unsigned integers, so the ``*_seconds_total`` counters are
 whole seconds (as in cri-o), and a value that cannot be known is left out rather
@@ -103,6 +103,12 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
     _d("container_threads", "Number of threads running in the container."),
     _d("container_threads_max", "Maximum number of threads allowed, 0 for unlimited."),
     _d("container_file_descriptors", "Number of open file descriptors of the container."),
+    _d(
+        "container_ulimits_soft",
+        "Soft ulimit values for the container root process. Unlimited if -1, except "
+        "priority and nice",
+        "ulimit",
+    ),
     _d("container_sockets", "Number of open sockets of the container."),
     _d("container_fs_usage_bytes", "Bytes used by the container's writable layer."),
     _d("container_fs_limit_bytes", "Size of the filesystem holding the writable layer."),
@@ -296,6 +302,11 @@ def container_metrics(
         out.add("container_threads", sample.processes.threads)
         out.add("container_file_descriptors", sample.processes.file_descriptors)
         out.add("container_sockets", sample.processes.sockets)
+        for ulimit in sample.processes.ulimits:
+            # The CRI carries no negative values: an unlimited soft limit (cAdvisor's
+            # -1; never the case for open files, which the kernel always bounds) is
+            # left out.
+            out.add("container_ulimits_soft", ulimit.soft, ulimit.name)
     for io in usage.io if usage is not None else ():
         device = device_name(io.major, io.minor)
         out.add("container_fs_reads_bytes_total", io.read_bytes, device, counter=True)

@@ -27,6 +27,8 @@ The figures are the ones the kubelet and cAdvisor use:
   ``memory.soft_limit_in_bytes``, v2 ``memory.min``, as cAdvisor reads them); and on
   v2 the pressure stall figures (PSI) of CPU, memory and I/O, which the CRI stats
   carry too.
+- For metrics, from ``/proc``: the cgroup's processes, threads, open files and
+  sockets, and the soft ulimits of a container's first process (``limits``).
 
 v1 keeps hierarchical totals under ``total_*`` in memory.stat; v2's memory.stat is
 hierarchical already. A controller whose files are missing (not mounted, or not
@@ -444,13 +446,19 @@ class CgroupStatsReader:
             self._directories[path] = found
         return found
 
-    def processes(self, path: str, proc: str = "/proc") -> ProcessCounts:
+    def processes(self, path: str, proc: str = "/proc", init_pid: int = 0) -> ProcessCounts:
         """Process, thread, file descriptor and socket counts of cgroup ``path`` itself
-        (not its children); every hierarchy holds the same processes, one is read."""
+        (not its children); every hierarchy holds the same processes, one is read.
+        With ``init_pid`` (a container's first process) also that process's ulimits,
+        as cAdvisor reports them, if it is still in the cgroup (not a reused pid)."""
         dirs = self._dirs(path)
         directory = next((dirs[c] for c in ("", "pids", "cpuacct", "memory") if c in dirs), None)
         text = self.files.text(directory, "cgroup.procs") if directory is not None else None
-        return count_processes([int(word) for word in (text or "").split()], proc)
+        pids = [int(word) for word in (text or "").split()]
+        counts = count_processes(pids, proc)
+        if init_pid > 0 and init_pid in pids:
+            counts = replace(counts, ulimits=read_ulimits(init_pid, proc))
+        return counts
 
     def _gone(self, path: str) -> None:
         self.files.forget(set(self._dirs(path).values()))
@@ -670,6 +678,19 @@ def _hugetlb_v2(
 
 # ---- processes --------------------------------------------------------------------
 
+# The rows of /proc/<pid>/limits reported, under cAdvisor's names for them (cAdvisor
+# reports this one only).
+ULIMIT_NAMES = {"Max open files": "max_open_files"}
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    """A resource limit of a process; None for unlimited."""
+
+    name: str
+    soft: int | None
+    hard: int | None
+
 
 @dataclass(frozen=True)
 class ProcessCounts:
@@ -677,6 +698,44 @@ class ProcessCounts:
     threads: int
     file_descriptors: int
     sockets: int
+    # Of the container's init process, when asked for and still in the cgroup.
+    ulimits: tuple[Ulimit, ...] = ()
+
+
+def _limit_value(word: str) -> int | None:
+    return None if word == "unlimited" else int(word)
+
+
+def parse_limits(text: str) -> tuple[Ulimit, ...]:
+    """The rows of ULIMIT_NAMES in a /proc/<pid>/limits text ("Max open files  1024
+    524288  files": the row name, then soft and hard limit, then units)."""
+    out = []
+    for line in text.splitlines():
+        for row, name in ULIMIT_NAMES.items():
+            if not line.startswith(row):
+                continue
+            fields = line[len(row) :].split()
+            try:
+                out.append(Ulimit(name, _limit_value(fields[0]), _limit_value(fields[1])))
+            except (IndexError, ValueError):
+                continue
+    return tuple(out)
+
+
+def read_ulimits(pid: int, proc: str = "/proc") -> tuple[Ulimit, ...]:
+    """Process ``pid``'s limits of ULIMIT_NAMES; none when it has exited."""
+    # Gone (or unreadable): no figures, rather than a failed metrics call.
+    try:
+        fd = os.open(f"{proc}/{pid}/limits", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ()
+    try:
+        text = os.read(fd, 1 << 14).decode()
+    except OSError:
+        return ()
+    finally:
+        os.close(fd)
+    return parse_limits(text)
 
 
 def count_processes(pids: list[int], proc: str = "/proc") -> ProcessCounts:

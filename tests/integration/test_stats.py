@@ -348,6 +348,36 @@ def test_writable_layer_and_container_filesystem(make_node: MakeNode) -> None:
     )
 
 
+def _container_series(node: Node, container_id: str) -> dict[str, list[pb.Metric]]:
+    pod_metrics = node.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest()).pod_metrics
+    ours = next(m for m in pod_metrics if m.pod_sandbox_id == node.pod)
+    (container,) = [c for c in ours.container_metrics if c.container_id == container_id]
+    series: dict[str, list[pb.Metric]] = {}
+    for metric in container.metrics:
+        series.setdefault(metric.name, []).append(metric)
+    return series
+
+
+def test_soft_ulimits_are_those_of_the_container_init(make_node: MakeNode) -> None:
+    node = make_node()
+    # The shell lowers its own soft open-files limit, then execs: the container's first
+    # process keeps its pid and the lowered limit.
+    cid = node.run("limited", command=["sh", "-c", "ulimit -S -n 321 && exec sleep 1000"])
+    descriptor = next(
+        d
+        for d in node.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest()).descriptors
+        if d.name == "container_ulimits_soft"
+    )
+    assert list(descriptor.label_keys[-1:]) == ["ulimit"]
+
+    def soft_ulimits() -> list[pb.Metric]:
+        return _container_series(node, cid).get("container_ulimits_soft", [])
+
+    (metric,) = _eventually(soft_ulimits, lambda found: [m.value.value for m in found] == [321])
+    assert metric.label_values[-1] == "max_open_files"
+    assert metric.metric_type == pb.MetricType.GAUGE
+
+
 # Block I/O: critest expects the descriptors, and values only where the node accounts
 # block I/O to cgroups (not on overlay over a virtual disk, nor on tmpfs).
 BLOCK_IO_METRICS = {

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from cri import cadvisor_metrics as metrics
 from cri.stats import ContainerSample, FilesystemCapacity, PodSample
-from runtime.cgroup_stats import HugetlbUsage
+from runtime.cgroup_stats import HugetlbUsage, Ulimit
 from tests.unit.records import stats_sample
 
 S = 1_000_000_000
@@ -33,6 +33,9 @@ def _series(
 def test_every_series_has_one_value_per_label_key_of_its_descriptor() -> None:
     pod, container = stats_sample()
     container = _with_hugetlb(container, HugetlbUsage("2MB", 0, 0, 0))
+    assert container.processes is not None
+    ulimits = (Ulimit("max_open_files", 1024, 1024),)
+    container = replace(container, processes=replace(container.processes, ulimits=ulimits))
     fs = FilesystemCapacity("/var/lib/skiff/containers", 10**9, 10**8, 1000, 900)
     series = metrics.pod_metrics(pod) + metrics.container_metrics(pod, container, fs, 9 * S)
     keys = {d.name: d.label_keys for d in metrics.DESCRIPTORS}
@@ -132,3 +135,24 @@ def test_memory_reservation_comes_from_the_cgroup() -> None:
     # No memory figures at all (no memory controller): no reservation either.
     no_memory = replace(container, cgroup=replace(container.cgroup, memory=None))
     assert _series(pod, no_memory, "container_spec_memory_reservation_limit_bytes") == {}
+
+
+def test_soft_ulimits_of_the_container_init() -> None:
+    pod, container = stats_sample()
+    keys = {d.name: d.label_keys for d in metrics.DESCRIPTORS}
+    assert keys["container_ulimits_soft"] == (*metrics.BASE_LABELS, "ulimit")
+    assert container.processes is not None
+    limited = replace(
+        container,
+        processes=replace(container.processes, ulimits=(Ulimit("max_open_files", 1024, 4096),)),
+    )
+    series = _series(pod, limited, "container_ulimits_soft")
+    assert {k: (v.value, v.counter) for k, v in series.items()} == {
+        ("max_open_files",): (1024, False)
+    }
+    # Unlimited (cAdvisor's -1) cannot travel as an unsigned value: left out.
+    unlimited = replace(
+        container,
+        processes=replace(container.processes, ulimits=(Ulimit("max_open_files", None, None),)),
+    )
+    assert _series(pod, unlimited, "container_ulimits_soft") == {}

@@ -15,11 +15,13 @@ from runtime.cgroup_stats import (
     HugetlbUsage,
     Pressure,
     Stall,
+    Ulimit,
     available,
     device_name,
     hugepage_size_name,
     hugepage_sizes,
     parse_limit,
+    parse_limits,
     parse_pressure,
     parse_v1_blkio,
     parse_v2_io_stat,
@@ -381,6 +383,48 @@ def test_process_counts_come_from_the_cgroup_procs_and_proc(tmp_path: Path) -> N
     counts = CgroupStatsReader(cgroups).processes("/pod", str(proc))
     assert (counts.processes, counts.threads) == (2, 4)
     assert (counts.file_descriptors, counts.sockets) == (5, 3)
+    assert counts.ulimits == ()  # only asked for with the container's first process
+    (proc / "10" / "limits").write_text(PROC_LIMITS)
+    (proc / "99").mkdir()
+    (proc / "99" / "limits").write_text(PROC_LIMITS)
+    reader = CgroupStatsReader(cgroups)
+    assert reader.processes("/pod", str(proc), init_pid=10).ulimits == (
+        Ulimit("max_open_files", 1024, 524288),
+    )
+    # A pid not in the cgroup (reused since the container's start) is not read, nor
+    # one that exited meanwhile.
+    assert reader.processes("/pod", str(proc), init_pid=99).ulimits == ()
+    assert reader.processes("/pod", str(proc), init_pid=12).ulimits == ()
+
+
+def _limits_row(name: str, soft: str, hard: str, units: str) -> str:
+    # As fs/proc/base.c writes each row: fixed-width columns, trailing blanks kept.
+    return f"{name:<25} {soft:<20} {hard:<20} {units:<10}\n"
+
+
+# /proc/<pid>/limits as the kernel writes it.
+PROC_LIMITS = "".join(
+    _limits_row(*row)
+    for row in (
+        ("Limit", "Soft Limit", "Hard Limit", "Units"),
+        ("Max cpu time", "unlimited", "unlimited", "seconds"),
+        ("Max file size", "unlimited", "unlimited", "bytes"),
+        ("Max stack size", "8388608", "unlimited", "bytes"),
+        ("Max processes", "96365", "96365", "processes"),
+        ("Max open files", "1024", "524288", "files"),
+        ("Max locked memory", "8388608", "8388608", "bytes"),
+        ("Max nice priority", "0", "0", ""),
+        ("Max realtime timeout", "unlimited", "unlimited", "us"),
+    )
+)
+
+
+def test_limits_rows_under_cadvisor_names() -> None:
+    assert parse_limits(PROC_LIMITS) == (Ulimit("max_open_files", 1024, 524288),)
+    unlimited = _limits_row("Max open files", "unlimited", "unlimited", "files")
+    assert parse_limits(unlimited) == (Ulimit("max_open_files", None, None),)
+    assert parse_limits("Max open files            x   y   files\n") == ()
+    assert parse_limits("") == ()
 
 
 def test_block_io_per_device_from_v1_and_v2_files(tmp_path: Path) -> None:
