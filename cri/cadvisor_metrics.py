@@ -3,9 +3,11 @@ ListPodSandboxMetrics: what the kubelet serves on /metrics/cadvisor when it take
 metrics from the runtime instead of running cAdvisor itself.
 
 Every series carries cAdvisor's labels (container, id, image, name, namespace, pod)
-and the metric's own (cpu, interface, failure_type and scope), in the order the
-descriptor lists them. A pod's network counters belong to the pod (container "POD",
-as cAdvisor reports them on the pod's sandbox); everything else to its containers.
+and the metric's own (cpu, interface, failure_type and scope, pagesize, ulimit), in the
+order the descriptor lists them. A pod's network counters belong to the pod (container
+"POD", as cAdvisor reports them on the pod's sandbox); everything else to its
+containers. Names, labels and types are cAdvisor's; the hugetlb, memory reservation
+and ulimit metrics also carry its help texts.
 
 The CRI carries values as unsigned integers, so the ``*_seconds_total`` counters are
 whole seconds (as in cri-o), and a value that cannot be known is left out rather
@@ -88,10 +90,25 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
         for resource in ("cpu", "memory", "io")
         for kind, verb in (("waiting", "waited"), ("stalled", "were all stalled"))
     ),
+    # Per huge page size, labelled as the kernel names it ("2MB", "1GB"): the name
+    # cAdvisor takes from runc's cgroup library.
+    _d("container_hugetlb_failcnt", "Number of hugepage usage hits limits", "pagesize"),
+    _d("container_hugetlb_usage_bytes", "Current hugepage usage in bytes", "pagesize"),
+    _d(
+        "container_hugetlb_max_usage_bytes",
+        "Maximum hugepage usage recorded in bytes",
+        "pagesize",
+    ),
     _d("container_processes", "Number of processes running in the container."),
     _d("container_threads", "Number of threads running in the container."),
     _d("container_threads_max", "Maximum number of threads allowed, 0 for unlimited."),
     _d("container_file_descriptors", "Number of open file descriptors of the container."),
+    _d(
+        "container_ulimits_soft",
+        "Soft ulimit values for the container root process. Unlimited if -1, except "
+        "priority and nice",
+        "ulimit",
+    ),
     _d("container_sockets", "Number of open sockets of the container."),
     _d("container_fs_usage_bytes", "Bytes used by the container's writable layer."),
     _d("container_fs_limit_bytes", "Size of the filesystem holding the writable layer."),
@@ -116,6 +133,10 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
     _d(
         "container_spec_memory_swap_limit_bytes",
         "Memory plus swap limit of the container, 0 for none.",
+    ),
+    _d(
+        "container_spec_memory_reservation_limit_bytes",
+        "Memory reservation limit for the container.",
     ),
     _d(
         "container_network_receive_bytes_total",
@@ -251,6 +272,9 @@ def container_metrics(
                 counter=True,
             )
         out.add("container_oom_events_total", memory.oom_kills, counter=True)
+        # Read from the cgroup, as cAdvisor does (the CRI has no such resource): 0 when
+        # unlimited, as cAdvisor sends it.
+        out.add("container_spec_memory_reservation_limit_bytes", memory.reservation_bytes or 0)
     if usage is not None:
         for resource, pressure in (
             ("cpu", cpu.pressure if cpu is not None else None),
@@ -266,6 +290,11 @@ def container_metrics(
                         stall.total_ns // NS_PER_S,
                         counter=True,
                     )
+    for pages in usage.hugetlb if usage is not None else ():
+        out.add("container_hugetlb_failcnt", pages.failcnt, pages.pagesize, counter=True)
+        out.add("container_hugetlb_usage_bytes", pages.usage_bytes, pages.pagesize)
+        # cgroup v2 keeps no peak: left out there (cAdvisor would send 0).
+        out.add("container_hugetlb_max_usage_bytes", pages.max_usage_bytes, pages.pagesize)
     if usage is not None and usage.pids is not None:
         out.add("container_threads_max", usage.pids_limit or 0)
     if sample.processes is not None:
@@ -273,6 +302,11 @@ def container_metrics(
         out.add("container_threads", sample.processes.threads)
         out.add("container_file_descriptors", sample.processes.file_descriptors)
         out.add("container_sockets", sample.processes.sockets)
+        for ulimit in sample.processes.ulimits:
+            # The CRI carries no negative values: an unlimited soft limit (cAdvisor's
+            # -1; never the case for open files, which the kernel always bounds) is
+            # left out.
+            out.add("container_ulimits_soft", ulimit.soft, ulimit.name)
     for io in usage.io if usage is not None else ():
         device = device_name(io.major, io.minor)
         out.add("container_fs_reads_bytes_total", io.read_bytes, device, counter=True)

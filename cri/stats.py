@@ -348,7 +348,8 @@ class StatsManager:
             for c in found
             if c.state == RUNNING and (path := self.cgroup_path(c)) is not None
         }
-        usages = await asyncio.to_thread(self._read_cgroups, paths, detailed)
+        init_pids = {c.id: c.pid for c in found if c.id in paths} if detailed else {}
+        usages = await asyncio.to_thread(self._read_cgroups, paths, detailed, init_pids)
         await self.layers.measure_new(found)
         samples = []
         for c in found:
@@ -360,15 +361,20 @@ class StatsManager:
         return samples
 
     def _read_cgroups(
-        self, paths: Mapping[str, str], detailed: bool
+        self,
+        paths: Mapping[str, str],
+        detailed: bool,
+        init_pids: Mapping[str, int] | None = None,
     ) -> dict[str, tuple[CgroupUsage | None, ProcessCounts | None]]:
         """On a worker thread: each cgroup's usage (None when it is gone or unreadable),
-        and with ``detailed`` (metrics) its process counts."""
+        and with ``detailed`` (metrics) its process counts, with the ulimits of the
+        process ``init_pids`` names for it."""
         out: dict[str, tuple[CgroupUsage | None, ProcessCounts | None]] = {}
         for key, path in paths.items():
             try:
                 usage = self.reader.read(path, detailed)
-                counts = self.reader.processes(path) if detailed else None
+                init_pid = (init_pids or {}).get(key, 0)
+                counts = self.reader.processes(path, init_pid=init_pid) if detailed else None
             except CgroupNotFound:
                 out[key] = (None, None)
                 continue

@@ -14,11 +14,21 @@ The figures are the ones the kubelet and cAdvisor use:
   usage minus inactive file pages, which is what eviction and ``kubectl top`` read;
   RSS (v1 total_rss, v2 anon); page faults; bytes available below the limit (only
   when there is a limit); swap in use (v1 memory.stat total_swap, v2
-  ``memory.swap.current``; unknown without swap accounting).
+  ``memory.swap.current``; unknown without swap accounting) and swap left below the
+  swap limit (only when there is one: v2 ``memory.swap.max``; v1 memsw limits memory
+  plus swap, so its allowance is ``memory.memsw.limit_in_bytes`` minus
+  ``memory.limit_in_bytes``).
 - pids.current.
 - For metrics only (``detailed``): user/system time, throttling, kernel memory, peak
-  usage, limit hits, OOM kills, the pids limit, block I/O per device; and on v2 the
-  pressure stall figures (PSI) of CPU, memory and I/O, which the CRI stats carry too.
+  usage, limit hits, OOM kills, the pids limit, block I/O per device, huge pages per
+  page size (v1 ``hugetlb.<size>.usage_in_bytes``, ``max_usage_in_bytes`` and
+  ``failcnt``; v2 ``hugetlb.<size>.current`` and the ``max`` count of
+  ``hugetlb.<size>.events``; v2 keeps no peak), the memory reservation (v1
+  ``memory.soft_limit_in_bytes``, v2 ``memory.min``, as cAdvisor reads them); and on
+  v2 the pressure stall figures (PSI) of CPU, memory and I/O, which the CRI stats
+  carry too.
+- For metrics, from ``/proc``: the cgroup's processes, threads, open files and
+  sockets, and the soft ulimits of a container's first process (``limits``).
 
 v1 keeps hierarchical totals under ``total_*`` in memory.stat; v2's memory.stat is
 hierarchical already. A controller whose files are missing (not mounted, or not
@@ -92,9 +102,13 @@ class MemoryUsage:
     available_bytes: int | None = None
     # None when the kernel does not account swap for the cgroup.
     swap_bytes: int | None = None
+    # None without a swap limit of the cgroup's own (or without swap accounting).
+    swap_available_bytes: int | None = None
     max_usage_bytes: int | None = None
     failcnt: int = 0
     oom_kills: int = 0
+    # Detailed reads only; None when unlimited (or not read).
+    reservation_bytes: int | None = None
     # v2 only (memory.pressure).
     pressure: Pressure | None = None
 
@@ -112,6 +126,21 @@ class DeviceIo:
 
 
 @dataclass(frozen=True)
+class HugetlbUsage:
+    """Huge pages of one size charged to a cgroup (pages faulted in, which is what
+    ``hugetlb.<size>.max`` and v1's ``limit_in_bytes`` limit)."""
+
+    # As the kernel names the size in the control files ("2MB", "1GB"); cAdvisor's
+    # pagesize label is this same name.
+    pagesize: str
+    usage_bytes: int
+    # v1 only: v2 records no peak.
+    max_usage_bytes: int | None = None
+    # Faults refused at the limit.
+    failcnt: int = 0
+
+
+@dataclass(frozen=True)
 class CgroupUsage:
     timestamp_ns: int
     cpu: CpuUsage | None
@@ -122,6 +151,9 @@ class CgroupUsage:
     io: tuple[DeviceIo, ...] = ()
     # v2 only (io.pressure).
     io_pressure: Pressure | None = None
+    # Only in detailed reads, one per page size of the machine; empty without the
+    # hugetlb controller.
+    hugetlb: tuple[HugetlbUsage, ...] = ()
 
 
 class FlatKeyed:
@@ -209,6 +241,33 @@ def device_name(major: int, minor: int, sysfs: str = "/sys") -> str:
         if key == "DEVNAME" and value:
             return f"/dev/{value}"
     return f"{major}:{minor}"
+
+
+def hugepage_size_name(kib: int) -> str:
+    """The name hugetlb control files give a page size of ``kib`` KiB: whole GB, MB
+    or KB, the largest unit that fits (2048 -> "2MB", 1048576 -> "1GB")."""
+    if kib >= 1 << 20:
+        return f"{kib >> 20}GB"
+    if kib >= 1 << 10:
+        return f"{kib >> 10}MB"
+    return f"{kib}KB"
+
+
+@functools.lru_cache(maxsize=4)
+def hugepage_sizes(sysfs: str = "/sys") -> tuple[str, ...]:
+    """The machine's huge page sizes, smallest first, as hugetlb control files name
+    them, from the ``hugepages-<N>kB`` directories in sysfs (cached: they are fixed
+    at boot). Empty when the kernel has no huge pages."""
+    try:
+        names = os.listdir(f"{sysfs}/kernel/mm/hugepages")
+    except OSError:
+        return ()
+    kibs = []
+    for name in names:
+        number = name.removeprefix("hugepages-").removesuffix("kB")
+        if name.startswith("hugepages-") and name.endswith("kB") and number.isdigit():
+            kibs.append(int(number))
+    return tuple(hugepage_size_name(kib) for kib in sorted(kibs))
 
 
 def parse_pressure(text: str) -> Pressure | None:
@@ -353,11 +412,13 @@ class ControlFiles:
 class CgroupStatsReader:
     """Reads usage of cgroups named as :class:`Cgroupfs` names them."""
 
-    def __init__(self, cgroups: Cgroupfs) -> None:
+    def __init__(self, cgroups: Cgroupfs, hugepages: tuple[str, ...] | None = None) -> None:
         self.cgroups = cgroups
+        # The page sizes whose hugetlb files are read (default: this machine's).
+        self.hugepages = hugepage_sizes() if hugepages is None else hugepages
         hierarchies = cgroups.hierarchies
         self._v1_controllers = [
-            c for c in ("cpuacct", "cpu", "memory", "pids", "blkio") if c in hierarchies
+            c for c in ("cpuacct", "cpu", "memory", "pids", "blkio", "hugetlb") if c in hierarchies
         ]
         # cgroup path -> controller -> directory, as strings: building them with
         # pathlib for every read of every cgroup costs as much as a file read.
@@ -385,13 +446,19 @@ class CgroupStatsReader:
             self._directories[path] = found
         return found
 
-    def processes(self, path: str, proc: str = "/proc") -> ProcessCounts:
+    def processes(self, path: str, proc: str = "/proc", init_pid: int = 0) -> ProcessCounts:
         """Process, thread, file descriptor and socket counts of cgroup ``path`` itself
-        (not its children); every hierarchy holds the same processes, one is read."""
+        (not its children); every hierarchy holds the same processes, one is read.
+        With ``init_pid`` (a container's first process) also that process's ulimits,
+        as cAdvisor reports them, if it is still in the cgroup (not a reused pid)."""
         dirs = self._dirs(path)
         directory = next((dirs[c] for c in ("", "pids", "cpuacct", "memory") if c in dirs), None)
         text = self.files.text(directory, "cgroup.procs") if directory is not None else None
-        return count_processes([int(word) for word in (text or "").split()], proc)
+        pids = [int(word) for word in (text or "").split()]
+        counts = count_processes(pids, proc)
+        if init_pid > 0 and init_pid in pids:
+            counts = replace(counts, ulimits=read_ulimits(init_pid, proc))
+        return counts
 
     def _gone(self, path: str) -> None:
         self.files.forget(set(self._dirs(path).values()))
@@ -403,8 +470,8 @@ class CgroupStatsReader:
 
         Without ``detailed``, only what the CRI stats carry is read (CPU usage, memory
         usage, working set, RSS, faults, limit, swap, pids); ``detailed`` adds user and
-        system time, throttling, kernel memory, peak usage, limit hits, OOM kills and
-        the pids limit and block I/O per device, for metrics.
+        system time, throttling, kernel memory, peak usage, limit hits, OOM kills, the
+        pids limit, block I/O per device and huge pages, for metrics.
         """
         now = time.time_ns()
         files = self.files
@@ -418,7 +485,8 @@ class CgroupStatsReader:
             device_io = parse_v2_io_stat(files.text(directory, "io.stat") or "") if detailed else ()
             memory_v2 = _memory_v2(files, directory, detailed)
             io_pressure = files.pressure(directory, "io.pressure")
-            return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io, io_pressure)
+            pages = _hugetlb_v2(files, directory, self.hugepages) if detailed else ()
+            return CgroupUsage(now, cpu, memory_v2, pids, pids_limit, device_io, io_pressure, pages)
         dirs = self._dirs(path)
         cpu = memory = None
         pids = pids_limit = None
@@ -438,7 +506,10 @@ class CgroupStatsReader:
                 files.text(dirs["blkio"], "blkio.throttle.io_service_bytes_recursive") or "",
                 files.text(dirs["blkio"], "blkio.throttle.io_serviced_recursive") or "",
             )
-        return CgroupUsage(now, cpu, memory, pids, pids_limit, io)
+        huge: tuple[HugetlbUsage, ...] = ()
+        if detailed and "hugetlb" in dirs:
+            huge = _hugetlb_v1(files, dirs["hugetlb"], self.hugepages)
+        return CgroupUsage(now, cpu, memory, pids, pids_limit, io, hugetlb=huge)
 
 
 def _pids(files: ControlFiles, directory: str, detailed: bool) -> tuple[int | None, int | None]:
@@ -474,6 +545,15 @@ def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
     stat = FlatKeyed(files.text(directory, "memory.stat") or "")
     limit = files.limit(directory, "memory.limit_in_bytes")
     working = working_set(usage, stat.get("total_inactive_file", 0))
+    # memory.stat has swap lines only with swap accounting (memsw) on.
+    swap = stat.optional("total_swap")
+    swap_available = None
+    if swap is not None and limit is not None:
+        # The kernel keeps memsw >= limit, so a memsw limit implies a memory limit;
+        # the difference is what the cgroup may have in swap.
+        memsw = files.limit(directory, "memory.memsw.limit_in_bytes")
+        if memsw is not None:
+            swap_available = available(memsw - limit, swap)
     memory = MemoryUsage(
         usage_bytes=usage,
         working_set_bytes=working,
@@ -484,8 +564,8 @@ def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         major_page_faults=stat.get("total_pgmajfault", 0),
         limit_bytes=limit,
         available_bytes=available(limit, working),
-        # memory.stat has swap lines only with swap accounting (memsw) on.
-        swap_bytes=stat.optional("total_swap"),
+        swap_bytes=swap,
+        swap_available_bytes=swap_available,
     )
     if not detailed:
         return memory
@@ -496,7 +576,27 @@ def _memory_v1(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         max_usage_bytes=files.integer(directory, "memory.max_usage_in_bytes"),
         failcnt=files.integer(directory, "memory.failcnt") or 0,
         oom_kills=oom.get("oom_kill", 0),
+        reservation_bytes=files.limit(directory, "memory.soft_limit_in_bytes"),
     )
+
+
+def _hugetlb_v1(
+    files: ControlFiles, directory: str, sizes: tuple[str, ...]
+) -> tuple[HugetlbUsage, ...]:
+    out = []
+    for size in sizes:
+        usage = files.integer(directory, f"hugetlb.{size}.usage_in_bytes")
+        if usage is None:
+            continue
+        out.append(
+            HugetlbUsage(
+                size,
+                usage,
+                files.integer(directory, f"hugetlb.{size}.max_usage_in_bytes"),
+                files.integer(directory, f"hugetlb.{size}.failcnt") or 0,
+            )
+        )
+    return tuple(out)
 
 
 # ---- v2 ---------------------------------------------------------------------------
@@ -527,6 +627,9 @@ def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
     stat = FlatKeyed(files.text(directory, "memory.stat") or "")
     limit = files.limit(directory, "memory.max")
     working = working_set(usage, stat.get("inactive_file", 0))
+    swap = files.integer(directory, "memory.swap.current")
+    # Without memory.swap.current there is no swap accounting, and no limit to read.
+    swap_limit = files.limit(directory, "memory.swap.max") if swap is not None else None
     kernel = stat.optional("kernel")
     if kernel is None:  # kernels before 5.18 have no "kernel" line: add up its parts
         kernel = sum(stat.get(key, 0) for key in ("kernel_stack", "pagetables", "slab", "sock"))
@@ -541,7 +644,8 @@ def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         major_page_faults=stat.get("pgmajfault", 0),
         limit_bytes=limit,
         available_bytes=available(limit, working),
-        swap_bytes=files.integer(directory, "memory.swap.current"),
+        swap_bytes=swap,
+        swap_available_bytes=available(swap_limit, swap) if swap is not None else None,
         pressure=files.pressure(directory, "memory.pressure"),
     )
     if not detailed:
@@ -552,10 +656,40 @@ def _memory_v2(files: ControlFiles, directory: str, detailed: bool) -> MemoryUsa
         max_usage_bytes=files.integer(directory, "memory.peak"),
         failcnt=events.get("max", 0),
         oom_kills=events.get("oom_kill", 0),
+        # The protected amount: cAdvisor's reservation on v2 (not memory.low, which
+        # runc writes the OCI reservation to).
+        reservation_bytes=files.limit(directory, "memory.min"),
     )
 
 
+def _hugetlb_v2(
+    files: ControlFiles, directory: str, sizes: tuple[str, ...]
+) -> tuple[HugetlbUsage, ...]:
+    out = []
+    for size in sizes:
+        # Missing unless the hugetlb controller is enabled for the cgroup.
+        usage = files.integer(directory, f"hugetlb.{size}.current")
+        if usage is None:
+            continue
+        events = FlatKeyed(files.text(directory, f"hugetlb.{size}.events") or "")
+        out.append(HugetlbUsage(size, usage, failcnt=events.get("max", 0)))
+    return tuple(out)
+
+
 # ---- processes --------------------------------------------------------------------
+
+# The rows of /proc/<pid>/limits reported, under cAdvisor's names for them (cAdvisor
+# reports this one only).
+ULIMIT_NAMES = {"Max open files": "max_open_files"}
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    """A resource limit of a process; None for unlimited."""
+
+    name: str
+    soft: int | None
+    hard: int | None
 
 
 @dataclass(frozen=True)
@@ -564,6 +698,44 @@ class ProcessCounts:
     threads: int
     file_descriptors: int
     sockets: int
+    # Of the container's init process, when asked for and still in the cgroup.
+    ulimits: tuple[Ulimit, ...] = ()
+
+
+def _limit_value(word: str) -> int | None:
+    return None if word == "unlimited" else int(word)
+
+
+def parse_limits(text: str) -> tuple[Ulimit, ...]:
+    """The rows of ULIMIT_NAMES in a /proc/<pid>/limits text ("Max open files  1024
+    524288  files": the row name, then soft and hard limit, then units)."""
+    out = []
+    for line in text.splitlines():
+        for row, name in ULIMIT_NAMES.items():
+            if not line.startswith(row):
+                continue
+            fields = line[len(row) :].split()
+            try:
+                out.append(Ulimit(name, _limit_value(fields[0]), _limit_value(fields[1])))
+            except (IndexError, ValueError):
+                continue
+    return tuple(out)
+
+
+def read_ulimits(pid: int, proc: str = "/proc") -> tuple[Ulimit, ...]:
+    """Process ``pid``'s limits of ULIMIT_NAMES; none when it has exited."""
+    # Gone (or unreadable): no figures, rather than a failed metrics call.
+    try:
+        fd = os.open(f"{proc}/{pid}/limits", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ()
+    try:
+        text = os.read(fd, 1 << 14).decode()
+    except OSError:
+        return ()
+    finally:
+        os.close(fd)
+    return parse_limits(text)
 
 
 def count_processes(pids: list[int], proc: str = "/proc") -> ProcessCounts:

@@ -69,10 +69,17 @@ def _memory(usage: CgroupUsage | None) -> pb.MemoryUsage | None:
 
 
 def _swap(usage: CgroupUsage | None) -> pb.SwapUsage | None:
-    if usage is None or usage.memory is None or usage.memory.swap_bytes is None:
+    m = usage.memory if usage is not None else None
+    if usage is None or m is None or m.swap_bytes is None:
         return None
+    # Without a swap limit there is no "available" to speak of: unset rather than 0, as
+    # the kubelet leaves it when it reads cAdvisor, and as containerd's CRI does.
     return pb.SwapUsage(
-        timestamp=usage.timestamp_ns, swap_usage_bytes=_u64(usage.memory.swap_bytes)
+        timestamp=usage.timestamp_ns,
+        swap_usage_bytes=_u64(m.swap_bytes),
+        swap_available_bytes=(
+            _u64(m.swap_available_bytes) if m.swap_available_bytes is not None else None
+        ),
     )
 
 

@@ -43,6 +43,10 @@ def test_a_busy_process_shows_in_its_cgroup_until_the_cgroup_goes() -> None:
     proc: subprocess.Popen[bytes] | None = None
     try:
         reader = CgroupStatsReader(cgroups)
+        soft_limit = cgroups.directory(path, "memory") / "memory.soft_limit_in_bytes"
+        unreserved = reader.read(path, detailed=True).memory
+        assert unreserved is not None and unreserved.reservation_bytes is None
+        soft_limit.write_text(str(128 * MIB))
         idle = reader.read(path)
         assert idle.cpu is not None and idle.cpu.usage_ns == 0
         assert idle.pids == 0
@@ -61,6 +65,7 @@ def test_a_busy_process_shows_in_its_cgroup_until_the_cgroup_goes() -> None:
         assert first.cpu is not None and second.cpu is not None
         assert second.cpu.usage_ns > first.cpu.usage_ns > 200_000_000
         assert first.cpu.user_ns > 0
+        assert first.memory is not None and first.memory.reservation_bytes == 128 * MIB
         memory = second.memory
         assert memory is not None
         assert memory.working_set_bytes >= 30 * MIB

@@ -133,6 +133,49 @@ def test_memory_hog_shows_its_working_set_against_its_limit(make_node: MakeNode)
     if cgroup_version() == 1:  # swap is reported where the kernel accounts it (memsw)
         accounted = Path("/sys/fs/cgroup/memory/memory.memsw.usage_in_bytes").exists()
         assert stats.HasField("swap") == accounted
+        # A memory limit alone sets no swap limit: nothing to be available below.
+        assert not stats.swap.HasField("swap_available_bytes")
+
+
+def _swap_accounted() -> bool:
+    if cgroup_version() == 1:
+        return Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+    return any(Path("/sys/fs/cgroup").glob("*/memory.swap.max"))
+
+
+@pytest.mark.skipif(not _swap_accounted(), reason="the kernel accounts no swap to cgroups")
+def test_swap_available_is_what_the_swap_limit_leaves(make_node: MakeNode) -> None:
+    node = make_node()
+    # The CRI's swap limit is memory plus swap (as v1's memsw): 96 MiB over a 64 MiB
+    # limit allows 32 MiB of swap.
+    limited = node.run(
+        "swapper",
+        command=IDLE,
+        linux=pb.LinuxContainerConfig(
+            resources=pb.LinuxContainerResources(
+                memory_limit_in_bytes=64 * MiB, memory_swap_limit_in_bytes=96 * MiB
+            )
+        ),
+    )
+    unlimited = node.run(
+        "plain",
+        command=IDLE,
+        linux=pb.LinuxContainerConfig(
+            resources=pb.LinuxContainerResources(memory_limit_in_bytes=64 * MiB)
+        ),
+    )
+    swap = _container_stats(node, limited).swap
+    assert swap.timestamp > 0
+    assert swap.HasField("swap_available_bytes"), swap
+    assert swap.swap_available_bytes.value == 32 * MiB - swap.swap_usage_bytes.value
+    # No swap limit of its own: usage is known, what is available is not.
+    plain = _container_stats(node, unlimited).swap
+    assert plain.HasField("swap_usage_bytes")
+    assert not plain.HasField("swap_available_bytes")
+    # The pod's stats carry each container's swap (the CRI has no pod-level swap).
+    pod = {c.attributes.id: c for c in _pod_stats(node, node.pod).linux.containers}
+    assert pod[limited].swap.swap_available_bytes.value == swap.swap_available_bytes.value
+    assert not pod[unlimited].swap.HasField("swap_available_bytes")
 
 
 def test_pod_stats_network_counters_grow_with_traffic(make_node: MakeNode) -> None:
@@ -305,6 +348,36 @@ def test_writable_layer_and_container_filesystem(make_node: MakeNode) -> None:
     )
 
 
+def _container_series(node: Node, container_id: str) -> dict[str, list[pb.Metric]]:
+    pod_metrics = node.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest()).pod_metrics
+    ours = next(m for m in pod_metrics if m.pod_sandbox_id == node.pod)
+    (container,) = [c for c in ours.container_metrics if c.container_id == container_id]
+    series: dict[str, list[pb.Metric]] = {}
+    for metric in container.metrics:
+        series.setdefault(metric.name, []).append(metric)
+    return series
+
+
+def test_soft_ulimits_are_those_of_the_container_init(make_node: MakeNode) -> None:
+    node = make_node()
+    # The shell lowers its own soft open-files limit, then execs: the container's first
+    # process keeps its pid and the lowered limit.
+    cid = node.run("limited", command=["sh", "-c", "ulimit -S -n 321 && exec sleep 1000"])
+    descriptor = next(
+        d
+        for d in node.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest()).descriptors
+        if d.name == "container_ulimits_soft"
+    )
+    assert list(descriptor.label_keys[-1:]) == ["ulimit"]
+
+    def soft_ulimits() -> list[pb.Metric]:
+        return _container_series(node, cid).get("container_ulimits_soft", [])
+
+    (metric,) = _eventually(soft_ulimits, lambda found: [m.value.value for m in found] == [321])
+    assert metric.label_values[-1] == "max_open_files"
+    assert metric.metric_type == pb.MetricType.GAUGE
+
+
 # Block I/O: critest expects the descriptors, and values only where the node accounts
 # block I/O to cgroups (not on overlay over a virtual disk, nor on tmpfs).
 BLOCK_IO_METRICS = {
@@ -377,6 +450,8 @@ def test_metric_descriptors_and_pod_metrics_agree(make_node: MakeNode) -> None:
     assert list(descriptors["container_network_receive_bytes_total"].label_keys[-1:]) == [
         "interface"
     ]
+    for name in ("container_hugetlb_usage_bytes", "container_hugetlb_max_usage_bytes"):
+        assert list(descriptors[name].label_keys[-1:]) == ["pagesize"]
 
     pod_metrics = node.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest()).pod_metrics
     ours = next(m for m in pod_metrics if m.pod_sandbox_id == node.pod)
@@ -400,7 +475,13 @@ def test_metric_descriptors_and_pod_metrics_agree(make_node: MakeNode) -> None:
     assert values["container_spec_cpu_quota"].value.value == 20000
     assert values["container_spec_memory_limit_bytes"].value.value == 64 * MiB
     assert values["container_processes"].value.value == 1
+    # Nothing sets a soft limit (v1) or memory.min (v2) here: 0, as cAdvisor sends it.
+    reservation = values["container_spec_memory_reservation_limit_bytes"]
+    assert (reservation.value.value, reservation.metric_type) == (0, pb.MetricType.GAUGE)
     assert values["container_memory_working_set_bytes"].metric_type == pb.MetricType.GAUGE
+    if cgroup_version() == 1 and not Path("/sys/fs/cgroup/hugetlb").is_dir():
+        # No v1 hugetlb hierarchy, no huge page figures (rather than zeros).
+        assert not any(m.name.startswith("container_hugetlb_") for m in series)
     streamed = [
         m.pod_sandbox_id
         for response in node.runtime.StreamPodSandboxMetrics(pb.StreamPodSandboxMetricsRequest())

@@ -12,11 +12,16 @@ from runtime.cgroup_stats import (
     ControlFiles,
     DeviceIo,
     FlatKeyed,
+    HugetlbUsage,
     Pressure,
     Stall,
+    Ulimit,
     available,
     device_name,
+    hugepage_size_name,
+    hugepage_sizes,
     parse_limit,
+    parse_limits,
     parse_pressure,
     parse_v1_blkio,
     parse_v2_io_stat,
@@ -109,7 +114,9 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
             "memory.events": V2_MEMORY_EVENTS,
             "memory.max": "67108864\n",
             "memory.swap.current": "1048576\n",
+            "memory.swap.max": "8388608\n",
             "memory.peak": "60000000\n",
+            "memory.min": "16777216\n",
             "pids.current": "3\n",
             "pids.max": "max\n",
             "cpu.pressure": CPU_PRESSURE,
@@ -142,8 +149,10 @@ def test_v2_figures_come_from_the_v2_files(tmp_path: Path) -> None:
     assert memory.limit_bytes == 67108864
     assert memory.available_bytes == 67108864 - (52428800 - 8388608)
     assert memory.swap_bytes == 1048576
+    assert memory.swap_available_bytes == 8388608 - 1048576
     assert memory.max_usage_bytes == 60000000
     assert (memory.failcnt, memory.oom_kills) == (4, 1)
+    assert memory.reservation_bytes == 16777216
     assert (usage.pids, usage.pids_limit) == (3, None)
 
 
@@ -158,10 +167,39 @@ def test_v2_unlimited_memory_has_no_available_bytes(tmp_path: Path) -> None:
     assert memory is not None
     assert memory.limit_bytes is None and memory.available_bytes is None
     # Without memory.swap.current (no swap accounting) swap is unknown, not 0.
-    assert memory.swap_bytes is None
+    assert memory.swap_bytes is None and memory.swap_available_bytes is None
     # The working set never goes below zero, even when the cache outgrows usage.
     assert memory.working_set_bytes == 0
     assert memory.kernel_bytes == 49152 + 102400 + 1000000 + 0
+
+
+@pytest.mark.parametrize(
+    ("swap_max", "expected"),
+    [
+        ("max\n", None),  # no swap limit: nothing to be available below
+        ("0\n", 0),  # no swap allowed at all
+        ("1048576\n", 1048576 - 4096),
+        ("2048\n", 0),  # lowered below what is already swapped out
+    ],
+)
+def test_v2_swap_available_is_the_swap_limit_minus_swap_in_use(
+    tmp_path: Path, swap_max: str, expected: int | None
+) -> None:
+    cgroups = _v2_tree(tmp_path)
+    _write(
+        tmp_path / "ctr",
+        {
+            "memory.current": "8192\n",
+            "memory.stat": V2_MEMORY_STAT,
+            "memory.max": "max\n",
+            "memory.swap.current": "4096\n",
+            "memory.swap.max": swap_max,
+        },
+    )
+    memory = CgroupStatsReader(cgroups).read("/ctr").memory
+    assert memory is not None
+    assert memory.swap_bytes == 4096
+    assert memory.swap_available_bytes == expected
 
 
 def test_v2_controllers_not_enabled_leave_their_part_empty(tmp_path: Path) -> None:
@@ -221,6 +259,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
             "memory.max_usage_in_bytes": "70000000\n",
             "memory.failcnt": "0\n",
             "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            "memory.soft_limit_in_bytes": "33554432\n",
         },
     )
     _write(tmp_path / "pids" / "pod" / "ctr", {"pids.current": "5\n", "pids.max": "100\n"})
@@ -241,6 +280,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
     assert memory.limit_bytes is None and memory.available_bytes is None
     assert memory.swap_bytes == 2097152
     assert memory.oom_kills == 2
+    assert memory.reservation_bytes == 33554432
     assert (usage.pids, usage.pids_limit) == (5, 100)
     # What the CRI stats do not carry is only read when asked for.
     brief = CgroupStatsReader(cgroups).read("/pod/ctr")
@@ -252,6 +292,7 @@ def test_v1_figures_come_from_each_hierarchy(tmp_path: Path) -> None:
         None,
         None,
     )
+    assert brief.memory.reservation_bytes is None
 
 
 def test_v1_limit_gives_available_bytes_and_no_swap_accounting_unknown_swap(tmp_path: Path) -> None:
@@ -269,6 +310,41 @@ def test_v1_limit_gives_available_bytes_and_no_swap_accounting_unknown_swap(tmp_
     assert usage.memory is not None
     assert usage.memory.available_bytes == 5000 - 800
     assert usage.memory.swap_bytes is None
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("limit", "memsw", "swap_line", "expected"),
+    [
+        # memsw limits memory plus swap: 96 MiB with 64 MiB of memory leaves 32 MiB of
+        # swap, of which 4 MiB are in use.
+        (64 * MIB, 96 * MIB, f"total_swap {4 * MIB}\n", 28 * MIB),
+        (64 * MIB, 64 * MIB, "total_swap 0\n", 0),  # memsw == limit: no swap allowed
+        (64 * MIB, V1_MEMORY_UNLIMITED, "total_swap 0\n", None),  # no swap limit
+        (V1_MEMORY_UNLIMITED, V1_MEMORY_UNLIMITED, "total_swap 0\n", None),
+        # No swap lines in memory.stat: no swap accounting, whatever the files say.
+        (64 * MIB, 96 * MIB, "", None),
+    ],
+)
+def test_v1_swap_available_is_the_memsw_allowance_minus_swap_in_use(
+    tmp_path: Path, limit: int, memsw: int, swap_line: str, expected: int | None
+) -> None:
+    cgroups = _v1_tree(tmp_path)
+    _write(
+        tmp_path / "memory" / "c",
+        {
+            "memory.usage_in_bytes": f"{8 * MIB}\n",
+            "memory.stat": "total_inactive_file 0\n" + swap_line,
+            "memory.limit_in_bytes": f"{limit}\n",
+            "memory.memsw.limit_in_bytes": f"{memsw}\n",
+        },
+    )
+    memory = CgroupStatsReader(cgroups).read("/c").memory
+    assert memory is not None
+    assert memory.swap_available_bytes == expected
+    assert memory.swap_bytes == (int(swap_line.split()[1]) if swap_line else None)
 
 
 def test_v1_missing_everywhere_is_not_found(tmp_path: Path) -> None:
@@ -307,6 +383,48 @@ def test_process_counts_come_from_the_cgroup_procs_and_proc(tmp_path: Path) -> N
     counts = CgroupStatsReader(cgroups).processes("/pod", str(proc))
     assert (counts.processes, counts.threads) == (2, 4)
     assert (counts.file_descriptors, counts.sockets) == (5, 3)
+    assert counts.ulimits == ()  # only asked for with the container's first process
+    (proc / "10" / "limits").write_text(PROC_LIMITS)
+    (proc / "99").mkdir()
+    (proc / "99" / "limits").write_text(PROC_LIMITS)
+    reader = CgroupStatsReader(cgroups)
+    assert reader.processes("/pod", str(proc), init_pid=10).ulimits == (
+        Ulimit("max_open_files", 1024, 524288),
+    )
+    # A pid not in the cgroup (reused since the container's start) is not read, nor
+    # one that exited meanwhile.
+    assert reader.processes("/pod", str(proc), init_pid=99).ulimits == ()
+    assert reader.processes("/pod", str(proc), init_pid=12).ulimits == ()
+
+
+def _limits_row(name: str, soft: str, hard: str, units: str) -> str:
+    # As fs/proc/base.c writes each row: fixed-width columns, trailing blanks kept.
+    return f"{name:<25} {soft:<20} {hard:<20} {units:<10}\n"
+
+
+# /proc/<pid>/limits as the kernel writes it.
+PROC_LIMITS = "".join(
+    _limits_row(*row)
+    for row in (
+        ("Limit", "Soft Limit", "Hard Limit", "Units"),
+        ("Max cpu time", "unlimited", "unlimited", "seconds"),
+        ("Max file size", "unlimited", "unlimited", "bytes"),
+        ("Max stack size", "8388608", "unlimited", "bytes"),
+        ("Max processes", "96365", "96365", "processes"),
+        ("Max open files", "1024", "524288", "files"),
+        ("Max locked memory", "8388608", "8388608", "bytes"),
+        ("Max nice priority", "0", "0", ""),
+        ("Max realtime timeout", "unlimited", "unlimited", "us"),
+    )
+)
+
+
+def test_limits_rows_under_cadvisor_names() -> None:
+    assert parse_limits(PROC_LIMITS) == (Ulimit("max_open_files", 1024, 524288),)
+    unlimited = _limits_row("Max open files", "unlimited", "unlimited", "files")
+    assert parse_limits(unlimited) == (Ulimit("max_open_files", None, None),)
+    assert parse_limits("Max open files            x   y   files\n") == ()
+    assert parse_limits("") == ()
 
 
 def test_block_io_per_device_from_v1_and_v2_files(tmp_path: Path) -> None:
@@ -387,3 +505,97 @@ def test_open_files_stay_within_a_quarter_of_the_descriptor_limit() -> None:
         assert ControlFiles().max_open == 64
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_hugepage_sizes_are_named_as_the_kernel_names_them(tmp_path: Path) -> None:
+    assert hugepage_size_name(2048) == "2MB"
+    assert hugepage_size_name(1048576) == "1GB"
+    assert hugepage_size_name(16 * 1048576) == "16GB"
+    assert hugepage_size_name(32768) == "32MB"
+    assert hugepage_size_name(64) == "64KB"
+    hugepages = tmp_path / "kernel" / "mm" / "hugepages"
+    for name in ("hugepages-1048576kB", "hugepages-2048kB", "hugepages-64kB", "other"):
+        (hugepages / name).mkdir(parents=True)
+    assert hugepage_sizes(str(tmp_path)) == ("64KB", "2MB", "1GB")
+    assert hugepage_sizes(str(tmp_path / "none")) == ()
+
+
+def test_v2_hugetlb_per_page_size_only_in_detailed_reads(tmp_path: Path) -> None:
+    cgroups = _v2_tree(tmp_path)
+    # What a 6.x kernel has for each size once hugetlb is enabled for the cgroup.
+    files = {"cpu.stat": V2_CPU_STAT}
+    for size, current, refused in (("2MB", 4194304, 3), ("1GB", 0, 0)):
+        files |= {
+            f"hugetlb.{size}.current": f"{current}\n",
+            f"hugetlb.{size}.events": f"max {refused}\n",
+            f"hugetlb.{size}.events.local": f"max {refused}\n",
+            f"hugetlb.{size}.max": "max\n",
+            f"hugetlb.{size}.rsvd.current": f"{current + 2097152}\n",
+            f"hugetlb.{size}.rsvd.max": "max\n",
+        }
+    _write(tmp_path / "ctr", files)
+    _write(tmp_path / "plain", {"cpu.stat": V2_CPU_STAT})
+    reader = CgroupStatsReader(cgroups, hugepages=("2MB", "1GB"))
+    assert reader.read("/ctr", detailed=True).hugetlb == (
+        HugetlbUsage("2MB", 4194304, None, 3),
+        HugetlbUsage("1GB", 0, None, 0),
+    )
+    assert reader.read("/ctr").hugetlb == ()  # not for the CRI stats
+    # Not enabled for the cgroup (no files), or a machine without huge pages: none.
+    assert reader.read("/plain", detailed=True).hugetlb == ()
+    assert CgroupStatsReader(cgroups, hugepages=()).read("/ctr", detailed=True).hugetlb == ()
+
+
+def test_v1_hugetlb_comes_from_its_own_hierarchy(tmp_path: Path) -> None:
+    _v1_tree(tmp_path)
+    _write(tmp_path / "hugetlb", {"cgroup.procs": ""})
+    cgroups = Cgroupfs(tmp_path)
+    assert "hugetlb" in cgroups.hierarchies
+    _write(tmp_path / "cpuacct" / "ctr", {"cpuacct.usage": "1\n"})
+    _write(
+        tmp_path / "hugetlb" / "ctr",
+        {
+            "hugetlb.2MB.usage_in_bytes": "2097152\n",
+            "hugetlb.2MB.max_usage_in_bytes": "6291456\n",
+            "hugetlb.2MB.failcnt": "1\n",
+            "hugetlb.2MB.limit_in_bytes": "8388608\n",
+            "hugetlb.1GB.usage_in_bytes": "0\n",
+            "hugetlb.1GB.max_usage_in_bytes": "0\n",
+            "hugetlb.1GB.failcnt": "0\n",
+        },
+    )
+    reader = CgroupStatsReader(cgroups, hugepages=("2MB", "1GB"))
+    assert reader.read("/ctr", detailed=True).hugetlb == (
+        HugetlbUsage("2MB", 2097152, 6291456, 1),
+        HugetlbUsage("1GB", 0, 0, 0),
+    )
+    assert reader.read("/ctr").hugetlb == ()
+    # Without a hugetlb hierarchy nothing is read for it.
+    without = _v1_tree(tmp_path / "other")
+    _write(tmp_path / "other" / "cpuacct" / "ctr", {"cpuacct.usage": "1\n"})
+    assert CgroupStatsReader(without, ("2MB",)).read("/ctr", detailed=True).hugetlb == ()
+
+
+@pytest.mark.parametrize(
+    ("version", "file", "text", "expected"),
+    [
+        (2, "memory.min", "0\n", 0),  # the default: nothing protected
+        (2, "memory.min", "max\n", None),
+        (1, "memory.soft_limit_in_bytes", f"{V1_MEMORY_UNLIMITED}\n", None),  # the default
+        (1, "memory.soft_limit_in_bytes", "67108864\n", 67108864),
+    ],
+)
+def test_memory_reservation_is_read_as_cadvisor_reads_it(
+    tmp_path: Path, version: int, file: str, text: str, expected: int | None
+) -> None:
+    if version == 2:
+        cgroups = _v2_tree(tmp_path)
+        directory = tmp_path / "ctr"
+        files = {"memory.current": "4096\n", "memory.stat": V2_MEMORY_STAT}
+    else:
+        cgroups = _v1_tree(tmp_path)
+        directory = tmp_path / "memory" / "ctr"
+        files = {"memory.usage_in_bytes": "4096\n", "memory.stat": V1_MEMORY_STAT}
+    _write(directory, files | {file: text})
+    memory = CgroupStatsReader(cgroups).read("/ctr", detailed=True).memory
+    assert memory is not None and memory.reservation_bytes == expected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from api.runtime.v1 import api_pb2 as pb
 from cri.server.stats import container_stats_to_proto, pod_metrics_to_proto, pod_stats_to_proto
 from cri.stats import ContainerSample, LayerUsage, NetworkSample, PodSample
@@ -25,6 +27,7 @@ def test_a_running_v2container_record() -> None:
             limit_bytes=1000,
             available_bytes=800,
             swap_bytes=0,
+            swap_available_bytes=4096,
             pressure=PRESSURE,
         ),
         pids=2,
@@ -42,6 +45,14 @@ def test_a_running_v2container_record() -> None:
     assert (memory.page_faults.value, memory.major_page_faults.value) == (7, 1)
     assert memory.psi.Some.Avg300 == 0.25
     assert stats.swap.HasField("swap_usage_bytes") and stats.swap.swap_usage_bytes.value == 0
+    assert stats.swap.swap_available_bytes.value == 4096
+    assert stats.swap.timestamp == 42
+    # Swap accounted but no swap limit: usage without an available figure.
+    assert usage.memory is not None
+    unlimited = replace(usage, memory=replace(usage.memory, swap_available_bytes=None))
+    no_limit = container_stats_to_proto(ContainerSample(container_record(), unlimited, 450, layer))
+    assert no_limit.swap.HasField("swap_usage_bytes")
+    assert not no_limit.swap.HasField("swap_available_bytes")
     assert stats.io.psi.Some.Total == 5000
     assert stats.writable_layer.used_bytes.value == 4096
     assert stats.writable_layer.fs_id.mountpoint == "/var/lib/skiff/containers"
