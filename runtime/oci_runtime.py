@@ -779,6 +779,9 @@ class OciRuntime:
             raise ContainerNotFound(f"{what}: no such container ({state} is missing)")
         log_path = self._meta(container_id).get("log_path")
         before = _identity(log_path) if isinstance(log_path, str) else None
+        if self.conmon_pid(container_id) is None:
+            # Its control fifo may outlive it by a moment: ask conmon itself.
+            raise OciRuntimeError(f"{what}: the container is not running (its conmon is gone)")
         try:
             conmon.write_ctl(state, conmon.ctl_message(conmon.REOPEN_LOGS_EVENT))
         except ProcessLookupError as exc:
@@ -794,7 +797,10 @@ class OciRuntime:
             if now is not None and now != before:
                 return
             if self.conmon_pid(container_id) is None:
-                raise OciRuntimeError(f"{what}: conmon exited before it reopened {log_path}")
+                raise OciRuntimeError(
+                    f"{what}: the container is not running (conmon exited before it "
+                    f"reopened {log_path})"
+                )
             if loop.time() >= deadline:
                 raise OciRuntimeError(
                     f"{what}: conmon did not reopen {log_path} within {self.timeout:g}s"
