@@ -271,7 +271,8 @@ class Repository:
             try:
                 response = self._get_following(url, headers, stream)
             except (Urllib3Error, OSError) as exc:
-                if attempt >= self.client.retries:
+                # A TLS setup the registry refuses will not change on a retry.
+                if attempt >= self.client.retries or _tls_hint(str(exc)):
                     raise RegistryUnavailable(
                         f"registry {self.endpoint.host} cannot be reached: "
                         f"{_describe_network_error(exc)}"
@@ -398,4 +399,20 @@ def _describe_network_error(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
     text = str(reason or exc)
     # urllib3 messages can embed the connection object's repr; keep the useful tail.
-    return text.split(": ", 1)[-1] if "object at 0x" in text else text
+    text = text.split(": ", 1)[-1] if "object at 0x" in text else text
+    return text + _tls_hint(text)
+
+
+def _tls_hint(text: str) -> str:
+    """What an operator can do about the two TLS failures that are configuration."""
+    if "WRONG_VERSION_NUMBER" in text:
+        return (
+            " (the registry answers in plain HTTP, not TLS: mark it insecure = true "
+            "in registries.conf to pull from it without TLS)"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            " (its certificate is not trusted: put the CA that signed it in "
+            "certs.d/<host:port>/ca.crt, or mark the registry insecure in registries.conf)"
+        )
+    return ""

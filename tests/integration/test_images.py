@@ -237,9 +237,22 @@ def test_tls_registry_needs_its_ca_in_certs_d(
     error = _pull_error(without, ref)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "CERTIFICATE_VERIFY_FAILED" in (error.details() or "")
+    assert "certs.d/<host:port>/ca.crt" in (error.details() or "")  # what to do about it
     _assert_nothing_left(without)
     with_ca = make_daemon(certs_from=tls_registry)
     assert _pull(with_ca, ref).startswith("sha256:")
+
+
+def test_a_plain_http_registry_not_marked_insecure_is_named_as_such(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    img.push(plain_registry, "plain/app", "v1", img.tiny_image())
+    daemon = make_daemon()
+    error = _pull_error(daemon, f"{plain_registry.host}/plain/app:v1")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert plain_registry.host in (error.details() or "")
+    assert "plain HTTP" in (error.details() or "") and "insecure = true" in (error.details() or "")
+    _assert_nothing_left(daemon)
 
 
 def test_basic_auth_from_request_and_auth_file(
