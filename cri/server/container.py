@@ -21,7 +21,7 @@ from cri.containers import (
 )
 from cri.errors import InvalidArgument
 from cri.server.common import Context, batches
-from cri.server.convert import resources
+from cri.server.convert import refuse_user_namespaces, resources
 from runtime.container_spec import DeviceSpec, SecuritySpec
 
 _PROPAGATION = {
@@ -62,6 +62,7 @@ def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
     ctx = config.linux.security_context
     seccomp_kind, seccomp_path = _seccomp(ctx)
     ns = ctx.namespace_options
+    refuse_user_namespaces(ns, f"container {config.metadata.name!r}")
     pid_mode = {
         pb.NamespaceMode.POD: "pod",
         pb.NamespaceMode.CONTAINER: "container",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from api.runtime.v1 import api_pb2 as pb
+from cri.errors import InvalidArgument, Unimplemented
 from runtime.cgroups import CgroupResources
 
 
@@ -19,3 +20,29 @@ def resources(message: pb.LinuxContainerResources) -> CgroupResources:
         hugepage_limits={h.page_size: h.limit for h in message.hugepage_limits},
         unified=dict(message.unified),
     )
+
+
+def refuse_user_namespaces(options: pb.NamespaceOption, what: str) -> None:
+    """skiff runs pods in the node's user namespace only. A request for a user
+    namespace of the pod's own is refused, never run without one: the pod would have
+    host root where it asked not to."""
+    if not options.HasField("userns_options"):
+        return
+    userns = options.userns_options
+    if userns.mode == pb.NamespaceMode.NODE:
+        if userns.uids or userns.gids:
+            raise InvalidArgument(
+                f"{what}: a user namespace in NODE mode takes no uid or gid mappings"
+            )
+        return
+    if userns.mode == pb.NamespaceMode.POD:
+        raise Unimplemented(
+            f"{what}: user namespaces of the pod's own (userns_options mode POD) are not "
+            "supported by skiff yet (its runtime handlers report user_namespaces false)"
+        )
+    name = (
+        pb.NamespaceMode.Name(userns.mode)
+        if userns.mode in pb.NamespaceMode.values()
+        else str(userns.mode)
+    )
+    raise InvalidArgument(f"{what}: user namespace mode {name} is not valid; use POD or NODE")

@@ -11,7 +11,7 @@ from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument, clip
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
 from cri.server.common import Context, batches
-from cri.server.convert import resources
+from cri.server.convert import refuse_user_namespaces, resources
 from network.cni import PortMapping
 from network.pod_files import DnsSettings
 
@@ -70,6 +70,7 @@ def spec_from(request: pb.RunPodSandboxRequest) -> SandboxSpec:
     meta = config.metadata
     linux = config.linux
     ns = linux.security_context.namespace_options
+    refuse_user_namespaces(ns, f"pod {meta.name!r} in namespace {meta.namespace!r}")
     pod_resources = None
     if linux.HasField("resources"):
         pod_resources = resources(linux.resources)

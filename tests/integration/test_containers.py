@@ -285,6 +285,19 @@ def test_bad_requests_leave_nothing(make_node: MakeNode) -> None:
     bad = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpu_shares=1))
     error = node.create_error("badres", command=["true"], linux=bad)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    own_userns = pb.NamespaceOption(
+        userns_options=pb.UserNamespace(
+            mode=pb.NamespaceMode.POD,
+            uids=[pb.IDMapping(container_id=0, host_id=100000, length=65536)],
+            gids=[pb.IDMapping(container_id=0, host_id=100000, length=65536)],
+        )
+    )
+    linux = pb.LinuxContainerConfig(
+        security_context=pb.LinuxContainerSecurityContext(namespace_options=own_userns)
+    )
+    error = node.create_error("userns", command=["true"], linux=linux)
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "'userns'" in (error.details() or "")
     for container in node.runtime.ListContainers(pb.ListContainersRequest()).containers:
         node.remove(container.id)
     _assert_no_container_leaks(node)

@@ -455,6 +455,38 @@ def test_bad_requests(make_daemon: MakeDaemon, network: PodNetwork) -> None:
     _assert_no_leaks(daemon, network)
 
 
+def test_user_namespace_requests_are_refused_not_ignored(
+    make_daemon: MakeDaemon, network: PodNetwork
+) -> None:
+    daemon = make_daemon()
+    mapping = [pb.IDMapping(container_id=0, host_id=100000, length=65536)]
+
+    def userns(mode: int, ids: list[pb.IDMapping] | None = None) -> pb.LinuxPodSandboxConfig:
+        options = pb.UserNamespace(mode=mode, uids=ids or [], gids=ids or [])  # type: ignore[arg-type]
+        return pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(userns_options=options)
+            )
+        )
+
+    # A pod asking for a user namespace of its own must not get host root instead.
+    error = _run_error(daemon, _config("own-userns", linux=userns(pb.NamespaceMode.POD, mapping)))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "'own-userns'" in (error.details() or "") and "user namespace" in (error.details() or "")
+    for mode in (pb.NamespaceMode.CONTAINER, pb.NamespaceMode.TARGET, 9):
+        error = _run_error(daemon, _config("bad-userns", linux=userns(mode)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, mode
+        assert "user namespace mode" in (error.details() or "")
+    error = _run_error(daemon, _config("mapped-node", linux=userns(pb.NamespaceMode.NODE, mapping)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NODE mode takes no uid or gid mappings" in (error.details() or "")
+    _assert_no_leaks(daemon, network)
+    # The node's user namespace, said out loud, is what every pod gets anyway.
+    node = _run(daemon, _config("node-userns", linux=userns(pb.NamespaceMode.NODE)))
+    _remove(daemon, node)
+    _assert_no_leaks(daemon, network)
+
+
 def test_broken_conflist(make_daemon: MakeDaemon, network: PodNetwork) -> None:
     daemon = make_daemon(conflist="{ not json")
     conditions = {c.type: c for c in daemon.runtime().Status(pb.StatusRequest()).status.conditions}
