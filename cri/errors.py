@@ -58,6 +58,17 @@ def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: The longest status message sent. gRPC carries it in the trailers, which clients cap
+#: (8 KiB by default): a longer one reaches the client as RESOURCE_EXHAUSTED instead
+#: of the real code, so a message quoting a client's 10 KB value must be cut.
+MAX_STATUS_MESSAGE = 2048
+
+
+def status_message(exc: BaseException) -> str:
+    """The message of an error as a client gets it: never longer than the limit."""
+    return clip(str(exc), MAX_STATUS_MESSAGE)
+
+
 def not_built(rpc: str) -> Unimplemented:
     """The answer of an RPC that skiff does not implement yet."""
     return Unimplemented(f"{rpc} is not implemented by skiff yet")

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cri.errors import status_of
+from cri.errors import MAX_STATUS_MESSAGE, clip, status_message, status_of
 from cri.metrics import Metrics
 
 log = logging.getLogger("skiff.rpc")
@@ -34,7 +34,7 @@ def _ids(request: Any) -> dict[str, str]:
     for name in _ID_FIELDS:
         value = getattr(request, name, None)
         if isinstance(value, str) and value:
-            out[name] = value
+            out[name] = clip(value)
     return out
 
 
@@ -46,9 +46,12 @@ async def _fail(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exce
     code = status_of(exc)
     if code is None:
         log.error("internal error", exc_info=exc, extra={"rpc": rpc})
-        code, message = grpc.StatusCode.INTERNAL, f"{rpc}: internal error: {exc!r}"
+        code, message = (
+            grpc.StatusCode.INTERNAL,
+            clip(f"{rpc}: internal error: {exc!r}", MAX_STATUS_MESSAGE),
+        )
     else:
-        message = str(exc)
+        message = status_message(exc)
     await context.abort(code, message)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
 
 Kind = Literal["sandbox", "container", "image"]
 KINDS: tuple[Kind, ...] = ("sandbox", "container", "image")
@@ -239,10 +239,10 @@ class StateStore:
             return exact
         matches = [rid for rid in index.by_id if rid.startswith(id_or_prefix)]
         if not matches:
-            raise NotFound(f"{kind} {id_or_prefix!r} not found")
+            raise NotFound(f"{kind} {clip(id_or_prefix)!r} not found")
         if len(matches) > 1:
             raise InvalidArgument(
-                f"{kind} id prefix {id_or_prefix!r} is ambiguous: it matches {len(matches)} "
+                f"{kind} id prefix {clip(id_or_prefix)!r} is ambiguous: it matches {len(matches)} "
                 f"{kind}s; give more of the id"
             )
         return index.by_id[matches[0]]

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import grpc
 
-from cri.errors import InvalidArgument, NotFound, clip, not_built, status_of
+from cri.errors import (
+    MAX_STATUS_MESSAGE,
+    InvalidArgument,
+    NotFound,
+    clip,
+    not_built,
+    status_message,
+    status_of,
+)
 
 
 class LowerLayerMissing(Exception):
@@ -25,3 +33,12 @@ def test_clip() -> None:
     long = clip("x" * 1000)
     assert len(long) == 80
     assert long.endswith("...")
+
+
+def test_status_messages_fit_in_the_trailers() -> None:
+    # A message quoting a client's 10 KB value would exceed the client's 8 KiB limit for
+    # trailers and reach it as RESOURCE_EXHAUSTED instead of its real status.
+    message = status_message(NotFound(f"container {'a' * 10_000!r} not found"))
+    assert len(message) == MAX_STATUS_MESSAGE < 8192
+    assert message.startswith("container 'aaa") and message.endswith("...")
+    assert status_message(NotFound("sandbox x not found")) == "sandbox x not found"
