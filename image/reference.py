@@ -74,10 +74,10 @@ class Reference:
 
 def validate_digest(digest: str) -> str:
     if not _DIGEST.match(digest):
-        raise ReferenceError(f"{digest!r} is not a digest (want sha256:<64 hex digits>)")
+        raise ReferenceError(f"{digest[:80]!r} is not a digest (want sha256:<64 hex digits>)")
     algorithm, _, hex_part = digest.partition(":")
     if algorithm != "sha256":
-        raise ReferenceError(f"digest algorithm {algorithm!r} is not supported (use sha256)")
+        raise ReferenceError(f"digest algorithm {algorithm[:80]!r} is not supported (use sha256)")
     if not _SHA256_HEX.match(hex_part):
         raise ReferenceError(f"{digest!r} is not a sha256 digest (want 64 lowercase hex digits)")
     return digest
@@ -87,8 +87,10 @@ def parse(text: str) -> Reference:
     """Parse a reference; ReferenceError names what is wrong with it."""
     if not text:
         raise ReferenceError("image reference is empty")
+    # What the messages quote: enough to recognise, never a client's 10 KB.
+    shown = text if len(text) <= 80 else text[:77] + "..."
     if text != text.strip() or any(c.isspace() for c in text):
-        raise ReferenceError(f"image reference {text!r} contains white space")
+        raise ReferenceError(f"image reference {shown!r} contains white space")
     rest, digest = text, ""
     if "@" in rest:
         rest, _, digest = rest.partition("@")
@@ -98,22 +100,31 @@ def parse(text: str) -> Reference:
     if sep and (("." in first or ":" in first) or first == "localhost"):
         domain, path_and_tag = first, remainder
         if not _DOMAIN.match(domain):
-            raise ReferenceError(f"image reference {text!r}: {domain!r} is not a registry host")
+            raise ReferenceError(
+                f"image reference {shown!r}: {domain[:80]!r} is not a registry host"
+            )
+        host, has_port, port = domain.rpartition(":")
+        if has_port and port.isdigit() and not 0 < int(port) < 65536:
+            raise ReferenceError(
+                f"image reference {shown!r}: port {port} of registry {host} is not 1 to 65535"
+            )
     path, tag = path_and_tag, ""
     slash = path_and_tag.rfind("/")
     colon = path_and_tag.rfind(":")
     if colon > slash:
         path, tag = path_and_tag[:colon], path_and_tag[colon + 1 :]
         if not _TAG.match(tag):
-            raise ReferenceError(f"image reference {text!r}: {tag!r} is not a valid tag")
+            raise ReferenceError(f"image reference {shown!r}: {tag!r} is not a valid tag")
     if not path:
-        raise ReferenceError(f"image reference {text!r} has no repository name")
+        raise ReferenceError(f"image reference {shown!r} has no repository name")
     if path != path.lower() and _PATH.match(path.lower()):
-        raise ReferenceError(f"image reference {text!r}: repository names must be lowercase")
+        raise ReferenceError(f"image reference {shown!r}: repository names must be lowercase")
     if not _PATH.match(path):
-        raise ReferenceError(f"image reference {text!r}: {path!r} is not a valid repository name")
+        raise ReferenceError(
+            f"image reference {shown!r}: {path[:80]!r} is not a valid repository name"
+        )
     if len(domain) + 1 + len(path) > MAX_NAME_LENGTH:
-        raise ReferenceError(f"image reference {text!r}: name longer than {MAX_NAME_LENGTH}")
+        raise ReferenceError(f"image reference {shown!r}: name longer than {MAX_NAME_LENGTH}")
     return Reference(domain, path, tag, digest)
 
 

@@ -40,12 +40,12 @@ def _expect(call: Callable[..., Any], request: Any, code: grpc.StatusCode, *word
     return details
 
 
-# --- ids -----------------------------------------------------------------------------------
+# --- ids and image names -----------------------------------------------------------------
 
 
-def test_odd_ids(make_node: MakeNode) -> None:
+def test_odd_ids_and_image_names(make_node: MakeNode) -> None:
     node = make_node()
-    rt = node.runtime
+    rt, images = node.runtime, node.daemon.images()
     busybox = node.world.busybox
     for odd in ODD_IDS:
         for call, request, kind in (
@@ -88,5 +88,32 @@ def test_odd_ids(make_node: MakeNode) -> None:
     _expect(rt.ContainerStatus, pb.ContainerStatusRequest(), INVALID, "container id")
     _expect(rt.StopPodSandbox, pb.StopPodSandboxRequest(), INVALID, "sandbox id")
 
+    # Image names that are no references, whatever the RPC.
+    host = node.world.registry.host
+    for name, problem in (
+        ("UPPER/case", "lowercase"),
+        ("a@sha256:short", "not a digest"),
+        ("host:99999/x", "port 99999"),
+        (f"{host}/" + "x" * 300, "longer than"),
+        ("x" * 10_000, "longer than"),
+        ("x\0y", "not a valid repository name"),
+        ("a\nb", "white space"),
+        ("../../etc", "not a registry host"),
+    ):
+        spec = pb.ImageSpec(image=name)
+        _expect(images.PullImage, pb.PullImageRequest(image=spec), INVALID, problem)
+        _expect(images.ImageStatus, pb.ImageStatusRequest(image=spec), INVALID, problem)
+        _expect(images.RemoveImage, pb.RemoveImageRequest(image=spec), INVALID, problem)
+        listing = pb.ListImagesRequest(filter=pb.ImageFilter(image=spec))
+        _expect(images.ListImages, listing, INVALID, problem)
+    empty = pb.ImageSpec()
+    _expect(images.ImageStatus, pb.ImageStatusRequest(image=empty), INVALID, "image")
+    _expect(images.RemoveImage, pb.RemoveImageRequest(image=empty), INVALID, "image")
+    _expect(images.PullImage, pb.PullImageRequest(image=empty), INVALID, "image")
+    # Nothing was pulled, half-pulled or lost; the node's pod is still there.
+    listed = images.ListImages(pb.ListImagesRequest()).images
+    assert sorted(tag for image in listed for tag in image.repo_tags) == sorted(
+        [busybox, node.world.stopper]
+    )
     pods = rt.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert [p.id for p in pods] == [node.pod]

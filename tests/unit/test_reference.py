@@ -46,6 +46,9 @@ def test_parse(text: str, domain: str, path: str, tag: str, digest: str) -> None
         ("host:5000/", "no repository name"),
         ("-foo.io/x", "not a registry host"),
         ("x" * 300, "longer than"),
+        ("host:99999/x", "port 99999 of registry host is not 1 to 65535"),
+        ("host:0/x", "port 0 of registry host"),
+        ("[::1]:70000/x", "port 70000 of registry [::1]"),
     ],
 )
 def test_parse_refuses_with_the_reason(text: str, problem: str) -> None:
