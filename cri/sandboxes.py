@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import secrets
 import shutil
 import socket
@@ -30,7 +32,7 @@ from typing import Any
 from cri import events
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
 from cri.rollback import Rollback
 from cri.store import Record
 from network.cni import CniPlugins, PodNetworkRequest, PortMapping
@@ -68,6 +70,40 @@ def _pause_cgroup(sandbox: Sandbox) -> str:
 MAX_NAME = 253
 # What the kubelet allows (RFC 1123 label); the kernel itself takes 64 bytes.
 MAX_HOSTNAME = 63
+# The hostname is written into the pod's /etc/hosts and /etc/hostname: letters, digits,
+# '-', '.' and '_' only, so no line break or blank can add an entry of its own.
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def check_metadata_value(value: str, what: str, pod: str) -> None:
+    """A pod's name, namespace or uid goes into CNI_ARGS (';'-separated key=value
+    pairs) and into logs and events: no separators there, no control characters."""
+    if any(c in ";=" or not c.isprintable() for c in value):
+        raise InvalidArgument(
+            f"pod {pod}: config.metadata.{what} {clip(value)!r} must not contain ';', '=' "
+            "or control characters"
+        )
+
+
+def make_directory(path: Path, what: str) -> list[Path]:
+    """Make ``path`` (and its parents); return the directories made, deepest first."""
+    if path.exists() and not path.is_dir():
+        raise InvalidArgument(f"{what} exists and is not a directory")
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(0o755, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument(f"{what} cannot be made: {exc.strerror}") from None
+    return made
+
+
+def remove_if_empty(directories: list[Path]) -> None:
+    """Remove directories, deepest first, up to the first that is not empty."""
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
 
 
 @dataclass(frozen=True)
@@ -247,7 +283,11 @@ class SandboxManager:
         if not spec.uid:
             raise InvalidArgument(f"pod {spec.name!r}: config.metadata.uid must not be empty")
         if len(spec.reserved_name) > MAX_NAME * 2:
-            raise InvalidArgument(f"pod {spec.name!r}: name, namespace and uid are too long")
+            raise InvalidArgument(f"pod {clip(spec.name)!r}: name, namespace and uid are too long")
+        pod = f"{spec.name!r} in namespace {spec.namespace!r}"
+        check_metadata_value(spec.name, "name", pod)
+        check_metadata_value(spec.namespace, "namespace", pod)
+        check_metadata_value(spec.uid, "uid", pod)
         handler = spec.runtime_handler or self.config.runtime.default_handler
         if handler not in self.config.runtime.handlers:
             raise InvalidArgument(
@@ -256,8 +296,19 @@ class SandboxManager:
             )
         if len(spec.hostname.encode()) > MAX_HOSTNAME:
             raise InvalidArgument(
-                f"pod {spec.name!r}: hostname {spec.hostname[:20]!r}... is longer than "
-                f"{MAX_HOSTNAME} bytes"
+                f"pod {pod}: hostname {spec.hostname[:20]!r}... is longer than {MAX_HOSTNAME} bytes"
+            )
+        if spec.hostname and not _HOSTNAME.match(spec.hostname):
+            raise InvalidArgument(
+                f"pod {pod}: hostname {spec.hostname!r} may hold only letters, digits, "
+                "'-', '.' and '_' (and must not start or end with '-' or '.')"
+            )
+        if spec.log_directory and (
+            not spec.log_directory.startswith("/") or "\0" in spec.log_directory
+        ):
+            raise InvalidArgument(
+                f"pod {pod}: log_directory {clip(spec.log_directory)!r} must be an absolute "
+                "path (without NUL bytes)"
             )
         validate_sysctls(spec.sysctls, spec.host_network, spec.host_ipc)
 
@@ -343,7 +394,7 @@ class SandboxManager:
 
         if spec.log_directory:
             # The kubelet normally made it already; containers' logs go there.
-            await asyncio.to_thread(Path(spec.log_directory).mkdir, 0o755, True, True)
+            await self._make_log_directory(spec, undo)
         files_dir = Path(sandbox.files_dir)
         await asyncio.to_thread(files_dir.mkdir, 0o755, True)
         undo.push("files", lambda: asyncio.to_thread(shutil.rmtree, files_dir, True))
@@ -391,6 +442,13 @@ class SandboxManager:
         write_file(
             files_dir / "hosts", hosts_file(sandbox.hostname, sandbox.ips, spec.host_network)
         )
+
+    async def _make_log_directory(self, spec: SandboxSpec, undo: Rollback) -> None:
+        """The pod's log directory, made if missing; a failed run takes back the
+        directories it made (if they are still empty)."""
+        what = f"pod {spec.name!r}: log_directory {clip(spec.log_directory)!r}"
+        made = await asyncio.to_thread(make_directory, Path(spec.log_directory), what)
+        undo.push("log directory", lambda: asyncio.to_thread(remove_if_empty, made))
 
     def _network_request(self, sandbox: Sandbox) -> PodNetworkRequest:
         pod_cidr = self.state.store.setting("pod_cidr") or ""

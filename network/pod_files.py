@@ -6,6 +6,7 @@ are atomic (temp file + rename) so a container never sees half a file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from collections.abc import Sequence
@@ -38,10 +39,21 @@ class DnsSettings:
 def _clean(values: Sequence[str], what: str) -> list[str]:
     out = []
     for value in values:
-        if not value or any(c.isspace() for c in value):
-            raise PodFileError(f"dns_config.{what}: {value!r} must be one word")
+        if not value or any(c.isspace() or not c.isprintable() for c in value):
+            raise PodFileError(
+                f"dns_config.{what}: {value[:80]!r} must be one word without control characters"
+            )
         out.append(value)
     return out
+
+
+def _servers(values: Sequence[str]) -> list[str]:
+    for value in _clean(values, "servers"):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise PodFileError(f"dns_config.servers: {value[:80]!r} is not an IP address") from None
+    return list(values)
 
 
 def resolv_conf(dns: DnsSettings, host_resolv_conf: Path = HOST_RESOLV_CONF) -> str:
@@ -54,7 +66,7 @@ def resolv_conf(dns: DnsSettings, host_resolv_conf: Path = HOST_RESOLV_CONF) -> 
     lines = []
     if dns.searches:
         lines.append("search " + " ".join(_clean(dns.searches, "searches")))
-    lines.extend(f"nameserver {s}" for s in _clean(dns.servers, "servers"))
+    lines.extend(f"nameserver {s}" for s in _servers(dns.servers))
     if dns.options:
         lines.append("options " + " ".join(_clean(dns.options, "options")))
     text = "\n".join(lines) + "\n"

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument, Unimplemented
 from runtime.cgroups import CgroupResources
+
+if TYPE_CHECKING:  # the stubs' name; at run time the class is EnumTypeWrapper
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+
+def known(enum: _EnumTypeWrapper[Any], value: int, what: str) -> None:
+    """protobuf takes any int for an enum field: refuse one the enum does not name,
+    instead of reading it as some default."""
+    if value not in enum.values():
+        names = ", ".join(enum.keys())
+        raise InvalidArgument(f"{what}: {value} is not a valid value (one of {names})")
 
 
 def resources(message: pb.LinuxContainerResources) -> CgroupResources:

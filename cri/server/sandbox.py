@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import AsyncIterator, Mapping
 
@@ -11,7 +12,7 @@ from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument, clip
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
 from cri.server.common import Context, batches
-from cri.server.convert import refuse_user_namespaces, resources
+from cri.server.convert import known, refuse_user_namespaces, resources
 from network.cni import PortMapping
 from network.pod_files import DnsSettings
 
@@ -19,6 +20,8 @@ INGRESS_BANDWIDTH = "kubernetes.io/ingress-bandwidth"
 EGRESS_BANDWIDTH = "kubernetes.io/egress-bandwidth"
 # The CNI bandwidth plugin wants a burst; like other runtimes, do not limit bursts.
 UNLIMITED_BURST = 2**32 - 1
+# The largest rate the kubelet takes (1P bit/s); the plugin's own fields are 64 bits.
+MAX_BANDWIDTH = 10**15
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _SUFFIX = {
     None: 1,
@@ -47,6 +50,10 @@ def bits_per_second(annotation: str, value: str) -> int:
     rate = int(float(match.group(1)) * _SUFFIX[match.group(2)])
     if rate <= 0:
         raise InvalidArgument(f"annotation {annotation}: the rate must be positive")
+    if rate > MAX_BANDWIDTH:
+        raise InvalidArgument(
+            f"annotation {annotation}: {clip(value)!r} is above 1P bit/s, the kubelet's limit"
+        )
     return rate
 
 
@@ -65,12 +72,40 @@ _PROTOCOLS = {pb.Protocol.TCP: "tcp", pb.Protocol.UDP: "udp", pb.Protocol.SCTP: 
 _PID_MODES = {pb.NamespaceMode.POD: "pod", pb.NamespaceMode.CONTAINER: "container"}
 
 
+def port_mappings(config: pb.PodSandboxConfig, what: str) -> tuple[PortMapping, ...]:
+    """The mappings with a host port (0 means none: the kubelet lists every container
+    port), each checked: ports in range, a known protocol, host_ip an address."""
+    out = []
+    for p in config.port_mappings:
+        mapping = f"{what}: port mapping {p.host_port}->{p.container_port}"
+        known(pb.Protocol, p.protocol, f"{mapping}: protocol")
+        if not 0 <= p.host_port <= 65535:
+            raise InvalidArgument(f"{mapping}: host_port must be 0 (none) or 1 to 65535")
+        if not 0 < p.container_port <= 65535:
+            raise InvalidArgument(f"{mapping}: container_port must be 1 to 65535")
+        if p.host_ip:
+            try:
+                ipaddress.ip_address(p.host_ip)
+            except ValueError:
+                raise InvalidArgument(
+                    f"{mapping}: host_ip {clip(p.host_ip)!r} is not an IP address"
+                ) from None
+        if p.host_port:
+            out.append(
+                PortMapping(p.host_port, p.container_port, _PROTOCOLS[p.protocol], p.host_ip)
+            )
+    return tuple(out)
+
+
 def spec_from(request: pb.RunPodSandboxRequest) -> SandboxSpec:
     config = request.config
     meta = config.metadata
     linux = config.linux
     ns = linux.security_context.namespace_options
-    refuse_user_namespaces(ns, f"pod {meta.name!r} in namespace {meta.namespace!r}")
+    what = f"pod {clip(meta.name)!r} in namespace {clip(meta.namespace)!r}"
+    refuse_user_namespaces(ns, what)
+    for kind in ("network", "pid", "ipc"):
+        known(pb.NamespaceMode, getattr(ns, kind), f"{what}: namespace_options.{kind}")
     pod_resources = None
     if linux.HasField("resources"):
         pod_resources = resources(linux.resources)
@@ -86,16 +121,7 @@ def spec_from(request: pb.RunPodSandboxRequest) -> SandboxSpec:
             tuple(config.dns_config.searches),
             tuple(config.dns_config.options),
         ),
-        port_mappings=tuple(
-            PortMapping(
-                host_port=p.host_port,
-                container_port=p.container_port,
-                protocol=_PROTOCOLS.get(p.protocol, "tcp"),
-                host_ip=p.host_ip,
-            )
-            for p in config.port_mappings
-            if p.host_port
-        ),
+        port_mappings=port_mappings(config, what),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
         runtime_handler=request.runtime_handler,
@@ -197,6 +223,8 @@ class SandboxRPCs:
     def _listed_sandboxes(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
         state = None
         if f.HasField("state"):
+            if f.state.state not in pb.PodSandboxState.values():
+                return []  # no pod is in a state the CRI does not name
             state = "ready" if f.state.state == pb.PodSandboxState.SANDBOX_READY else "notready"
         found = self.sandboxes.select(f.id, state, dict(f.label_selector))
         return [sandbox_to_proto(s) for s in found]

@@ -5,14 +5,17 @@ and leaves nothing behind."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import MAX_STATUS_MESSAGE
-from tests.integration.nodes import MakeNode, container_config
+from tests.integration.nodes import MakeNode, Node, container_config, sandbox_config
+from tests.integration.skiffd import mounts_below
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -117,3 +120,117 @@ def test_odd_ids_and_image_names(make_node: MakeNode) -> None:
     )
     pods = rt.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert [p.id for p in pods] == [node.pod]
+
+
+# --- pods ------------------------------------------------------------------------------
+
+
+def _assert_only_the_node_pod(node: Node) -> None:
+    """Nothing of a refused or removed pod is left: record, files, pins, mounts, IP, veth."""
+    runroot = node.daemon.runroot
+    assert [p.id for p in node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items] == [
+        node.pod
+    ]
+    assert sorted(p.name for p in (runroot / "sandboxes").iterdir()) == [node.pod]
+    for kind in ("net", "ipc", "uts"):
+        assert sorted(p.name for p in (runroot / "ns" / kind).iterdir()) == [node.pod], kind
+    assert [m for m in mounts_below(node.daemon.base) if node.pod not in m] == []
+    prefix = node.world.subnet_prefix
+    allocated = [p for p in node.world.ipam_dir.rglob(prefix + "*") if p.is_file()]
+    assert len(allocated) == 1, allocated
+    veths = subprocess.run(
+        ["ip", "-o", "link", "show", "master", node.world.bridge],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(veths) == 1, veths
+
+
+def _pod_config(node: Node, name: str, **fields: Any) -> pb.PodSandboxConfig:
+    config = sandbox_config(name, node.log_dir.parent / name)
+    for key, value in fields.items():
+        if isinstance(value, list):
+            getattr(config, key).extend(value)
+        elif isinstance(value, dict):
+            getattr(config, key).update(value)
+        elif isinstance(value, str):
+            setattr(config, key, value)
+        else:
+            getattr(config, key).CopyFrom(value)
+    return config
+
+
+def _namespaces(**modes: int) -> pb.LinuxPodSandboxConfig:
+    options = pb.NamespaceOption(**modes)  # type: ignore[arg-type]
+    return pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options)
+    )
+
+
+def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
+    node = make_node()
+    run = node.runtime.RunPodSandbox
+    relative_logs = f"hostile-relative-logs-{node.pod[:8]}"
+    a_file = node.log_dir.parent / "a-file"
+    a_file.write_text("not a directory")
+
+    def refused(config: pb.PodSandboxConfig, *words: str) -> None:
+        _expect(run, pb.RunPodSandboxRequest(config=config), INVALID, *words)
+
+    # The hostname goes into the pod's /etc/hosts and /etc/hostname: no injected lines.
+    for hostname in ("evil\n10.0.0.1 kubernetes.default", "a b", "a/b", "a\0b", "-a", "a."):
+        refused(_pod_config(node, "hn", hostname=hostname), "'hn'", "hostname", repr(hostname))
+    # DNS settings go into its resolv.conf: one word each, servers are addresses.
+    for dns, what in (
+        (pb.DNSConfig(servers=["10.0.0.10"], options=["ndots:5\nnameserver 6.6.6.6"]), "options"),
+        (pb.DNSConfig(servers=["10.0.0.10\nsearch evil"]), "servers"),
+        (pb.DNSConfig(servers=["evil.example"]), "not an IP address"),
+        (pb.DNSConfig(searches=["a\0b"]), "searches"),
+    ):
+        refused(_pod_config(node, "dns", dns_config=dns), "dns_config", what)
+    # Name, namespace and uid go into CNI_ARGS (key=value;key=value) and logs.
+    for field, value in (("name", "a;b"), ("name", "x=y"), ("namespace", "a\nb"), ("uid", "u\0")):
+        config = _pod_config(node, "meta", hostname="meta")
+        setattr(config.metadata, field, value)
+        refused(config, f"config.metadata.{field}", repr(value))
+    # The log directory must be absolute (not made in skiffd's working directory) and a
+    # directory.
+    refused(_pod_config(node, "rel", log_directory=relative_logs), "'rel'", "must be an absolute")
+    refused(_pod_config(node, "nul", log_directory="/tmp/a\0b"), "'nul'", "log_directory")
+    refused(_pod_config(node, "file", log_directory=str(a_file)), "'file'", "not a directory")
+    # Port mappings: ports in range, a known protocol, an address to bind.
+    for mapping, problem in (
+        (pb.PortMapping(host_port=70000, container_port=80), "host_port"),
+        (pb.PortMapping(host_port=-1, container_port=80), "host_port"),
+        (pb.PortMapping(host_port=8080, container_port=0), "container_port"),
+        (pb.PortMapping(host_port=8080, container_port=80, protocol=7), "protocol: 7"),  # type: ignore[arg-type]
+        (pb.PortMapping(host_port=8080, container_port=80, host_ip="eth0"), "host_ip"),
+    ):
+        refused(_pod_config(node, "ports", port_mappings=[mapping]), "'ports'", problem)
+    # Enum values protobuf lets through but the CRI does not name.
+    for kind in ("network", "pid", "ipc"):
+        config = _pod_config(node, "modes", linux=_namespaces(**{kind: 9}))
+        refused(config, "'modes'", f"namespace_options.{kind}: 9 is not a valid value")
+    config = _pod_config(node, "bw", annotations={"kubernetes.io/ingress-bandwidth": "9E"})
+    refused(config, "ingress-bandwidth", "above 1P")
+
+    # A pod that fails late (the kernel refuses a sysctl's value) takes back the log
+    # directory it made, and everything else.
+    late_logs = node.log_dir.parent / "late" / "logs"
+    linux = pb.LinuxPodSandboxConfig(sysctls={"net.ipv4.conf.all.forwarding": "not-a-number"})
+    config = _pod_config(node, "late", log_directory=str(late_logs), linux=linux)
+    _expect(run, pb.RunPodSandboxRequest(config=config), INVALID, "net.ipv4.conf.all.forwarding")
+    assert not (node.log_dir.parent / "late").exists()
+    assert not Path(relative_logs).exists()
+    _assert_only_the_node_pod(node)
+
+    # What the checks take: an FQDN hostname, IPv6 servers, options with values.
+    dns = pb.DNSConfig(
+        servers=["fd00::10", "10.0.0.10"], searches=["svc.local"], options=["ndots:5"]
+    )
+    good = _pod_config(node, "good", hostname="good-1.example_x", dns_config=dns)
+    good.port_mappings.append(pb.PortMapping(host_port=0, container_port=80))
+    pod = run(pb.RunPodSandboxRequest(config=good), timeout=30).pod_sandbox_id
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    _assert_only_the_node_pod(node)

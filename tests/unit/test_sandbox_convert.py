@@ -58,3 +58,58 @@ def test_spec_from_request() -> None:
     assert spec.runtime_handler == "crun"
     assert spec.sysctls == {"kernel.shm_rmid_forced": "1"}
     assert spec.config_json["metadata"]["name"] == "web"
+
+
+def _pod(**config: object) -> pb.RunPodSandboxRequest:
+    return pb.RunPodSandboxRequest(
+        config=pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name="web", namespace="ns", uid="u1"),
+            **config,  # type: ignore[arg-type]
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("mapping", "problem"),
+    [
+        (pb.PortMapping(host_port=70000, container_port=80), "host_port must be 0"),
+        (pb.PortMapping(host_port=-1, container_port=80), "host_port must be 0"),
+        (pb.PortMapping(host_port=8080, container_port=0), "container_port must be 1 to 65535"),
+        (pb.PortMapping(host_port=8080, container_port=-5), "container_port must be 1 to 65535"),
+        (pb.PortMapping(host_port=0, container_port=65536), "container_port must be 1 to 65535"),
+        (pb.PortMapping(host_port=8080, container_port=80, protocol=7), "protocol: 7 is not"),  # type: ignore[arg-type]
+        (pb.PortMapping(host_port=8080, container_port=80, host_ip="eth0"), "not an IP address"),
+    ],
+)
+def test_bad_port_mappings(mapping: pb.PortMapping, problem: str) -> None:
+    with pytest.raises(InvalidArgument, match="pod 'web' in namespace 'ns': port mapping") as err:
+        spec_from(_pod(port_mappings=[mapping]))
+    assert problem in str(err.value)
+
+
+def test_good_port_mappings() -> None:
+    mappings = [
+        pb.PortMapping(host_port=65535, container_port=1, protocol=pb.Protocol.SCTP),
+        pb.PortMapping(host_port=80, container_port=8080, host_ip="::1"),
+    ]
+    spec = spec_from(_pod(port_mappings=mappings))
+    assert [(p.host_port, p.container_port, p.protocol, p.host_ip) for p in spec.port_mappings] == [
+        (65535, 1, "sctp", ""),
+        (80, 8080, "tcp", "::1"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["network", "pid", "ipc"])
+def test_unknown_namespace_modes(kind: str) -> None:
+    options = pb.NamespaceOption(**{kind: 9})  # type: ignore[arg-type]
+    linux = pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options)
+    )
+    with pytest.raises(InvalidArgument, match=f"namespace_options.{kind}: 9 is not a valid value"):
+        spec_from(_pod(linux=linux))
+
+
+def test_bandwidth_above_the_kubelet_limit() -> None:
+    assert bits_per_second("a", "1P") == 10**15
+    with pytest.raises(InvalidArgument, match="above 1P"):
+        bits_per_second("a", "99999999999999999999E")
