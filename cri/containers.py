@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import posixpath
 import secrets
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ from cri.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    clip,
 )
 from cri.rollback import Rollback
 from cri.runtime_status import supports_recursive_read_only
-from cri.sandboxes import READY, Sandbox, SandboxManager
+from cri.sandboxes import READY, Sandbox, SandboxManager, make_directory, remove_if_empty
 from cri.store import Record
 from image.store import ImageRecord
 from runtime.cgroups import CgroupError, CgroupResources
@@ -62,6 +64,11 @@ EXITED = "exited"
 # How long a removal waits for a dead conmon to leave its cgroup.
 _CGROUP_DRAIN_SECONDS = 5.0
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# ExecSync keeps this much of each of stdout and stderr: both together must fit in one
+# response of at most 16 MiB (cri.daemon.MAX_MESSAGE_BYTES, the kubelet's limit too).
+EXEC_SYNC_MAX_OUTPUT = 8 * 1024 * 1024 - 64 * 1024
+# The longest container name taken (Kubernetes allows 63; a DNS name's limit).
+MAX_NAME = 253
 
 
 @dataclass(frozen=True)
@@ -375,8 +382,7 @@ class ContainerManager:
     # --- create ----------------------------------------------------------------------
 
     async def create(self, request: ContainerRequest) -> str:
-        if not request.name:
-            raise InvalidArgument("config.metadata.name must not be empty")
+        _validate(request)
         sandbox = self.sandboxes.get(request.sandbox_id)
         if sandbox.state != READY:
             raise FailedPrecondition(
@@ -432,6 +438,12 @@ class ContainerManager:
             rootfs = await asyncio.to_thread(mount_rootfs, layers, container_dir / "rootfs")
             undo.push("rootfs", lambda: asyncio.to_thread(unmount_rootfs, container_dir / "rootfs"))
             container = self._new_container(request, sandbox, image, container_id, container_dir)
+            # The kubelet makes <log_directory>/<name>/ itself; crictl and others may not.
+            log_dir = Path(container.log_path).parent
+            made = await asyncio.to_thread(
+                make_directory, log_dir, f"log directory {str(log_dir)!r} of {request.name!r}"
+            )
+            undo.push("log directory", lambda: asyncio.to_thread(remove_if_empty, made))
             undo.push("volumes", lambda: asyncio.to_thread(_unmount_volumes, container_dir))
             request = await self._mount_image_volumes(request, container, container_dir)
             namespaces = await self._namespaces(request, sandbox)
@@ -629,10 +641,6 @@ class ContainerManager:
             source = sandbox.shm_path or "/dev/shm"
             mounts.append(MountSpec("/dev/shm", source, "bind", ("rbind", "rprivate")))
         for mount in request.mounts:
-            if not mount.container_path.startswith("/"):
-                raise InvalidArgument(
-                    f"mount {mount.container_path!r}: the container path must be absolute"
-                )
             if not Path(mount.host_path).exists():
                 raise InvalidArgument(
                     f"mount of {mount.host_path!r} at {mount.container_path!r}: "
@@ -792,13 +800,12 @@ class ContainerManager:
     async def exec_sync(
         self, id_or_prefix: str, command: list[str], time_limit: float | None
     ) -> tuple[int, bytes, bytes]:
+        check_command(command)
         container = await self.get(id_or_prefix)
         if container.state != RUNNING:
             raise FailedPrecondition(f"container {container.id} is {container.state}, not running")
-        if not command:
-            raise InvalidArgument("cmd must not be empty")
         result = await self.runtime(container.runtime_handler).exec_sync(
-            container.id, command, time_limit
+            container.id, command, time_limit, max_output=EXEC_SYNC_MAX_OUTPUT
         )
         if result.timed_out:
             raise DeadlineExceeded(
@@ -829,6 +836,44 @@ class ContainerManager:
                 "log can be reopened"
             )
         await self.runtime(container.runtime_handler).reopen_log(container.id)
+
+
+def check_command(command: Sequence[str]) -> None:
+    """An exec's command: a program to run, and arguments exec(2) can take."""
+    if not command or not command[0]:
+        raise InvalidArgument("cmd must not be empty: name the program to run")
+    for arg in command:
+        if "\0" in arg:
+            raise InvalidArgument(f"cmd argument {clip(arg)!r} contains a NUL byte")
+
+
+def _validate(request: ContainerRequest) -> None:
+    """What a request must be before anything is looked up or made."""
+    if not request.name:
+        raise InvalidArgument("config.metadata.name must not be empty")
+    what = f"container {clip(request.name)!r}"
+    if len(request.name) > MAX_NAME or any(c == "/" or not c.isprintable() for c in request.name):
+        raise InvalidArgument(
+            f"{what}: config.metadata.name must be at most {MAX_NAME} characters, without "
+            "'/' or control characters"
+        )
+    log_path = request.log_path
+    if log_path and (log_path.startswith("/") or "\0" in log_path or ".." in log_path.split("/")):
+        raise InvalidArgument(
+            f"{what}: log_path {clip(log_path)!r} must be a path relative to the pod's "
+            "log_directory, without '..' (and without NUL bytes)"
+        )
+    for mount in request.mounts:
+        where = f"{what}: mount at {clip(mount.container_path)!r}"
+        if not mount.container_path.startswith("/") or "\0" in mount.container_path:
+            raise InvalidArgument(f"{where}: the container path must be absolute (no NUL bytes)")
+        if posixpath.normpath(mount.container_path) == "/":
+            raise InvalidArgument(f"{where}: a mount cannot replace the container's root")
+        if not mount.image and (not mount.host_path.startswith("/") or "\0" in mount.host_path):
+            raise InvalidArgument(
+                f"{where}: host path {clip(mount.host_path)!r} must be an absolute path "
+                "(no NUL bytes)"
+            )
 
 
 def _with_sandbox_id(request: ContainerRequest, sandbox_id: str) -> ContainerRequest:

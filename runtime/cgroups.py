@@ -57,6 +57,8 @@ MIN_SHARES = 2
 MAX_SHARES = 262144
 MIN_CFS_US = 1000
 MAX_CFS_PERIOD_US = 1_000_000
+# The kernel refuses a larger quota (its bandwidth arithmetic has 44 bits): ~203 days.
+MAX_CFS_QUOTA_US = 2**44 - 1
 DEFAULT_CFS_PERIOD_US = 100_000
 
 # What a v1 memory limit file reads when unlimited (PAGE_COUNTER_MAX pages, 4 KiB pages);
@@ -152,9 +154,14 @@ def validate(resources: CgroupResources, version: int) -> None:
         raise InvalidResources(
             f"cpu_shares {r.cpu_shares} is out of range [{MIN_SHARES}, {MAX_SHARES}]"
         )
-    if r.cpu_quota is not None and r.cpu_quota != -1 and r.cpu_quota < MIN_CFS_US:
+    if (
+        r.cpu_quota is not None
+        and r.cpu_quota != -1
+        and not MIN_CFS_US <= r.cpu_quota <= MAX_CFS_QUOTA_US
+    ):
         raise InvalidResources(
-            f"cpu_quota {r.cpu_quota} must be -1 (unlimited) or at least {MIN_CFS_US} µs"
+            f"cpu_quota {r.cpu_quota} must be -1 (unlimited) or from {MIN_CFS_US} to "
+            f"{MAX_CFS_QUOTA_US} µs"
         )
     if r.cpu_period is not None and not MIN_CFS_US <= r.cpu_period <= MAX_CFS_PERIOD_US:
         raise InvalidResources(

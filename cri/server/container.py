@@ -19,9 +19,9 @@ from cri.containers import (
     ContainerRequest,
     CriMount,
 )
-from cri.errors import InvalidArgument
+from cri.errors import InvalidArgument, clip
 from cri.server.common import Context, batches
-from cri.server.convert import refuse_user_namespaces, resources
+from cri.server.convert import known, refuse_user_namespaces, resources
 from runtime.container_spec import DeviceSpec, SecuritySpec
 
 _PROPAGATION = {
@@ -57,12 +57,56 @@ def _seccomp(ctx: pb.LinuxContainerSecurityContext) -> tuple[str, str]:
     return "unconfined", ""
 
 
+def _check_strings(config: pb.ContainerConfig, what: str) -> None:
+    """What becomes an exec argument, an environment entry or a path cannot hold a NUL
+    byte (runc would fail late, after the rootfs was made); an environment key is
+    one name, without '='."""
+    for field, values in (
+        ("command", config.command),
+        ("args", config.args),
+        ("working_dir", [config.working_dir]),
+    ):
+        for value in values:
+            if "\0" in value:
+                raise InvalidArgument(f"{what}: {field} {clip(value)!r} contains a NUL byte")
+    for env in config.envs:
+        if not env.key or "=" in env.key or "\0" in env.key or b"\0" in env.value:
+            raise InvalidArgument(
+                f"{what}: environment variable {clip(env.key)!r} must have a name without "
+                "'=' and no NUL byte in its name or value"
+            )
+    ctx = config.linux.security_context
+    for field, paths in (
+        ("masked_paths", ctx.masked_paths),
+        ("readonly_paths", ctx.readonly_paths),
+    ):
+        for path in paths:
+            if not path.startswith("/") or "\0" in path:
+                raise InvalidArgument(
+                    f"{what}: {field} entry {clip(path)!r} must be an absolute path"
+                )
+
+
 def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
     config = request.config
+    what = f"container {clip(config.metadata.name)!r}"
     ctx = config.linux.security_context
+    for profile in ("seccomp", "apparmor"):
+        if ctx.HasField(profile):
+            kind = getattr(ctx, profile).profile_type
+            known(pb.SecurityProfile.ProfileType, kind, f"{what}: {profile}.profile_type")
     seccomp_kind, seccomp_path = _seccomp(ctx)
     ns = ctx.namespace_options
-    refuse_user_namespaces(ns, f"container {config.metadata.name!r}")
+    refuse_user_namespaces(ns, what)
+    known(pb.NamespaceMode, ns.pid, f"{what}: namespace_options.pid")
+    known(pb.Signal, config.stop_signal, f"{what}: stop_signal")
+    for mount in config.mounts:
+        known(
+            pb.MountPropagation,
+            mount.propagation,
+            f"{what}: mount at {clip(mount.container_path)!r}: propagation",
+        )
+    _check_strings(config, what)
     pid_mode = {
         pb.NamespaceMode.POD: "pod",
         pb.NamespaceMode.CONTAINER: "container",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.containers import RUNNING, ContainerManager
+from cri.containers import RUNNING, ContainerManager, check_command
 from cri.errors import FailedPrecondition, InvalidArgument
 from cri.sandboxes import READY, SandboxManager
 from cri.server.common import Context
@@ -24,8 +24,7 @@ class StreamingRPCs:
         return container.id, container.runtime_handler
 
     async def Exec(self, request: pb.ExecRequest, context: Context) -> pb.ExecResponse:
-        if not request.cmd:
-            raise InvalidArgument("cmd must not be empty")
+        check_command(request.cmd)
         if not (request.stdin or request.stdout or request.stderr):
             raise InvalidArgument("one of stdin, stdout and stderr must be true")
         if request.tty and request.stderr:

@@ -7,18 +7,28 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from api.runtime.v1 import api_pb2 as pb
+from api.runtime.v1 import api_pb2_grpc
+from cri.containers import EXEC_SYNC_MAX_OUTPUT
 from cri.errors import MAX_STATUS_MESSAGE
-from tests.integration.nodes import MakeNode, Node, container_config, sandbox_config
+from tests.integration.nodes import (
+    MakeNode,
+    Node,
+    _assert_no_container_leaks,
+    container_config,
+    sandbox_config,
+)
 from tests.integration.skiffd import mounts_below
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 # Ids no object has: too long, far too long, NUL, newline, path-like, unicode.
 ODD_IDS = ["a" * 65, "a" * 10_000, "x\0y", "a\nb", "/", "..", "../../etc", "ü", "%s%n"]
@@ -233,4 +243,183 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
     good.port_mappings.append(pb.PortMapping(host_port=0, container_port=80))
     pod = run(pb.RunPodSandboxRequest(config=good), timeout=30).pod_sandbox_id
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    _assert_only_the_node_pod(node)
+
+
+# --- containers ------------------------------------------------------------------------
+
+
+def _security(**fields: Any) -> pb.LinuxContainerConfig:
+    context = pb.LinuxContainerSecurityContext(**fields)
+    context.namespace_options.pid = context.namespace_options.pid or pb.NamespaceMode.CONTAINER
+    return pb.LinuxContainerConfig(security_context=context)
+
+
+def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
+    node = make_node()
+    outside = node.daemon.base / "outside.log"
+
+    def refused(name: str, *words: str, **config: Any) -> None:
+        config.setdefault("command", ["true"])
+        request = pb.CreateContainerRequest(
+            pod_sandbox_id=node.pod, config=container_config(name, node.world.busybox, **config)
+        )
+        _expect(node.runtime.CreateContainer, request, INVALID, *words)
+
+    for name in ("a/b", "a\nb", "n" * 300):
+        refused(name, "config.metadata.name", repr(name)[:40], log_path="c.log")
+    # The log goes below the pod's log directory, nowhere else.
+    for log_path in (str(outside), "../../outside.log", "a/../../outside.log", "a\0b"):
+        refused("logs", "'logs'", "log_path", repr(log_path)[:40], log_path=log_path)
+    for mount, problem in (
+        (pb.Mount(container_path="rel", host_path="/tmp"), "container path must be absolute"),
+        (pb.Mount(container_path="", host_path="/tmp"), "container path must be absolute"),
+        (pb.Mount(container_path="/x\0", host_path="/tmp"), "container path must be absolute"),
+        (pb.Mount(container_path="/", host_path="/tmp"), "cannot replace the container's root"),
+        (pb.Mount(container_path="/x/..", host_path="/tmp"), "cannot replace the container's"),
+        # "" was skiffd's working directory, bind-mounted into the container.
+        (pb.Mount(container_path="/x", host_path=""), "host path '' must be an absolute path"),
+        (pb.Mount(container_path="/x", host_path="tmp"), "host path 'tmp' must be an absolute"),
+        (pb.Mount(container_path="/x", host_path="/tmp", propagation=9), "propagation: 9"),  # type: ignore[arg-type]
+    ):
+        refused("mounts", "'mounts'", problem, mounts=[mount])
+    # Enum values protobuf lets through but the CRI does not name (some were INTERNAL).
+    refused("pid", "namespace_options.pid: 9", linux=_security(namespace_options={"pid": 9}))
+    refused("signal", "stop_signal: 999", stop_signal=999)
+    for profile in ("seccomp", "apparmor"):
+        linux = _security(**{profile: pb.SecurityProfile(profile_type=9)})  # type: ignore[arg-type]
+        refused("profile", f"{profile}.profile_type: 9", linux=linux)
+    # What runc would refuse only after the root filesystem was made.
+    refused("argnul", "command", "NUL", command=["tr\0ue"])
+    refused("argnul", "args", "NUL", command=["echo"], args=["a\0b"])
+    refused("cwdnul", "working_dir", "NUL", working_dir="/a\0b")
+    refused("envnul", "environment variable 'A'", envs={"A": "x\0y"})
+    refused("envkey", "environment variable 'A=B'", envs={"A=B": "x"})
+    refused("envkey", "environment variable ''", envs={"": "x"})
+    for field in ("masked_paths", "readonly_paths"):
+        refused("paths", f"{field} entry 'rel'", linux=_security(**{field: ["rel"]}))
+    quota = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpu_quota=2**62))
+    refused("quota", "cpu_quota", linux=quota)
+    assert not outside.exists()
+    assert not (node.log_dir.parent / "outside.log").exists()
+    _assert_no_container_leaks(node)
+    _assert_only_the_node_pod(node)
+
+    # A log in a directory of its own below the pod's (kubelet style) is made there.
+    container = node.run("sub", command=["echo", "hello"], log_path="sub/dir/0.log")
+    node.wait_exit(container)
+    assert node.status(container).status.log_path == str(node.log_dir / "sub" / "dir" / "0.log")
+    assert "hello" in node.output(container)
+    node.remove(container)
+    _assert_no_container_leaks(node)
+
+
+# --- exec and lifecycle ------------------------------------------------------------------
+
+
+def _at_once(*calls: Callable[[], object]) -> None:
+    """Run the calls concurrently; each must succeed."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        for future in [pool.submit(call) for call in calls]:
+            future.result()
+
+
+def test_exec_and_lifecycle_calls_in_the_wrong_state(make_node: MakeNode) -> None:
+    node = make_node()
+    rt = node.runtime
+    cid = node.run("sleeper", command=["sleep", "1000"])
+    for cmd, problem in (([], "cmd must not be empty"), ([""], "cmd must not be empty")):
+        _expect(rt.ExecSync, pb.ExecSyncRequest(container_id=cid, cmd=cmd), INVALID, problem)
+        streamed = pb.ExecRequest(container_id=cid, cmd=cmd, stdout=True)
+        _expect(rt.Exec, streamed, INVALID, problem)
+    nul = pb.ExecSyncRequest(container_id=cid, cmd=["echo", "a\0b"])
+    _expect(rt.ExecSync, nul, INVALID, "NUL")  # was INTERNAL
+    _expect(rt.Exec, pb.ExecRequest(container_id=cid, cmd=["ec\0ho"], stdout=True), INVALID, "NUL")
+    # A negative timeout is no timeout, as 0 is.
+    assert node.exec(cid, "true", timeout=-5).exit_code == 0
+    # Output beyond what one response can carry is cut, not a failed call (it was
+    # RESOURCE_EXHAUSTED: the response exceeded 16 MiB). The client takes 16 MiB, as the
+    # kubelet does.
+    with grpc.insecure_channel(
+        f"unix://{node.daemon.socket}",
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    ) as channel:
+        big = api_pb2_grpc.RuntimeServiceStub(channel).ExecSync(
+            pb.ExecSyncRequest(
+                container_id=cid,
+                cmd=["sh", "-c", "head -c 20000000 /dev/zero; head -c 20000000 /dev/zero >&2"],
+                timeout=30,
+            ),
+            timeout=60,
+        )
+    assert big.exit_code == 0
+    assert len(big.stdout) == len(big.stderr) == EXEC_SYNC_MAX_OUTPUT
+    quota = pb.LinuxContainerResources(cpu_quota=2**62)
+    update = pb.UpdateContainerResourcesRequest(container_id=cid, linux=quota)
+    _expect(rt.UpdateContainerResources, update, INVALID, "cpu_quota")
+    for port in (0, 65536, -1):
+        forward = pb.PortForwardRequest(pod_sandbox_id=node.pod, port=[port])
+        _expect(rt.PortForward, forward, INVALID, f"port {port}")
+
+    # Stopping (with a negative or huge timeout) and removing, twice and at once.
+    _at_once(
+        lambda: rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=-1)),
+        lambda: rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=2**62)),
+        lambda: rt.StopContainer(pb.StopContainerRequest(container_id=cid)),
+    )
+    exited = node.status(cid).status
+    assert exited.state == pb.ContainerState.CONTAINER_EXITED
+    wrong_state: list[tuple[Callable[..., Any], Any]] = [
+        (rt.StartContainer, pb.StartContainerRequest(container_id=cid)),
+        (rt.ExecSync, pb.ExecSyncRequest(container_id=cid, cmd=["true"])),
+        (rt.Exec, pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True)),
+        (rt.Attach, pb.AttachRequest(container_id=cid, stdout=True)),
+        (rt.ReopenContainerLog, pb.ReopenContainerLogRequest(container_id=cid)),
+        (
+            rt.UpdateContainerResources,
+            pb.UpdateContainerResourcesRequest(
+                container_id=cid, linux=pb.LinuxContainerResources(cpu_shares=512)
+            ),
+        ),
+    ]
+    for call, request in wrong_state:
+        _expect(call, request, PRECONDITION, cid, "exited")
+    _expect(
+        node.daemon.images().RemoveImage,
+        pb.RemoveImageRequest(image=pb.ImageSpec(image=node.world.busybox)),
+        PRECONDITION,
+        "used by a container",
+    )
+    remove = pb.RemoveContainerRequest(container_id=cid)
+    _at_once(*[lambda: rt.RemoveContainer(remove, timeout=30)] * 4)
+    rt.RemoveContainer(remove, timeout=30)
+    rt.StopContainer(pb.StopContainerRequest(container_id=cid), timeout=30)
+    _expect(rt.ContainerStatus, pb.ContainerStatusRequest(container_id=cid), NOT_FOUND, cid)
+    # Filters on a state the CRI does not name match nothing.
+    unknown_state = pb.ContainerFilter(state=pb.ContainerStateValue(state=9))  # type: ignore[arg-type]
+    assert not rt.ListContainers(pb.ListContainersRequest(filter=unknown_state)).containers
+    pod_filter = pb.PodSandboxFilter(state=pb.PodSandboxStateValue(state=9))  # type: ignore[arg-type]
+    assert not rt.ListPodSandbox(pb.ListPodSandboxRequest(filter=pod_filter)).items
+
+    # A stopped pod takes no containers; a removed one is not found; both calls twice
+    # and at once are fine.
+    config = sandbox_config("second", node.log_dir.parent / "second")
+    pod = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30).pod_sandbox_id
+    in_pod = node.create("in-second", pod=pod, command=["sleep", "1000"])
+    node.start(in_pod)
+    stop = pb.StopPodSandboxRequest(pod_sandbox_id=pod)
+    _at_once(*[lambda: rt.StopPodSandbox(stop, timeout=60)] * 3)
+    create = pb.CreateContainerRequest(
+        pod_sandbox_id=pod, config=container_config("late", node.world.busybox, command=["true"])
+    )
+    _expect(rt.CreateContainer, create, PRECONDITION, pod, "not ready")
+    _expect(rt.PortForward, pb.PortForwardRequest(pod_sandbox_id=pod, port=[80]), PRECONDITION)
+    removal = pb.RemovePodSandboxRequest(pod_sandbox_id=pod)
+    _at_once(
+        *[lambda: rt.RemovePodSandbox(removal, timeout=60)] * 3,
+        lambda: rt.StopPodSandbox(stop, timeout=60),
+    )
+    rt.RemovePodSandbox(removal, timeout=60)
+    _expect(rt.CreateContainer, create, NOT_FOUND, "sandbox", pod)
+    _assert_no_container_leaks(node)
     _assert_only_the_node_pod(node)
