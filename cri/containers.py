@@ -16,6 +16,7 @@ import posixpath
 import secrets
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -617,7 +618,7 @@ class ContainerManager:
             user=UserSpec(user.uid, user.gid, groups),
             terminal=request.tty,
             hostname=sandbox.hostname,
-            mounts=self._mounts(request, sandbox),
+            mounts=self._mounts(request, sandbox, rootfs),
             devices=request.devices,
             namespaces=namespaces,
             cgroups_path=self.cgroup_path(sandbox, container.id),
@@ -628,7 +629,9 @@ class ContainerManager:
             rootfs_propagation=_rootfs_propagation(request.mounts),
         )
 
-    def _mounts(self, request: ContainerRequest, sandbox: Sandbox) -> tuple[MountSpec, ...]:
+    def _mounts(
+        self, request: ContainerRequest, sandbox: Sandbox, rootfs: str
+    ) -> tuple[MountSpec, ...]:
         wanted = {m.container_path for m in request.mounts}
         files = Path(sandbox.files_dir)
         mounts: list[MountSpec] = []
@@ -641,19 +644,20 @@ class ContainerManager:
             source = sandbox.shm_path or "/dev/shm"
             mounts.append(MountSpec("/dev/shm", source, "bind", ("rbind", "rprivate")))
         for mount in request.mounts:
+            what = (
+                f"container {clip(request.name)!r}: mount of {clip(mount.host_path)!r} "
+                f"at {clip(mount.container_path)!r}"
+            )
             if not Path(mount.host_path).exists():
-                raise InvalidArgument(
-                    f"mount of {mount.host_path!r} at {mount.container_path!r}: "
-                    "the host path does not exist"
-                )
+                raise InvalidArgument(f"{what}: the host path does not exist")
+            _check_mount_kind(mount, rootfs, what)
             if mount.propagation != "private":
                 source = propagation_of(Path(mount.host_path))
                 allowed = ("shared",) if mount.propagation == "shared" else ("shared", "slave")
                 if source not in allowed:
                     raise FailedPrecondition(
-                        f"mount of {mount.host_path!r} at {mount.container_path!r} asks for "
-                        f"{mount.propagation} propagation, but the host mount holding it is "
-                        f"{source}; make it shared (mount --make-rshared)"
+                        f"{what} asks for {mount.propagation} propagation, but the host mount "
+                        f"holding it is {source}; make it shared (mount --make-rshared)"
                     )
             options = ["rbind", "r" + mount.propagation]
             options.append("ro" if mount.readonly else "rw")
@@ -878,6 +882,29 @@ def _validate(request: ContainerRequest) -> None:
 
 def _with_sandbox_id(request: ContainerRequest, sandbox_id: str) -> ContainerRequest:
     return replace(request, sandbox_id=sandbox_id)
+
+
+def _check_mount_kind(mount: CriMount, rootfs: str, what: str) -> None:
+    """A directory cannot be bind-mounted onto a file the image has, nor a file onto a
+    directory: refuse it now, naming both, rather than have runc fail at create. A
+    path through a symlink in the image is left to the runtime (it resolves it inside
+    the root)."""
+    target, mode = Path(rootfs), 0
+    for part in posixpath.normpath(mount.container_path).split("/")[1:]:
+        target = target / part
+        try:
+            mode = target.lstat().st_mode
+        except OSError:
+            return  # not in the image: the runtime makes it
+        if stat.S_ISLNK(mode):
+            return
+    source_is_dir = Path(mount.host_path).is_dir()
+    if mode and stat.S_ISDIR(mode) != source_is_dir:
+        kinds = ("a directory", "a file") if source_is_dir else ("a file", "a directory")
+        raise InvalidArgument(
+            f"{what}: the host path is {kinds[0]} but {clip(mount.container_path)!r} is "
+            f"{kinds[1]} in the image"
+        )
 
 
 def _rootfs_propagation(mounts: tuple[CriMount, ...]) -> str:

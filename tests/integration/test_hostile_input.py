@@ -258,6 +258,8 @@ def _security(**fields: Any) -> pb.LinuxContainerConfig:
 def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
     node = make_node()
     outside = node.daemon.base / "outside.log"
+    a_file = node.daemon.base / "a-file"
+    a_file.write_text("a file")
 
     def refused(name: str, *words: str, **config: Any) -> None:
         config.setdefault("command", ["true"])
@@ -281,6 +283,9 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
         (pb.Mount(container_path="/x", host_path=""), "host path '' must be an absolute path"),
         (pb.Mount(container_path="/x", host_path="tmp"), "host path 'tmp' must be an absolute"),
         (pb.Mount(container_path="/x", host_path="/tmp", propagation=9), "propagation: 9"),  # type: ignore[arg-type]
+        # Refused only once the image's root is there (were UNKNOWN from runc create).
+        (pb.Mount(container_path="/etc", host_path=str(a_file)), "'/etc' is a directory in"),
+        (pb.Mount(container_path="/etc/passwd", host_path="/tmp"), "is a file in the image"),
     ):
         refused("mounts", "'mounts'", problem, mounts=[mount])
     # Enum values protobuf lets through but the CRI does not name (some were INTERNAL).
