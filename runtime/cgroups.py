@@ -107,6 +107,33 @@ class CgroupResources:
     unified: Mapping[str, str] = field(default_factory=dict)
 
 
+def cpu_list_ranges(text: str) -> list[tuple[int, int]]:
+    """'0-3,6' as [(0, 3), (6, 6)]; InvalidResources for anything else, or a range
+    that runs backwards."""
+    if not _CPUSET_LIST.match(text):
+        raise InvalidResources(f"{text!r} is not a list like '0-3,6'")
+    ranges = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        first, last = int(low), int(high or low)
+        if first > last:
+            raise InvalidResources(f"{text!r}: the range {part} runs backwards")
+        ranges.append((first, last))
+    return ranges
+
+
+def outside(ranges: list[tuple[int, int]], present: frozenset[int]) -> list[int]:
+    """The numbers of ``ranges`` not in ``present`` (a node's CPUs or memory nodes),
+    without expanding a range beyond the largest present number."""
+    top = max(present, default=-1)
+    missing = []
+    for first, last in ranges:
+        if last > top:
+            missing.append(max(first, top + 1))
+        missing.extend(n for n in range(first, min(last, top) + 1) if n not in present)
+    return sorted(set(missing))
+
+
 def cgroup_version(root: Path = DEFAULT_ROOT) -> int:
     """2 when ``root`` is a cgroup2 mount (it has ``cgroup.controllers``), else 1.
 
@@ -168,8 +195,11 @@ def validate(resources: CgroupResources, version: int) -> None:
             f"cpu_period {r.cpu_period} is out of range [{MIN_CFS_US}, {MAX_CFS_PERIOD_US}] µs"
         )
     for name, value in (("cpuset_cpus", r.cpuset_cpus), ("cpuset_mems", r.cpuset_mems)):
-        if value and not _CPUSET_LIST.match(value):
-            raise InvalidResources(f"{name} {value!r} is not a list like '0-3,6'")
+        if value:
+            try:
+                cpu_list_ranges(value)
+            except InvalidResources as exc:
+                raise InvalidResources(f"{name} {exc}") from None
     for name, limit in (
         ("memory_limit", r.memory_limit),
         ("memory_swap", r.memory_swap),

@@ -27,6 +27,8 @@ from runtime.cgroups import (
     CgroupResources,
     InvalidResources,
     cgroup_version,
+    cpu_list_ranges,
+    outside,
     validate,
 )
 from runtime.container_spec import HOST, NEW, ContainerSpec, DeviceSpec, MountSpec
@@ -111,6 +113,18 @@ class HostFacts:
     swap_accounting: bool = True
     #: The host's device directory, walked for a privileged container.
     dev_root: Path = Path("/dev")
+    #: The node's online CPUs and memory nodes, which a cpuset may name (None: unknown).
+    online_cpus: frozenset[int] | None = None
+    online_mems: frozenset[int] | None = None
+
+
+def online(path: Path) -> frozenset[int] | None:
+    """The numbers of a kernel list file such as /sys/devices/system/cpu/online."""
+    try:
+        ranges = cpu_list_ranges(path.read_text().strip())
+    except (OSError, InvalidResources):
+        return None
+    return frozenset(n for first, last in ranges for n in range(first, last + 1))
 
 
 def host_facts(restrict_oom_score_adj: bool) -> HostFacts:
@@ -133,6 +147,8 @@ def host_facts(restrict_oom_score_adj: bool) -> HostFacts:
         seccomp_default_path=DEFAULT_PROFILE_PATH,
         nofile_limit=nofile,
         swap_accounting=_swap_accounting(version),
+        online_cpus=online(Path("/sys/devices/system/cpu/online")),
+        online_mems=online(Path("/sys/devices/system/node/online")),
     )
 
 
@@ -501,6 +517,16 @@ def _resources(
     except InvalidResources as exc:
         raise SpecError(str(exc)) from exc
     r = resources
+    for name, value, present, what in (
+        ("cpuset_cpus", r.cpuset_cpus, host.online_cpus, "CPU"),
+        ("cpuset_mems", r.cpuset_mems, host.online_mems, "memory node"),
+    ):
+        missing = outside(cpu_list_ranges(value), present) if value and present else []
+        if missing:
+            raise SpecError(
+                f"{name} {value[:80]!r} names {what} {missing[0]}, which this node does not "
+                f"have online ({what}s online: {len(present or ())})"
+            )
     cpu: dict[str, Any] = {}
     if r.cpu_shares is not None:
         cpu["shares"] = r.cpu_shares

@@ -305,6 +305,9 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
         refused("paths", f"{field} entry 'rel'", linux=_security(**{field: ["rel"]}))
     quota = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpu_quota=2**62))
     refused("quota", "cpu_quota", linux=quota)
+    # CPUs the node does not have (was UNKNOWN from runc, after the rootfs was made).
+    cpus = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpuset_cpus="0-999999"))
+    refused("cpus", "cpuset_cpus '0-999999' names CPU", linux=cpus)
     assert not outside.exists()
     assert not (node.log_dir.parent / "outside.log").exists()
     _assert_no_container_leaks(node)
@@ -359,9 +362,12 @@ def test_exec_and_lifecycle_calls_in_the_wrong_state(make_node: MakeNode) -> Non
         )
     assert big.exit_code == 0
     assert len(big.stdout) == len(big.stderr) == EXEC_SYNC_MAX_OUTPUT
-    quota = pb.LinuxContainerResources(cpu_quota=2**62)
-    update = pb.UpdateContainerResourcesRequest(container_id=cid, linux=quota)
-    _expect(rt.UpdateContainerResources, update, INVALID, "cpu_quota")
+    for resources, problem in (
+        (pb.LinuxContainerResources(cpu_quota=2**62), "cpu_quota"),
+        (pb.LinuxContainerResources(cpuset_cpus="0-999999"), "cpuset_cpus"),
+    ):
+        update = pb.UpdateContainerResourcesRequest(container_id=cid, linux=resources)
+        _expect(rt.UpdateContainerResources, update, INVALID, problem)
     for port in (0, 65536, -1):
         forward = pb.PortForwardRequest(pod_sandbox_id=node.pod, port=[port])
         _expect(rt.PortForward, forward, INVALID, f"port {port}")

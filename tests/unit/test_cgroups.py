@@ -24,6 +24,8 @@ from runtime.cgroups import (
     CgroupResources,
     InvalidResources,
     cgroup_version,
+    cpu_list_ranges,
+    outside,
     shares_to_weight,
 )
 
@@ -322,7 +324,9 @@ def test_read(v2: FakeKernelCgroupfs) -> None:
         (CgroupResources(cpu_shares=262145), "cpu_shares 262145"),
         (CgroupResources(cpu_quota=999), "cpu_quota 999"),
         (CgroupResources(cpu_quota=0), "cpu_quota 0"),
+        (CgroupResources(cpu_quota=2**44), "cpu_quota 17592186044416"),
         (CgroupResources(cpu_period=500), "cpu_period 500"),
+        (CgroupResources(cpuset_cpus="3-1"), "cpuset_cpus '3-1': the range 3-1 runs backwards"),
         (CgroupResources(cpuset_cpus="0-3 ; rm"), "cpuset_cpus"),
         (CgroupResources(cpuset_mems="a"), "cpuset_mems"),
         (CgroupResources(memory_limit=0), "memory_limit 0"),
@@ -517,3 +521,12 @@ def test_v1_without_hierarchies(tmp_path: Path) -> None:
     fs = Cgroupfs(tmp_path / "cgroup")
     with pytest.raises(CgroupError, match="no cgroup v1 hierarchy"):
         fs.create("/pod")
+
+
+def test_cpu_lists_and_what_a_node_lacks() -> None:
+    assert cpu_list_ranges("0-3,6") == [(0, 3), (6, 6)]
+    present = frozenset({0, 1, 2, 3, 6})
+    assert outside([(0, 3), (6, 6)], present) == []
+    assert outside([(4, 6)], present) == [4, 5]
+    # A huge range is not expanded: the first number past the node's is enough.
+    assert outside([(0, 2**32)], present) == [4, 5, 7]

@@ -7,6 +7,7 @@ device on every machine.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -615,3 +616,21 @@ def test_host_facts_of_this_machine() -> None:
     assert facts.seccomp_default_path == DEFAULT_PROFILE_PATH
     assert 0 < facts.nofile_limit <= 1048576
     assert host_facts(restrict_oom_score_adj=False).min_oom_score_adj is None
+
+
+@pytest.mark.parametrize(
+    ("resources", "problem"),
+    [
+        (CgroupResources(cpuset_cpus="0-999999"), "cpuset_cpus '0-999999' names CPU 2"),
+        (CgroupResources(cpuset_cpus="1,3"), "names CPU 3"),
+        (CgroupResources(cpuset_mems="1"), "cpuset_mems '1' names memory node 1"),
+    ],
+)
+def test_cpusets_name_only_what_the_node_has(resources: CgroupResources, problem: str) -> None:
+    host = dataclasses.replace(
+        HOST_FACTS, online_cpus=frozenset({0, 1}), online_mems=frozenset({0})
+    )
+    with pytest.raises(SpecError, match=problem):
+        build_spec(container(resources=resources), host)
+    fine = CgroupResources(cpuset_cpus="0-1", cpuset_mems="0")
+    assert build_spec(container(resources=fine), host)["linux"]["resources"]["cpu"]["cpus"] == "0-1"
