@@ -113,6 +113,11 @@ class HostFacts:
     swap_accounting: bool = True
     #: The host's device directory, walked for a privileged container.
     dev_root: Path = Path("/dev")
+    #: The huge page sizes the node has ("2MB", "1GB"; None: unknown), and whether its
+    #: cgroups have the hugetlb controller: without it hugepage limits are left out (as
+    #: cri-o does; the kubelet sends a limit of 0 for every size), runc would fail.
+    hugepage_sizes: frozenset[str] | None = None
+    hugetlb_controller: bool = True
     #: The node's online CPUs and memory nodes, which a cpuset may name (None: unknown).
     online_cpus: frozenset[int] | None = None
     online_mems: frozenset[int] | None = None
@@ -147,9 +152,41 @@ def host_facts(restrict_oom_score_adj: bool) -> HostFacts:
         seccomp_default_path=DEFAULT_PROFILE_PATH,
         nofile_limit=nofile,
         swap_accounting=_swap_accounting(version),
+        hugepage_sizes=hugepage_sizes(),
+        hugetlb_controller=_hugetlb_controller(version),
         online_cpus=online(Path("/sys/devices/system/cpu/online")),
         online_mems=online(Path("/sys/devices/system/node/online")),
     )
+
+
+def hugepage_sizes(sysfs: Path = Path("/sys/kernel/mm/hugepages")) -> frozenset[str] | None:
+    """The node's huge page sizes as cgroup files name them (hugepages-2048kB: 2MB)."""
+    try:
+        entries = [e.name for e in sysfs.iterdir()]
+    except OSError:
+        return None
+    sizes = set()
+    for name in entries:
+        kb = name.removeprefix("hugepages-").removesuffix("kB")
+        if not kb.isdigit():
+            continue
+        size = int(kb)
+        if size >= 1 << 20:
+            sizes.add(f"{size >> 20}GB")
+        elif size >= 1 << 10:
+            sizes.add(f"{size >> 10}MB")
+        else:
+            sizes.add(f"{size}KB")
+    return frozenset(sizes)
+
+
+def _hugetlb_controller(version: int, root: Path = DEFAULT_ROOT) -> bool:
+    if version == 1:
+        return (root / "hugetlb").is_dir()
+    try:
+        return "hugetlb" in (root / "cgroup.controllers").read_text().split()
+    except OSError:
+        return True
 
 
 def _swap_accounting(version: int, root: Path = DEFAULT_ROOT) -> bool:
@@ -559,6 +596,15 @@ def _resources(
         for size, limit in sorted(r.hugepage_limits.items())
         if limit != -1
     ]
+    for size in r.hugepage_limits:
+        if host.hugepage_sizes is not None and size not in host.hugepage_sizes:
+            have = ", ".join(sorted(host.hugepage_sizes)) or "none"
+            raise SpecError(
+                f"hugepage size {size[:20]!r} is not one this node has (it has: {have})"
+            )
+    if hugepages and not host.hugetlb_controller:
+        log.debug("no hugetlb cgroup controller on this node: hugepage limits left out")
+        hugepages = []
     if hugepages:
         out["hugepageLimits"] = hugepages
     if r.unified:

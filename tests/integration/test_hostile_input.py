@@ -17,6 +17,7 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from cri.containers import EXEC_SYNC_MAX_OUTPUT
 from cri.errors import MAX_STATUS_MESSAGE
+from runtime.oci_spec import hugepage_sizes
 from tests.integration.nodes import (
     MakeNode,
     Node,
@@ -308,13 +309,24 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
     # CPUs the node does not have (was UNKNOWN from runc, after the rootfs was made).
     cpus = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpuset_cpus="0-999999"))
     refused("cpus", "cpuset_cpus '0-999999' names CPU", linux=cpus)
+    pages = pb.LinuxContainerResources(hugepage_limits=[pb.HugepageLimit(page_size="3MB")])
+    refused(
+        "pages",
+        "hugepage size '3MB' is not one this node has",
+        linux=pb.LinuxContainerConfig(resources=pages),
+    )
     assert not outside.exists()
     assert not (node.log_dir.parent / "outside.log").exists()
     _assert_no_container_leaks(node)
     _assert_only_the_node_pod(node)
 
-    # A log in a directory of its own below the pod's (kubelet style) is made there.
-    container = node.run("sub", command=["echo", "hello"], log_path="sub/dir/0.log")
+    # A log in a directory of its own below the pod's (kubelet style) is made there. A
+    # limit of 0 for each huge page size the node has, as the kubelet sends, is taken
+    # whether or not the node's cgroups have the hugetlb controller (runc failed without).
+    sizes = hugepage_sizes() or frozenset()
+    limits = [pb.HugepageLimit(page_size=size, limit=0) for size in sorted(sizes)]
+    linux = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(hugepage_limits=limits))
+    container = node.run("sub", command=["echo", "hello"], log_path="sub/dir/0.log", linux=linux)
     node.wait_exit(container)
     assert node.status(container).status.log_path == str(node.log_dir / "sub" / "dir" / "0.log")
     assert "hello" in node.output(container)

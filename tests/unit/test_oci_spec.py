@@ -42,6 +42,7 @@ from runtime.oci_spec import (
     build_spec,
     host_devices,
     host_facts,
+    hugepage_sizes,
 )
 from runtime.seccomp import DEFAULT_PROFILE_PATH, SeccompError
 
@@ -634,3 +635,26 @@ def test_cpusets_name_only_what_the_node_has(resources: CgroupResources, problem
         build_spec(container(resources=resources), host)
     fine = CgroupResources(cpuset_cpus="0-1", cpuset_mems="0")
     assert build_spec(container(resources=fine), host)["linux"]["resources"]["cpu"]["cpus"] == "0-1"
+
+
+def test_hugepage_sizes_as_cgroups_name_them(tmp_path: Path) -> None:
+    for name in ("hugepages-2048kB", "hugepages-1048576kB", "hugepages-64kB", "other"):
+        (tmp_path / name).mkdir()
+    assert hugepage_sizes(tmp_path) == frozenset({"2MB", "1GB", "64KB"})
+    assert hugepage_sizes(tmp_path / "missing") is None
+
+
+def test_hugepage_limits_follow_the_node() -> None:
+    limits = CgroupResources(hugepage_limits={"2MB": 0})
+    host = dataclasses.replace(HOST_FACTS, hugepage_sizes=frozenset({"2MB"}))
+    resources = build_spec(container(resources=limits), host)["linux"]["resources"]
+    assert resources["hugepageLimits"] == [{"pageSize": "2MB", "limit": 0}]
+    # Without the hugetlb controller runc cannot write them (the kubelet sends a limit of
+    # 0 for every size the node has): left out, as cri-o does.
+    no_controller = dataclasses.replace(host, hugetlb_controller=False)
+    assert (
+        "hugepageLimits"
+        not in build_spec(container(resources=limits), no_controller)["linux"]["resources"]
+    )
+    with pytest.raises(SpecError, match="hugepage size '1GB' is not one this node has"):
+        build_spec(container(resources=CgroupResources(hugepage_limits={"1GB": 0})), host)
