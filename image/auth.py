@@ -19,6 +19,12 @@ class AuthFileError(ValueError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+class InvalidAuthConfig(ValueError):
+    """The credentials a PullImage request carries are malformed (the client's fault)."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str = field(default="", repr=False)
@@ -62,7 +68,22 @@ def from_request(
     username: str, password: str, auth: str, identity_token: str, registry_token: str
 ) -> Credentials:
     if auth and not username:
-        username, password = decode_auth(auth, "AuthConfig")
+        try:
+            username, password = decode_auth(auth, "PullImageRequest.auth")
+        except AuthFileError as exc:
+            raise InvalidAuthConfig(str(exc)) from None
+    fields = {
+        "username": username,
+        "password": password,
+        "identity_token": identity_token,
+        "registry_token": registry_token,
+    }
+    for name, value in fields.items():
+        # They go into HTTP headers and forms: a line break would end the header.
+        if any(not c.isprintable() for c in value):
+            raise InvalidAuthConfig(
+                f"PullImageRequest.auth: {name} contains control characters (a line break?)"
+            )
     return Credentials(username, password, identity_token, registry_token)
 
 

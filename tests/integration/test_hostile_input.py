@@ -120,6 +120,15 @@ def test_odd_ids_and_image_names(make_node: MakeNode) -> None:
         _expect(images.RemoveImage, pb.RemoveImageRequest(image=spec), INVALID, problem)
         listing = pb.ListImagesRequest(filter=pb.ImageFilter(image=spec))
         _expect(images.ListImages, listing, INVALID, problem)
+    # Malformed credentials are the client's fault (auth was FAILED_PRECONDITION), and a
+    # line break must not reach an HTTP header.
+    for auth, problem in (
+        (pb.AuthConfig(auth="!!not base64"), "auth is not base64"),
+        (pb.AuthConfig(username="u\r\nX-Evil: 1", password="p"), "username contains control"),
+        (pb.AuthConfig(registry_token="t\nx"), "registry_token contains control"),
+    ):
+        pull = pb.PullImageRequest(image=pb.ImageSpec(image=busybox), auth=auth)
+        _expect(images.PullImage, pull, INVALID, problem)
     empty = pb.ImageSpec()
     _expect(images.ImageStatus, pb.ImageStatusRequest(image=empty), INVALID, "image")
     _expect(images.RemoveImage, pb.RemoveImageRequest(image=empty), INVALID, "image")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from image.auth import ANONYMOUS, AuthFileError, Credentials, from_request, lookup_auth_file
+from image.auth import (
+    ANONYMOUS,
+    AuthFileError,
+    Credentials,
+    InvalidAuthConfig,
+    from_request,
+    lookup_auth_file,
+)
 
 
 def _b64(text: str) -> str:
@@ -18,6 +25,24 @@ def _b64(text: str) -> str:
 def test_request_auth_field_is_decoded() -> None:
     creds = from_request("", "", _b64("alice:s3cret:with:colons"), "", "")
     assert (creds.username, creds.password) == ("alice", "s3cret:with:colons")
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        (("", "", "!!not base64", "", ""), "auth is not base64"),
+        (("", "", _b64("no-colon"), "", ""), "auth is not base64"),
+        (("alice\r\nX-Evil: 1", "pw", "", "", ""), "username contains control characters"),
+        (("", "", "", "", "s3cret\ntoken"), "registry_token contains control characters"),
+    ],
+)
+def test_malformed_request_auth_is_the_clients_fault(
+    fields: tuple[str, str, str, str, str], problem: str
+) -> None:
+    with pytest.raises(InvalidAuthConfig, match=problem) as err:
+        from_request(*fields)
+    assert err.value.grpc_status == "INVALID_ARGUMENT"
+    assert "alice" not in str(err.value) and "s3cret" not in str(err.value)
 
 
 def test_credentials_never_print() -> None:
