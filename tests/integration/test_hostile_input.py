@@ -232,6 +232,9 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
     for kind in ("network", "pid", "ipc"):
         config = _pod_config(node, "modes", linux=_namespaces(**{kind: 9}))
         refused(config, "'modes'", f"namespace_options.{kind}: 9 is not a valid value")
+    for sysctl in ("net/../../kernel/x", "net.ipv4..x", "kernel.hostname"):
+        linux = pb.LinuxPodSandboxConfig(sysctls={sysctl: "1"})
+        refused(_pod_config(node, "sysctl", linux=linux), "sysctl", sysctl)
     config = _pod_config(node, "bw", annotations={"kubernetes.io/ingress-bandwidth": "9E"})
     refused(config, "ingress-bandwidth", "above 1P")
 
