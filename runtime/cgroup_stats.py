@@ -45,7 +45,13 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from runtime.cgroups import V1_MEMORY_UNLIMITED, CgroupError, Cgroupfs, CgroupNotFound
+from runtime.cgroups import (
+    V1_MEMORY_UNLIMITED,
+    CgroupError,
+    Cgroupfs,
+    CgroupNotFound,
+    hugepage_sizes,
+)
 
 # Directories of this many cgroup paths are remembered (then forgotten all at once).
 MAX_CACHED_PATHS = 4096
@@ -243,33 +249,6 @@ def device_name(major: int, minor: int, sysfs: str = "/sys") -> str:
     return f"{major}:{minor}"
 
 
-def hugepage_size_name(kib: int) -> str:
-    """The name hugetlb control files give a page size of ``kib`` KiB: whole GB, MB
-    or KB, the largest unit that fits (2048 -> "2MB", 1048576 -> "1GB")."""
-    if kib >= 1 << 20:
-        return f"{kib >> 20}GB"
-    if kib >= 1 << 10:
-        return f"{kib >> 10}MB"
-    return f"{kib}KB"
-
-
-@functools.lru_cache(maxsize=4)
-def hugepage_sizes(sysfs: str = "/sys") -> tuple[str, ...]:
-    """The machine's huge page sizes, smallest first, as hugetlb control files name
-    them, from the ``hugepages-<N>kB`` directories in sysfs (cached: they are fixed
-    at boot). Empty when the kernel has no huge pages."""
-    try:
-        names = os.listdir(f"{sysfs}/kernel/mm/hugepages")
-    except OSError:
-        return ()
-    kibs = []
-    for name in names:
-        number = name.removeprefix("hugepages-").removesuffix("kB")
-        if name.startswith("hugepages-") and name.endswith("kB") and number.isdigit():
-            kibs.append(int(number))
-    return tuple(hugepage_size_name(kib) for kib in sorted(kibs))
-
-
 def parse_pressure(text: str) -> Pressure | None:
     """A v2 pressure file ("some avg10=0.12 avg60=0.30 avg300=0.05 total=123456" and a
     "full" line; totals in µs); None when there is no line to read."""
@@ -415,7 +394,7 @@ class CgroupStatsReader:
     def __init__(self, cgroups: Cgroupfs, hugepages: tuple[str, ...] | None = None) -> None:
         self.cgroups = cgroups
         # The page sizes whose hugetlb files are read (default: this machine's).
-        self.hugepages = hugepage_sizes() if hugepages is None else hugepages
+        self.hugepages = (hugepage_sizes() or ()) if hugepages is None else hugepages
         hierarchies = cgroups.hierarchies
         self._v1_controllers = [
             c for c in ("cpuacct", "cpu", "memory", "pids", "blkio", "hugetlb") if c in hierarchies

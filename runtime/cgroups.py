@@ -25,6 +25,7 @@ Stats will read the same files through :meth:`Cgroupfs.directory` and
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
@@ -800,3 +801,30 @@ def _pid_list(pids: Iterable[int]) -> str:
     shown = ", ".join(str(pid) for pid in pids[:10])
     more = f" and {len(pids) - 10} more" if len(pids) > 10 else ""
     return f"pid {shown}{more}" if len(pids) == 1 else f"pids {shown}{more}"
+
+
+def hugepage_size_name(kib: int) -> str:
+    """The name hugetlb control files give a page size of ``kib`` KiB: whole GB, MB
+    or KB, the largest unit that fits (2048 -> "2MB", 1048576 -> "1GB")."""
+    if kib >= 1 << 20:
+        return f"{kib >> 20}GB"
+    if kib >= 1 << 10:
+        return f"{kib >> 10}MB"
+    return f"{kib}KB"
+
+
+@functools.lru_cache(maxsize=4)
+def hugepage_sizes(directory: str = "/sys/kernel/mm/hugepages") -> tuple[str, ...] | None:
+    """The node's huge page sizes, smallest first, as hugetlb control files and the
+    CRI name them, from its ``hugepages-<N>kB`` directories (cached: they are fixed at
+    boot). None when that directory cannot be read (sizes unknown)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    kibs = []
+    for name in names:
+        number = name.removeprefix("hugepages-").removesuffix("kB")
+        if name.startswith("hugepages-") and name.endswith("kB") and number.isdigit():
+            kibs.append(int(number))
+    return tuple(hugepage_size_name(kib) for kib in sorted(kibs))

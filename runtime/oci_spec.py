@@ -28,6 +28,7 @@ from runtime.cgroups import (
     InvalidResources,
     cgroup_version,
     cpu_list_ranges,
+    hugepage_sizes,
     outside,
     validate,
 )
@@ -145,6 +146,7 @@ def host_facts(restrict_oom_score_adj: bool) -> HostFacts:
         minimum = int(Path("/proc/self/oom_score_adj").read_text().strip())
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     nofile = NOFILE_LIMIT if hard == resource.RLIM_INFINITY else min(NOFILE_LIMIT, hard)
+    sizes = hugepage_sizes()
     return HostFacts(
         bounding_set=host_bounding_set(),
         cgroup_version=version,
@@ -152,32 +154,11 @@ def host_facts(restrict_oom_score_adj: bool) -> HostFacts:
         seccomp_default_path=DEFAULT_PROFILE_PATH,
         nofile_limit=nofile,
         swap_accounting=_swap_accounting(version),
-        hugepage_sizes=hugepage_sizes(),
+        hugepage_sizes=None if sizes is None else frozenset(sizes),
         hugetlb_controller=_hugetlb_controller(version),
         online_cpus=online(Path("/sys/devices/system/cpu/online")),
         online_mems=online(Path("/sys/devices/system/node/online")),
     )
-
-
-def hugepage_sizes(sysfs: Path = Path("/sys/kernel/mm/hugepages")) -> frozenset[str] | None:
-    """The node's huge page sizes as cgroup files name them (hugepages-2048kB: 2MB)."""
-    try:
-        entries = [e.name for e in sysfs.iterdir()]
-    except OSError:
-        return None
-    sizes = set()
-    for name in entries:
-        kb = name.removeprefix("hugepages-").removesuffix("kB")
-        if not kb.isdigit():
-            continue
-        size = int(kb)
-        if size >= 1 << 20:
-            sizes.add(f"{size >> 20}GB")
-        elif size >= 1 << 10:
-            sizes.add(f"{size >> 10}MB")
-        else:
-            sizes.add(f"{size}KB")
-    return frozenset(sizes)
 
 
 def _hugetlb_controller(version: int, root: Path = DEFAULT_ROOT) -> bool:

@@ -17,7 +17,7 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from cri.containers import EXEC_SYNC_MAX_OUTPUT
 from cri.errors import MAX_STATUS_MESSAGE
-from runtime.oci_spec import hugepage_sizes
+from runtime.cgroups import hugepage_sizes
 from tests.integration.nodes import (
     MakeNode,
     Node,
@@ -335,7 +335,7 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
     # A log in a directory of its own below the pod's (kubelet style) is made there. A
     # limit of 0 for each huge page size the node has, as the kubelet sends, is taken
     # whether or not the node's cgroups have the hugetlb controller (runc failed without).
-    sizes = hugepage_sizes() or frozenset()
+    sizes = hugepage_sizes() or ()
     limits = [pb.HugepageLimit(page_size=size, limit=0) for size in sorted(sizes)]
     linux = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(hugepage_limits=limits))
     container = node.run("sub", command=["echo", "hello"], log_path="sub/dir/0.log", linux=linux)

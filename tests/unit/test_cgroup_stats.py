@@ -18,8 +18,6 @@ from runtime.cgroup_stats import (
     Ulimit,
     available,
     device_name,
-    hugepage_size_name,
-    hugepage_sizes,
     parse_limit,
     parse_limits,
     parse_pressure,
@@ -27,7 +25,13 @@ from runtime.cgroup_stats import (
     parse_v2_io_stat,
     working_set,
 )
-from runtime.cgroups import V1_MEMORY_UNLIMITED, Cgroupfs, CgroupNotFound
+from runtime.cgroups import (
+    V1_MEMORY_UNLIMITED,
+    Cgroupfs,
+    CgroupNotFound,
+    hugepage_size_name,
+    hugepage_sizes,
+)
 
 # What a 6.x kernel writes, trimmed to a representative part (order and extra keys kept).
 V2_CPU_STAT = """usage_usec 2451320
@@ -516,8 +520,8 @@ def test_hugepage_sizes_are_named_as_the_kernel_names_them(tmp_path: Path) -> No
     hugepages = tmp_path / "kernel" / "mm" / "hugepages"
     for name in ("hugepages-1048576kB", "hugepages-2048kB", "hugepages-64kB", "other"):
         (hugepages / name).mkdir(parents=True)
-    assert hugepage_sizes(str(tmp_path)) == ("64KB", "2MB", "1GB")
-    assert hugepage_sizes(str(tmp_path / "none")) == ()
+    assert hugepage_sizes(str(hugepages)) == ("64KB", "2MB", "1GB")
+    assert hugepage_sizes(str(tmp_path / "none")) is None
 
 
 def test_v2_hugetlb_per_page_size_only_in_detailed_reads(tmp_path: Path) -> None:

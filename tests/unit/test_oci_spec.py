@@ -42,7 +42,6 @@ from runtime.oci_spec import (
     build_spec,
     host_devices,
     host_facts,
-    hugepage_sizes,
 )
 from runtime.seccomp import DEFAULT_PROFILE_PATH, SeccompError
 
@@ -635,13 +634,6 @@ def test_cpusets_name_only_what_the_node_has(resources: CgroupResources, problem
         build_spec(container(resources=resources), host)
     fine = CgroupResources(cpuset_cpus="0-1", cpuset_mems="0")
     assert build_spec(container(resources=fine), host)["linux"]["resources"]["cpu"]["cpus"] == "0-1"
-
-
-def test_hugepage_sizes_as_cgroups_name_them(tmp_path: Path) -> None:
-    for name in ("hugepages-2048kB", "hugepages-1048576kB", "hugepages-64kB", "other"):
-        (tmp_path / name).mkdir()
-    assert hugepage_sizes(tmp_path) == frozenset({"2MB", "1GB", "64KB"})
-    assert hugepage_sizes(tmp_path / "missing") is None
 
 
 def test_hugepage_limits_follow_the_node() -> None:
