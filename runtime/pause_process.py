@@ -89,11 +89,13 @@ def pause_main() -> int:
     null = posix.open("/dev/null", posix.O_RDWR)
     # stderr first: the caller's pipe stays open until the last holder lets go of it.
     posix.dup2(null, 2)
+    posix.close(null)
     # If the helper is gone (killed by a timed-out or cancelled caller), this raises
     # EPIPE and the pause exits: nobody would know about it.
     posix.write(1, READY)
-    posix.dup2(null, 1)
-    posix.close(null)
+    # Last: the helper waits for this end of the pipe to close, and then the pause holds
+    # nothing but /dev/null (its stdin, set by the helper) on 0, 1 and 2.
+    posix.dup2(0, 1)
     _reap()
     while True:
         info = _signal.sigwaitinfo(_WAITED)
