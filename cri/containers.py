@@ -10,6 +10,7 @@ a status is asked for, and on start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import posixpath
@@ -269,6 +270,43 @@ class ContainerManager:
             container = Container.from_record(record)
             self._containers[container.id] = container
             await self._refresh(container)
+        await self._remove_unrecorded()
+
+    async def _remove_unrecorded(self) -> None:
+        """A CreateContainer cut short by skiffd's death (kill -9, a crash) leaves what it
+        had made but no record: its overlay, its runtime container and conmon, conmon's
+        cgroup, its directory. No client knows the id; it all goes, once, at start."""
+        containers_dir = Path(self.state.config.root) / "containers"
+        if not containers_dir.is_dir():
+            return
+        for entry in sorted(containers_dir.iterdir()):
+            if entry.name in self._containers or not entry.is_dir():
+                continue
+            try:
+                await self._remove_leftovers(entry)
+            except Exception as exc:  # one bad leftover must not stop start-up
+                log.warning(
+                    "cannot remove what an interrupted create left",
+                    extra={"container_id": entry.name, "error": str(exc)},
+                )
+            else:
+                log.info(
+                    "removed what an interrupted create left", extra={"container_id": entry.name}
+                )
+
+    async def _remove_leftovers(self, container_dir: Path) -> None:
+        container_id = container_dir.name
+        handlers = self.state.config.runtime.handlers
+        for name in sorted(handlers, key=lambda h: h != self.state.config.runtime.default_handler):
+            with contextlib.suppress(FailedPrecondition):  # a handler not installed
+                await self.runtime(name).delete(container_id)
+        for sandbox in self.sandboxes.select():
+            path = self.conmon_cgroup_path(sandbox, container_id)
+            if path and self.sandboxes.cgroups.exists(path):
+                await self._delete_conmon_cgroup(path)
+        await asyncio.to_thread(_unmount_volumes, container_dir)
+        await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
+        await asyncio.to_thread(shutil.rmtree, container_dir, True)
 
     def start_watching(self) -> None:
         """Notice exits as conmon records them, so List reads memory only."""
@@ -456,7 +494,8 @@ class ContainerManager:
             await asyncio.to_thread(_write_bundle, bundle, oci)
             if container.conmon_cgroup:
                 await asyncio.to_thread(self.sandboxes.cgroups.create, container.conmon_cgroup)
-                undo.push("conmon cgroup", lambda: self._delete_conmon_cgroup(container))
+                conmon_cgroup = container.conmon_cgroup
+                undo.push("conmon cgroup", lambda: self._delete_conmon_cgroup(conmon_cgroup))
             container.pid = await runtime.create(
                 container_id,
                 bundle,
@@ -764,7 +803,7 @@ class ContainerManager:
             await self._stop_locked(container, 0)
             runtime = self.runtime(container.runtime_handler)
             await runtime.delete(container.id)
-            await self._delete_conmon_cgroup(container)
+            await self._delete_conmon_cgroup(container.conmon_cgroup)
             container_dir = Path(container.container_dir)
             await asyncio.to_thread(_unmount_volumes, container_dir)
             await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
@@ -776,14 +815,14 @@ class ContainerManager:
         self.creations.forget(container.id)
         log.info("container removed", extra={"container_id": container.id})
 
-    async def _delete_conmon_cgroup(self, container: Container) -> None:
-        if not container.conmon_cgroup:
+    async def _delete_conmon_cgroup(self, path: str) -> None:
+        if not path:
             return
         # conmon is gone by now, but a killed one may still be leaving its cgroup.
         deadline = time.monotonic() + _CGROUP_DRAIN_SECONDS
         while True:
             try:
-                await asyncio.to_thread(self.sandboxes.cgroups.delete, container.conmon_cgroup)
+                await asyncio.to_thread(self.sandboxes.cgroups.delete, path)
                 return
             except CgroupError:
                 if time.monotonic() >= deadline:

@@ -4,11 +4,13 @@ bad input and leaks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from tests.integration.nodes import MakeNode, _assert_no_container_leaks
-from tests.integration.skiffd import short_tempdir
+from tests.integration.skiffd import mounts_below, short_tempdir
 
 # --- running and exiting ------------------------------------------------------------------
 
@@ -370,6 +372,47 @@ def test_containers_outlive_skiffd_and_exits_are_reconciled(make_node: MakeNode)
         time.sleep(0.05)
     else:
         raise AssertionError("the survivor's exit was not noticed after the restart")
+
+
+def test_what_a_create_cut_short_by_kill_9_made_is_removed_at_start(make_node: MakeNode) -> None:
+    node = make_node()
+    kept = node.run("kept", command=["sleep", "1000"])
+    lost = node.run("lost", command=["sleep", "1000"])
+    info = json.loads(node.status(lost, verbose=True).info["info"])
+    conmon_pid = int((node.daemon.runroot / "containers" / lost / "conmon.pid").read_text())
+    pod_cgroup = json.loads(
+        node.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
+        ).info["info"]
+    )["cgroup_parent"]
+    node.daemon.kill()
+    # What a create killed before it wrote its record leaves behind: everything it made
+    # (overlay, runc container, conmon and its cgroup, directories), no record.
+    with contextlib.closing(sqlite3.connect(node.daemon.root / "state.db")) as db:
+        db.execute("DELETE FROM records WHERE kind = 'container' AND id = ?", (lost,))
+        db.commit()
+    node.daemon.start()
+    listed = [c.id for c in node.runtime.ListContainers(pb.ListContainersRequest()).containers]
+    assert listed == [kept]
+    assert not _alive(info["pid"]) and not _alive(conmon_pid)
+    assert not (node.daemon.root / "containers" / lost).exists()
+    assert not (node.daemon.runroot / "containers" / lost).exists()
+    assert not [m for m in mounts_below(node.daemon.root) if lost in m]
+    memory = Path("/sys/fs/cgroup/memory") / pod_cgroup.lstrip("/")
+    children = {c.name for c in memory.iterdir() if c.is_dir()} - {"skiff-pause"}
+    assert children == {f"skiff-{kept[:12]}", f"skiff-conmon-{kept[:12]}"}
+    assert "removed what an interrupted create left" in node.daemon.logs()
+    node.remove(kept)
+    _assert_no_container_leaks(node)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie its new parent (the node's init) has yet to reap."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def _hybrid_cgroups() -> bool:
