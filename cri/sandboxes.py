@@ -242,6 +242,51 @@ class SandboxManager:
                 )
                 sandbox.state = NOTREADY
                 await self.state.store.update(sandbox.to_record())
+        await self._remove_unrecorded()
+
+    async def _remove_unrecorded(self) -> None:
+        """A RunPodSandbox cut short by skiffd's death (kill -9, a crash) leaves what it
+        had made but no record: its pod files and /dev/shm, namespace pins, the CNI
+        attachment (an IP, a veth, port mappings), a cgroup of ours. No client knows the
+        id; it all goes, once, at start. The pod's files directory, made first, marks it."""
+        files_root = self.runroot / "sandboxes"
+        if not files_root.is_dir():
+            return
+        for entry in sorted(files_root.iterdir()):
+            if entry.name in self._sandboxes or not entry.is_dir():
+                continue
+            try:
+                await self._remove_leftovers(entry)
+            except Exception as exc:  # one bad leftover must not stop start-up
+                log.warning(
+                    "cannot remove what an interrupted pod start left",
+                    extra={"sandbox_id": entry.name, "error": str(exc)},
+                )
+            else:
+                log.info(
+                    "removed what an interrupted pod start left", extra={"sandbox_id": entry.name}
+                )
+
+    async def _remove_leftovers(self, files_dir: Path) -> None:
+        sandbox_id = files_dir.name
+        pins = [self.runroot / "ns" / kind / sandbox_id for kind in ("net", "ipc", "uts")]
+        net, ipc, uts = (str(pin) if pin.exists() else None for pin in pins)
+        # The CNI cache holds what ADD set up, so DEL needs no more than the id.
+        request = PodNetworkRequest(
+            container_id=sandbox_id,
+            netns=net if net and namespace_alive(net) else "",
+            pod_namespace="",
+            pod_name="",
+            pod_uid="",
+        )
+        await self.cni().delete(None, request)
+        await unpin_namespaces(PinnedNamespaces(net, ipc, uts))
+        await asyncio.to_thread(unmount, files_dir / "shm")
+        await asyncio.to_thread(shutil.rmtree, files_dir)
+        cgroup = default_cgroup_parent(sandbox_id)
+        if await asyncio.to_thread(self.cgroups.exists, cgroup):
+            await asyncio.to_thread(self.cgroups.delete, cgroup)
+            await asyncio.to_thread(self.cgroups.remove_if_unused, DEFAULT_CGROUP_ROOT)
 
     # --- reads -----------------------------------------------------------------------
 

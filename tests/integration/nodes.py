@@ -3,12 +3,9 @@ a CNI bridge of the test run's own, and a ready pod."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +20,14 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from tests.integration import images as img
 from tests.integration.registry import TestRegistry
-from tests.integration.skiffd import Skiffd, mounts_below, short_tempdir, unmount_below
+from tests.integration.skiffd import (
+    Skiffd,
+    mounts_below,
+    processes_mentioning,
+    release_leftovers,
+    short_tempdir,
+    unmount_below,
+)
 
 CNI_BIN = "/usr/lib/cni"
 
@@ -264,29 +268,9 @@ def make_node(world: World) -> Iterator[MakeNode]:
                 assert daemon.stop() == 0, daemon.logs()
         finally:
             daemon.kill()
-            _kill_conmons_of(daemon.base)
+            release_leftovers(daemon)
             unmount_below(daemon.base)
             shutil.rmtree(daemon.base, ignore_errors=True)
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(entry.name) != os.getpid():
-            found.append(int(entry.name))
-    return found
-
-
-def _kill_conmons_of(base: Path) -> None:
-    for pid in _processes_mentioning(str(base)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _assert_no_container_leaks(node: Node) -> None:
@@ -300,7 +284,7 @@ def _assert_no_container_leaks(node: Node) -> None:
     assert rootfs_mounts == [], "rootfs mounts left"
     assert [
         p
-        for p in _processes_mentioning(str(node.daemon.base))
+        for p in processes_mentioning(str(node.daemon.base))
         if p != (node.daemon.proc.pid if node.daemon.proc else 0)
     ] == [], "conmon/runc processes left"
     # Neither the containers' cgroups nor their conmons' remain under any pod's.

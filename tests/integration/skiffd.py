@@ -3,9 +3,11 @@ and a clean stop checked at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -189,3 +191,73 @@ def unmount_below(path: Path) -> None:
     """Lazily unmount everything under `path`, deepest first (test cleanup)."""
     for mount in sorted(mounts_below(path), reverse=True):
         subprocess.run(["umount", "-l", mount], check=False)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids (not this process) whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def release_leftovers(daemon: Skiffd) -> None:
+    """Test clean-up once skiffd is dead, for what a failed test left running: the
+    runtime's containers (``delete --force`` kills their processes, which name nothing
+    of the test), conmons and other processes naming the test's directory, pause
+    processes of its pods, and its pods' cgroups of skiff's own making."""
+    runtimes = daemon.runroot / "runtimes"
+    for root in sorted(runtimes.iterdir()) if runtimes.is_dir() else []:
+        program = shutil.which(root.name)
+        for container in sorted(root.iterdir()) if program else []:
+            if container.is_dir():
+                subprocess.run(
+                    [str(program), "--root", str(root), "delete", "--force", container.name],
+                    capture_output=True,
+                    check=False,
+                )
+    sandboxes = daemon.runroot / "sandboxes"
+    pods = {d.name for d in sandboxes.iterdir()} if sandboxes.is_dir() else set()
+    if (daemon.root / "state.db").exists():  # a removal that failed half-way keeps these
+        with contextlib.closing(sqlite3.connect(daemon.root / "state.db")) as db:
+            pods.update(
+                row[0] for row in db.execute("SELECT id FROM records WHERE kind = 'sandbox'")
+            )
+    doomed = processes_mentioning(str(daemon.base))
+    for pod in pods:
+        doomed += processes_mentioning(f"skiff-pause {pod}")
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pod in pods:
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            tree = hierarchy / "skiff" / f"pod-{pod[:12]}"
+            for directory in sorted(tree.rglob("*"), reverse=True) if tree.is_dir() else []:
+                if directory.is_dir():
+                    _rmdir_when_empty(directory)
+            if tree.is_dir():
+                _rmdir_when_empty(tree)
+            if (hierarchy / "skiff").is_dir():
+                _rmdir_when_empty(hierarchy / "skiff")  # another test's pods may hold it
+
+
+def _rmdir_when_empty(directory: Path) -> None:
+    # Killed processes leave their cgroups a moment later; child cgroups are someone
+    # else's to remove.
+    for _ in range(50):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if any(child.is_dir() for child in directory.iterdir()):
+                return
+            time.sleep(0.05)

@@ -3,10 +3,12 @@ stop, remove; connectivity, hostPort, DNS files, sysctls; bad input and leaks.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,7 +22,13 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.integration.skiffd import Skiffd, mounts_below, short_tempdir, unmount_below
+from tests.integration.skiffd import (
+    Skiffd,
+    mounts_below,
+    release_leftovers,
+    short_tempdir,
+    unmount_below,
+)
 
 CNI_BIN = "/usr/lib/cni"
 
@@ -128,6 +136,7 @@ def make_daemon(network: PodNetwork) -> Iterator[MakeDaemon]:
                 assert daemon.stop() == 0, daemon.logs()
         finally:
             daemon.kill()
+            release_leftovers(daemon)
             unmount_below(daemon.base)
             shutil.rmtree(daemon.base, ignore_errors=True)
 
@@ -598,6 +607,44 @@ def test_pods_survive_a_restart_and_lost_namespaces_are_noticed(
     assert _status(daemon, lost).status.state == pb.PodSandboxState.SANDBOX_NOTREADY
     _remove(daemon, kept)
     _remove(daemon, lost)
+    _assert_no_leaks(daemon, network)
+
+
+def _iptables_nat() -> str:
+    return subprocess.run(
+        ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_what_a_pod_start_cut_short_by_kill_9_made_is_removed_at_start(
+    make_daemon: MakeDaemon, network: PodNetwork
+) -> None:
+    daemon = make_daemon()
+    kept = _run(daemon, _config("kept"))
+    lost = _run(
+        daemon,
+        _config("lost", port_mappings=[pb.PortMapping(container_port=80, host_port=_free_port())]),
+    )
+    cgroup = json.loads(_status(daemon, lost, verbose=True).info["info"])["cgroup_parent"]
+    assert len(network.allocated()) == 2
+    assert lost in _iptables_nat(), "portmap made no rules naming the pod"
+    daemon.kill()
+    # What a RunPodSandbox killed before it wrote its record leaves: everything it made
+    # (files, /dev/shm, pins, the CNI attachment, its cgroup), no record.
+    with contextlib.closing(sqlite3.connect(daemon.root / "state.db")) as db:
+        db.execute("DELETE FROM records WHERE kind = 'sandbox' AND id = ?", (lost,))
+        db.commit()
+    daemon.start()
+    assert [p.id for p in daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest()).items] == [
+        kept
+    ]
+    assert len(network.allocated()) == 1 and len(network.veths()) == 1
+    assert not (daemon.runroot / "sandboxes" / lost).exists()
+    assert not [m for m in mounts_below(daemon.base) if lost in m]
+    assert not Path(f"/sys/fs/cgroup/memory{cgroup}").exists()
+    assert lost not in _iptables_nat(), "the pod's port mapping rules are left"
+    assert "removed what an interrupted pod start left" in daemon.logs()
+    _remove(daemon, kept)
     _assert_no_leaks(daemon, network)
 
 
