@@ -35,7 +35,7 @@ from cri.errors import (
     NotFound,
     clip,
 )
-from cri.rollback import Rollback
+from cri.rollback import Rollback, remove_unrecorded
 from cri.runtime_status import supports_recursive_read_only
 from cri.sandboxes import READY, Sandbox, SandboxManager, make_directory, remove_if_empty
 from cri.store import Record
@@ -277,22 +277,9 @@ class ContainerManager:
         had made but no record: its overlay, its runtime container and conmon, conmon's
         cgroup, its directory. No client knows the id; it all goes, once, at start."""
         containers_dir = Path(self.state.config.root) / "containers"
-        if not containers_dir.is_dir():
-            return
-        for entry in sorted(containers_dir.iterdir()):
-            if entry.name in self._containers or not entry.is_dir():
-                continue
-            try:
-                await self._remove_leftovers(entry)
-            except Exception as exc:  # one bad leftover must not stop start-up
-                log.warning(
-                    "cannot remove what an interrupted create left",
-                    extra={"container_id": entry.name, "error": str(exc)},
-                )
-            else:
-                log.info(
-                    "removed what an interrupted create left", extra={"container_id": entry.name}
-                )
+        await remove_unrecorded(
+            containers_dir, self._containers, self._remove_leftovers, "container_id"
+        )
 
     async def _remove_leftovers(self, container_dir: Path) -> None:
         container_id = container_dir.name

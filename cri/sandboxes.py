@@ -33,7 +33,7 @@ from cri import events
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
-from cri.rollback import Rollback
+from cri.rollback import Rollback, remove_unrecorded
 from cri.store import Record
 from network.cni import CniPlugins, PodNetworkRequest, PortMapping
 from network.namespaces import (
@@ -249,23 +249,9 @@ class SandboxManager:
         had made but no record: its pod files and /dev/shm, namespace pins, the CNI
         attachment (an IP, a veth, port mappings), a cgroup of ours. No client knows the
         id; it all goes, once, at start. The pod's files directory, made first, marks it."""
-        files_root = self.runroot / "sandboxes"
-        if not files_root.is_dir():
-            return
-        for entry in sorted(files_root.iterdir()):
-            if entry.name in self._sandboxes or not entry.is_dir():
-                continue
-            try:
-                await self._remove_leftovers(entry)
-            except Exception as exc:  # one bad leftover must not stop start-up
-                log.warning(
-                    "cannot remove what an interrupted pod start left",
-                    extra={"sandbox_id": entry.name, "error": str(exc)},
-                )
-            else:
-                log.info(
-                    "removed what an interrupted pod start left", extra={"sandbox_id": entry.name}
-                )
+        await remove_unrecorded(
+            self.runroot / "sandboxes", self._sandboxes, self._remove_leftovers, "sandbox_id"
+        )
 
     async def _remove_leftovers(self, files_dir: Path) -> None:
         sandbox_id = files_dir.name

@@ -401,7 +401,7 @@ def test_what_a_create_cut_short_by_kill_9_made_is_removed_at_start(make_node: M
     memory = Path("/sys/fs/cgroup/memory") / pod_cgroup.lstrip("/")
     children = {c.name for c in memory.iterdir() if c.is_dir()} - {"skiff-pause"}
     assert children == {f"skiff-{kept[:12]}", f"skiff-conmon-{kept[:12]}"}
-    assert "removed what an interrupted create left" in node.daemon.logs()
+    assert "removed what an interrupted creation left" in node.daemon.logs()
     node.remove(kept)
     _assert_no_container_leaks(node)
 

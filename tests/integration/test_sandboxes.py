@@ -643,7 +643,7 @@ def test_what_a_pod_start_cut_short_by_kill_9_made_is_removed_at_start(
     assert not [m for m in mounts_below(daemon.base) if lost in m]
     assert not Path(f"/sys/fs/cgroup/memory{cgroup}").exists()
     assert lost not in _iptables_nat(), "the pod's port mapping rules are left"
-    assert "removed what an interrupted pod start left" in daemon.logs()
+    assert "removed what an interrupted creation left" in daemon.logs()
     _remove(daemon, kept)
     _assert_no_leaks(daemon, network)
 
