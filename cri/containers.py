@@ -653,6 +653,7 @@ class ContainerManager:
             security=request.security,
             annotations=dict(request.annotations),
             rootfs_propagation=_rootfs_propagation(request.mounts),
+            name=request.name,
         )
 
     def _mounts(

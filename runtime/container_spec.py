@@ -73,5 +73,13 @@ class ContainerSpec:
     security: SecuritySpec = field(default_factory=SecuritySpec)
     sysctls: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # How errors name the container: the client's name for it, when it has one (a
+    # failed create never told the client the id).
+    name: str = ""
     # rslave or rshared when a mount propagates from (or to) the host; empty: private.
     rootfs_propagation: str = ""
+
+
+def who(spec: ContainerSpec) -> str:
+    """The container as error messages name it."""
+    return f"container {spec.name!r}" if spec.name else f"container {spec.id}"

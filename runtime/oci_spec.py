@@ -32,7 +32,7 @@ from runtime.cgroups import (
     outside,
     validate,
 )
-from runtime.container_spec import HOST, NEW, ContainerSpec, DeviceSpec, MountSpec
+from runtime.container_spec import HOST, NEW, ContainerSpec, DeviceSpec, MountSpec, who
 from runtime.seccomp import DEFAULT_PROFILE_PATH, RUNTIME_DEFAULT, load_profile, with_capabilities
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def build_spec(spec: ContainerSpec, host: HostFacts) -> dict[str, Any]:
             host.bounding_set,
         )
     except UnknownCapability as exc:
-        raise SpecError(f"container {spec.id}: {exc}") from exc
+        raise SpecError(f"{who(spec)}: {exc}") from exc
     namespaces = _namespaces(spec)
     joined = {ns["type"] for ns in namespaces}
 
@@ -254,9 +254,9 @@ def build_spec(spec: ContainerSpec, host: HostFacts) -> dict[str, Any]:
 
 def _process(spec: ContainerSpec, host: HostFacts, capabilities: list[str]) -> dict[str, Any]:
     if not spec.args:
-        raise SpecError(f"container {spec.id}: no command to run (args is empty)")
+        raise SpecError(f"{who(spec)}: no command to run (args is empty)")
     if not spec.cwd.startswith("/"):
-        raise SpecError(f"container {spec.id}: working directory {spec.cwd!r} must be absolute")
+        raise SpecError(f"{who(spec)}: working directory {spec.cwd!r} must be absolute")
     process: dict[str, Any] = {
         "terminal": spec.terminal,
         "user": {
@@ -285,7 +285,7 @@ def _process(spec: ContainerSpec, host: HostFacts, capabilities: list[str]) -> d
     adj = spec.oom_score_adj
     if adj is not None:
         if not -1000 <= adj <= 1000:
-            raise SpecError(f"container {spec.id}: oom_score_adj {adj} is outside [-1000, 1000]")
+            raise SpecError(f"{who(spec)}: oom_score_adj {adj} is outside [-1000, 1000]")
         if host.min_oom_score_adj is not None and adj < host.min_oom_score_adj:
             adj = host.min_oom_score_adj
         process["oomScoreAdj"] = adj
@@ -299,7 +299,7 @@ def _namespaces(spec: ContainerSpec) -> list[dict[str, str]]:
     unknown = sorted(set(spec.namespaces) - set(NAMESPACE_KINDS))
     if unknown:
         raise SpecError(
-            f"container {spec.id}: unknown namespace kind {unknown[0]!r}; "
+            f"{who(spec)}: unknown namespace kind {unknown[0]!r}; "
             f"kinds are {', '.join(NAMESPACE_KINDS)}"
         )
     result: list[dict[str, str]] = []
@@ -323,7 +323,7 @@ def _namespaces(spec: ContainerSpec) -> list[dict[str, str]]:
             result.append({"type": kind, "path": value})
         else:
             raise SpecError(
-                f"container {spec.id}: {kind} namespace {value!r} must be "
+                f"{who(spec)}: {kind} namespace {value!r} must be "
                 f"{NEW!r}, {HOST!r} or the absolute path of a namespace to join"
             )
     return result

@@ -287,6 +287,11 @@ def test_bad_requests_leave_nothing(make_node: MakeNode) -> None:
     bad = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpu_shares=1))
     error = node.create_error("badres", command=["true"], linux=bad)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Named as the client knows it: a failed create never told it the container's id.
+    bad = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(oom_score_adj=5000))
+    error = node.create_error("badoom", command=["true"], linux=bad)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "container 'badoom': oom_score_adj 5000" in (error.details() or ""), error.details()
     own_userns = pb.NamespaceOption(
         userns_options=pb.UserNamespace(
             mode=pb.NamespaceMode.POD,
