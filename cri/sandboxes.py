@@ -68,8 +68,9 @@ def _pause_cgroup(sandbox: Sandbox) -> str:
 
 
 MAX_NAME = 253
-# What the kubelet allows (RFC 1123 label); the kernel itself takes 64 bytes.
-MAX_HOSTNAME = 63
+# The kernel's limit (a utsname nodename). The kubelet sends an RFC 1123 label of up
+# to 63, or with setHostnameAsFQDN the pod's FQDN, which it lets be 64 long.
+MAX_HOSTNAME = 64
 # The hostname is written into the pod's /etc/hosts and /etc/hostname: letters, digits,
 # '-', '.' and '_' only, so no line break or blank can add an entry of its own.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")

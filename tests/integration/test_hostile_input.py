@@ -5,6 +5,7 @@ and leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -201,6 +202,7 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
     # The hostname goes into the pod's /etc/hosts and /etc/hostname: no injected lines.
     for hostname in ("evil\n10.0.0.1 kubernetes.default", "a b", "a/b", "a\0b", "-a", "a."):
         refused(_pod_config(node, "hn", hostname=hostname), "'hn'", "hostname", repr(hostname))
+    refused(_pod_config(node, "hn", hostname="a" * 65), "'hn'", "longer than 64 bytes")
     # DNS settings go into its resolv.conf: one word each, servers are addresses.
     for dns, what in (
         (pb.DNSConfig(servers=["10.0.0.10"], options=["ndots:5\nnameserver 6.6.6.6"]), "options"),
@@ -255,6 +257,16 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
     good = _pod_config(node, "good", hostname="good-1.example_x", dns_config=dns)
     good.port_mappings.append(pb.PortMapping(host_port=0, container_port=80))
     pod = run(pb.RunPodSandboxRequest(config=good), timeout=30).pod_sandbox_id
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    # A 64-byte FQDN, as the kubelet sends with setHostnameAsFQDN, is the pod's hostname.
+    fqdn = "web-0.web." + "n" * 30 + ".svc.cluster.local"
+    fqdn = fqdn + "x" * (64 - len(fqdn))
+    config = _pod_config(node, "fqdn", hostname=fqdn)
+    pod = run(pb.RunPodSandboxRequest(config=config), timeout=30).pod_sandbox_id
+    status = node.runtime.PodSandboxStatus(
+        pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True)
+    )
+    assert json.loads(status.info["info"])["hostname"] == fqdn
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
     _assert_only_the_node_pod(node)
 
