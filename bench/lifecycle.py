@@ -83,6 +83,7 @@ from bench.peer import (
     table_row,
     tail,
     temp_base,
+    timed_counts,
 )
 from runtime.pause_process import PAUSE_MARKER
 from tests.integration import images as img
@@ -430,17 +431,10 @@ def time_lists(target: Target, calls: int, pods: int, containers: int) -> dict[s
         "ListContainers": (list_containers, containers),
         "ListPodSandbox": (list_pods, pods),
     }
-    out: dict[str, list[float]] = {}
-    for name in LISTS:
-        fn, want = rpcs[name]
-        times = out[name] = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            got = fn()
-            times.append(time.perf_counter() - start)
-            if got != want:
-                raise BenchError(f"{target.name}: {name} answered {got} items, expected {want}")
-    return out
+    return {
+        name: timed_counts(rpcs[name][0], calls, rpcs[name][1], f"{target.name}: {name}")
+        for name in LISTS
+    }
 
 
 # --------------------------------------------------------------------------------------

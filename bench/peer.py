@@ -19,7 +19,8 @@
   and the removal of its bridge. `pod_bench`: that network, its config directories and
   a loopback registry for one pod benchmark.
 - CRI helpers (`pull_image`, `pod_config`, `pool_map`) and report helpers
-  (`percentile`, `ratio`, `table_header`, `table_row`, `percentile_rows`, ...).
+  (`percentile`, `ratio`, `table_header`, `table_row`, `percentile_rows`, ...);
+  `timed_counts` times List-like calls that must each see a given number of items.
 """
 
 from __future__ import annotations
@@ -745,6 +746,19 @@ def containerd_cri(registry_host: str, sandbox_image: str, cni_conf_dir: Path) -
 # --------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------
+
+
+def timed_counts(call: Callable[[], int], calls: int, want: int, name: str) -> list[float]:
+    """Seconds each of ``calls`` calls of ``call`` took, one after the other; each must
+    answer ``want`` items (a List that sees too little is no result)."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        got = call()
+        times.append(time.perf_counter() - start)
+        if got != want:
+            raise BenchError(f"{name} answered {got} items, expected {want}")
+    return times
 
 
 def percentile(values: Sequence[float], q: int) -> float:

@@ -48,6 +48,7 @@ from bench.peer import (
     require_root,
     run_main,
     temp_base,
+    timed_counts,
     unmount_under,
 )
 from tests.integration import images as img
@@ -71,14 +72,7 @@ def _timed(call: Callable[[], int], calls: int, want: int, name: str) -> list[fl
     # ones read the background measurements) and opens the cgroup files it keeps.
     for _ in range(WARMUP_CALLS):
         call()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        got = call()
-        times.append(time.perf_counter() - start)
-        if got != want:
-            raise BenchError(f"{name} answered {got} items, expected {want}")
-    return times
+    return timed_counts(call, calls, want, name)
 
 
 def measure(rt: api_pb2_grpc.RuntimeServiceStub, opts: Options) -> dict[str, list[float]]:
