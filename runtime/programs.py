@@ -13,8 +13,11 @@ import asyncio
 import json
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,15 +47,9 @@ class ProgramProber:
             where = "at that path" if name_or_path.startswith("/") else "in PATH"
             return ProgramStatus(name_or_path, None, False, "", f"{name_or_path} not found {where}")
         try:
-            identity = _identity(path)
+            return await self._cached(path, "--version", lambda: self._version(name_or_path, path))
         except OSError as exc:
             return ProgramStatus(name_or_path, path, False, "", f"{path}: {exc.strerror}")
-        cached = self._cache.get((path, "--version"))
-        if cached is not None and cached[0] == identity:
-            return cast(ProgramStatus, cached[1])
-        status = await self._version(name_or_path, path)
-        self._cache[(path, "--version")] = (identity, status)
-        return status
 
     async def mount_options(self, name_or_path: str) -> frozenset[str]:
         """The mount options an OCI runtime accepts, from its ``features`` command (OCI
@@ -61,22 +58,30 @@ class ProgramProber:
         if path is None:
             return frozenset()
         try:
-            identity = _identity(path)
+            return await self._cached(path, "features", lambda: self._mount_options(path))
         except OSError:
             return frozenset()
-        cached = self._cache.get((path, "features"))
+
+    async def _cached(self, path: str, question: str, ask: Callable[[], Awaitable[T]]) -> T:
+        """The answer to ``question`` for the program at ``path``, asked again only when
+        the file changed. OSError when it cannot be looked at."""
+        identity = _identity(path)
+        cached = self._cache.get((path, question))
         if cached is not None and cached[0] == identity:
-            return cast(frozenset[str], cached[1])
-        options: frozenset[str] = frozenset()
+            return cast(T, cached[1])
+        answer = await ask()
+        self._cache[(path, question)] = (identity, answer)
+        return answer
+
+    async def _mount_options(self, path: str) -> frozenset[str]:
         try:
             code, out = await self._run(path, "features")
             if code == 0:
                 listed = json.loads(out).get("mountOptions") or []
-                options = frozenset(o for o in listed if isinstance(o, str))
+                return frozenset(o for o in listed if isinstance(o, str))
         except (OSError, TimeoutError, ValueError, AttributeError):
             pass
-        self._cache[(path, "features")] = (identity, options)
-        return options
+        return frozenset()
 
     async def _version(self, name: str, path: str) -> ProgramStatus:
         if not os.access(path, os.X_OK):

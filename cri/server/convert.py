@@ -42,6 +42,7 @@ def refuse_user_namespaces(options: pb.NamespaceOption, what: str) -> None:
     if not options.HasField("userns_options"):
         return
     userns = options.userns_options
+    known(pb.NamespaceMode, userns.mode, f"{what}: user namespace mode")
     if userns.mode == pb.NamespaceMode.NODE:
         if userns.uids or userns.gids:
             raise InvalidArgument(
@@ -53,9 +54,5 @@ def refuse_user_namespaces(options: pb.NamespaceOption, what: str) -> None:
             f"{what}: user namespaces of the pod's own (userns_options mode POD) are not "
             "supported by skiff yet (its runtime handlers report user_namespaces false)"
         )
-    name = (
-        pb.NamespaceMode.Name(userns.mode)
-        if userns.mode in pb.NamespaceMode.values()
-        else str(userns.mode)
-    )
+    name = pb.NamespaceMode.Name(userns.mode)
     raise InvalidArgument(f"{what}: user namespace mode {name} is not valid; use POD or NODE")
