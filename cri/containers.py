@@ -434,13 +434,6 @@ class ContainerManager:
             if not mount.recursive_read_only:
                 continue
             what = f"mount of {mount.host_path!r} at {mount.container_path!r}"
-            if not mount.readonly:
-                raise InvalidArgument(f"{what}: a recursive read-only mount must be readonly")
-            if mount.propagation != "private":
-                raise InvalidArgument(
-                    f"{what}: a recursive read-only mount needs private propagation, "
-                    f"not {mount.propagation}"
-                )
             if not await supports_recursive_read_only(self.state, sandbox.runtime_handler):
                 handler = sandbox.runtime_handler or self.state.config.runtime.default_handler
                 raise InvalidArgument(
@@ -905,6 +898,15 @@ def _validate(request: ContainerRequest) -> None:
                 f"{where}: host path {clip(mount.host_path)!r} must be an absolute path "
                 "(no NUL bytes)"
             )
+        if mount.recursive_read_only:
+            rro = f"mount of {mount.host_path!r} at {mount.container_path!r}"
+            if not mount.readonly:
+                raise InvalidArgument(f"{rro}: a recursive read-only mount must be readonly")
+            if mount.propagation != "private":
+                raise InvalidArgument(
+                    f"{rro}: a recursive read-only mount needs private propagation, "
+                    f"not {mount.propagation}"
+                )
 
 
 def _with_sandbox_id(request: ContainerRequest, sandbox_id: str) -> ContainerRequest:
