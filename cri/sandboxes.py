@@ -270,10 +270,8 @@ class SandboxManager:
         await unpin_namespaces(PinnedNamespaces(net, ipc, uts))
         await asyncio.to_thread(unmount, files_dir / "shm")
         await asyncio.to_thread(shutil.rmtree, files_dir)
-        cgroup = default_cgroup_parent(sandbox_id)
-        if await asyncio.to_thread(self.cgroups.exists, cgroup):
-            await asyncio.to_thread(self.cgroups.delete, cgroup)
-            await asyncio.to_thread(self.cgroups.remove_if_unused, DEFAULT_CGROUP_ROOT)
+        # Only a cgroup of skiff's own making: one the kubelet named is the kubelet's.
+        await self._delete_cgroup(default_cgroup_parent(sandbox_id), sandbox_id)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -438,7 +436,7 @@ class SandboxManager:
         )
         sandbox.cgroup_created = created
         if created:
-            undo.push("cgroup", lambda: self._delete_cgroup(sandbox))
+            undo.push("cgroup", lambda: self._delete_cgroup(sandbox.cgroup_parent, sandbox.id))
 
         pinned = await pin_namespaces(
             PinRequest(
@@ -523,9 +521,9 @@ class SandboxManager:
             )
             return pause.pid_namespace
 
-    async def _delete_cgroup(self, sandbox: Sandbox) -> None:
-        await asyncio.to_thread(self.cgroups.delete, sandbox.cgroup_parent)
-        if sandbox.cgroup_parent == default_cgroup_parent(sandbox.id):
+    async def _delete_cgroup(self, cgroup: str, sandbox_id: str) -> None:
+        await asyncio.to_thread(self.cgroups.delete, cgroup)
+        if cgroup == default_cgroup_parent(sandbox_id):
             # The shared root goes with its last pod (another pod's cgroup keeps it busy).
             await asyncio.to_thread(self.cgroups.remove_if_unused, DEFAULT_CGROUP_ROOT)
 
@@ -594,7 +592,7 @@ class SandboxManager:
             await unpin_namespaces(sandbox.namespaces)
             await asyncio.to_thread(shutil.rmtree, sandbox.files_dir, True)
             if sandbox.cgroup_created and sandbox.cgroup_parent:
-                await self._delete_cgroup(sandbox)
+                await self._delete_cgroup(sandbox.cgroup_parent, sandbox.id)
             await self.state.store.remove("sandbox", sandbox.id)
             # Published while the sandbox is still known, so the event can describe it.
             self.state.events.publish(events.DELETED, sandbox.id, sandbox.id)
