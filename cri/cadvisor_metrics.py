@@ -183,6 +183,15 @@ DESCRIPTORS: tuple[Descriptor, ...] = (
 _BY_NAME = {d.name: d for d in DESCRIPTORS}
 
 
+def descriptors(*, hugetlb: bool, pressure: bool) -> tuple[Descriptor, ...]:
+    """The metrics this node can report (a descriptor whose series never appear tells a
+    client, critest among them, something untrue): the hugetlb series only where its
+    cgroups have the hugetlb controller and it has huge pages, the pressure (PSI)
+    series only on cgroup v2."""
+    left_out = ("container_hugetlb_",) * (not hugetlb) + ("container_pressure_",) * (not pressure)
+    return tuple(d for d in DESCRIPTORS if not d.name.startswith(left_out))
+
+
 class _Collector:
     def __init__(self, base: tuple[str, ...]) -> None:
         self.base = base

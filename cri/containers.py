@@ -85,6 +85,10 @@ class CriMount:
     # An image volume: the image's files (or a directory of them), read-only.
     image: str = ""
     image_sub_path: str = ""
+    # Once an image volume is mounted (`image` cleared): the image as the request named
+    # it and its id, for ContainerStatus.
+    volume_image: str = ""
+    volume_image_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class ContainerRequest:
     name: str
     attempt: int
     image: str
+    # The image as the pod names it (the kubelet sends the image id in `image`).
+    user_specified_image: str = ""
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     working_dir: str = ""
@@ -159,6 +165,9 @@ class Container:
     volume_image_ids: list[str] = field(default_factory=list)
     # The cgroup of the container's conmon, under the pod's ("" when it has none).
     conmon_cgroup: str = ""
+    # The image's name as ContainerStatus shows it: the name the pod used, when it is
+    # one of the image's, else the image's first repo tag ("" before this was kept).
+    image_name: str = ""
 
     @property
     def reserved_name(self) -> str:
@@ -465,6 +474,7 @@ class ContainerManager:
             undo.push("log directory", lambda: asyncio.to_thread(remove_if_empty, made))
             undo.push("volumes", lambda: asyncio.to_thread(_unmount_volumes, container_dir))
             request = await self._mount_image_volumes(request, container, container_dir)
+            container.mounts = [asdict(m) for m in request.mounts]
             namespaces = await self._namespaces(request, sandbox)
             spec = await asyncio.to_thread(
                 self._spec, request, sandbox, image, container, str(rootfs.merged), namespaces
@@ -535,7 +545,15 @@ class ContainerManager:
                     f"is not a directory in image {mount.image!r}"
                 )
             container.volume_image_ids.append(volume_image.id)
-            mounts.append(replace(mount, host_path=str(source), readonly=True, image=""))
+            mounts.append(
+                replace(
+                    mount,
+                    host_path=str(source),
+                    image="",
+                    volume_image=mount.image,
+                    volume_image_id=volume_image.id,
+                )
+            )
         return replace(request, mounts=tuple(mounts))
 
     def _new_container(
@@ -556,6 +574,9 @@ class ContainerManager:
             name=request.name,
             attempt=request.attempt,
             image=request.image,
+            image_name=self.state.images.display_name(
+                image, request.user_specified_image, request.image
+            ),
             image_id=image.id,
             image_ref=image.repo_digests[0] if image.repo_digests else image.id,
             state=CREATED,
@@ -893,6 +914,8 @@ def _validate(request: ContainerRequest) -> None:
             raise InvalidArgument(f"{where}: the container path must be absolute (no NUL bytes)")
         if posixpath.normpath(mount.container_path) == "/":
             raise InvalidArgument(f"{where}: a mount cannot replace the container's root")
+        if mount.image and not mount.readonly:
+            raise InvalidArgument(f"{where}: an image volume is read-only; set readonly")
         if not mount.image and (not mount.host_path.startswith("/") or "\0" in mount.host_path):
             raise InvalidArgument(
                 f"{where}: host path {clip(mount.host_path)!r} must be an absolute path "

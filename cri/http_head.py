@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 
 
 class MalformedHead(ValueError):
@@ -19,6 +20,7 @@ class RequestHead:
     path: str  # without the query
     headers: dict[str, str]  # lower-case names; a repeated header's values joined by ", "
     values: dict[str, list[str]]  # every value of each header, in order
+    query: dict[str, list[str]] = field(default_factory=dict)  # every value of each parameter
 
 
 def parse_request_head(head: bytes) -> RequestHead:
@@ -38,7 +40,8 @@ def parse_request_head(head: bytes) -> RequestHead:
         key, value = name.strip().lower(), value.strip()
         values.setdefault(key, []).append(value)
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return RequestHead(method, target.split("?", 1)[0], headers, values)
+    path, _, query = target.partition("?")
+    return RequestHead(method, path, headers, values, urllib.parse.parse_qs(query))
 
 
 async def respond(

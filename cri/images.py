@@ -102,6 +102,20 @@ class ImageManager:
                 out.append(candidate.tagged)
         return out
 
+    def display_name(self, image: ImageRecord, *texts: str) -> str:
+        """The name to show for `image` (as cri-o and containerd do, where the kubelet
+        shows a container's image): the first of `texts` that names it by tag or
+        digest, fully qualified; else its first repo tag; else its id."""
+        for text in texts:
+            try:
+                names = self._names(text) if text else []
+            except ReferenceError:
+                continue
+            for name in names:
+                if name in image.repo_tags or name in image.repo_digests:
+                    return name
+        return image.repo_tags[0] if image.repo_tags else image.id
+
     def find(self, text: str) -> ImageRecord | None:
         if not text:
             raise InvalidArgument("image must not be empty: give a name, a digest or an image id")

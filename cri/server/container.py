@@ -133,6 +133,7 @@ def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
         name=config.metadata.name,
         attempt=config.metadata.attempt,
         image=config.image.image,
+        user_specified_image=config.image.user_specified_image,
         command=tuple(config.command),
         args=tuple(config.args),
         working_dir=config.working_dir,
@@ -225,7 +226,7 @@ def status_to_proto(c: Container) -> pb.ContainerStatus:
         started_at=c.started_ns,
         finished_at=c.finished_ns,
         exit_code=c.exit_code,
-        image=pb.ImageSpec(image=c.image),
+        image=pb.ImageSpec(image=c.image_name or c.image),
         image_ref=c.image_ref,
         image_id=c.image_id,
         reason=c.reason,
@@ -241,6 +242,10 @@ def status_to_proto(c: Container) -> pb.ContainerStatus:
                 propagation=_PROPAGATION_BACK.get(
                     m["propagation"], pb.MountPropagation.PROPAGATION_PRIVATE
                 ),
+                image=pb.ImageSpec(image=m["volume_image"], image_ref=m["volume_image_id"])
+                if m.get("volume_image_id")
+                else None,
+                image_sub_path=m.get("image_sub_path", ""),
             )
             for m in c.mounts
         ],

@@ -126,11 +126,14 @@ def _interface(counters: InterfaceCounters) -> pb.NetworkInterfaceUsage:
 
 def _network(sample: PodSample) -> pb.NetworkUsage | None:
     network = sample.network
-    if network is None:
+    # Without its default interface (a pod whose eth0 CNI has just taken away) there
+    # is no network usage to report: the kubelet reads default_interface whenever the
+    # field is set, and a nil one crashes it (v1.36 addCRIPodNetworkStats).
+    if network is None or network.default is None:
         return None
     return pb.NetworkUsage(
         timestamp=network.timestamp_ns,
-        default_interface=_interface(network.default) if network.default is not None else None,
+        default_interface=_interface(network.default),
         interfaces=[_interface(i) for i in network.interfaces],
     )
 
@@ -249,10 +252,15 @@ class StatsRPCs:
     async def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: Context
     ) -> pb.ListMetricDescriptorsResponse:
+        host = await asyncio.to_thread(self.stats.containers.host)
+        reportable = metrics.descriptors(
+            hugetlb=host.hugetlb_controller and bool(host.hugepage_sizes),
+            pressure=host.cgroup_version == 2,
+        )
         return pb.ListMetricDescriptorsResponse(
             descriptors=[
                 pb.MetricDescriptor(name=d.name, help=d.help, label_keys=d.label_keys)
-                for d in metrics.DESCRIPTORS
+                for d in reportable
             ]
         )
 

@@ -72,5 +72,7 @@ class StreamingRPCs:
                 raise InvalidArgument(f"port {port} is not a TCP port")
         # A host-network pod's ports are the node's: connect in skiffd's own namespace.
         netns = HOST_NETNS if sandbox.host_network else sandbox.netns
-        url = self.streaming.register(PendingRequest("portforward", netns=netns))
+        url = self.streaming.register(
+            PendingRequest("portforward", netns=netns, ports=tuple(request.port))
+        )
         return pb.PortForwardResponse(url=url)

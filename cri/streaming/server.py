@@ -10,6 +10,12 @@ stderr, error, resize; for port forwarding data/error streams with `port` and
 `requestid`). Over a WebSocket each message starts with its channel number (stdin 0,
 stdout 1, stderr 2, error 3, resize 4). Either way an exec ends with a Kubernetes
 Status object on the error channel carrying the exit code.
+
+Port forwarding over a WebSocket comes in two forms: SPDY tunnelled through it
+(`SPDY/3.1+portforward.k8s.io`, what kubectl speaks), or the channel protocol, where the
+URL's `port` parameters name the ports and port i gets data channel 2i and error
+channel 2i+1, each opened by the server with the port number (two bytes, little
+endian); the WebSocket closes once every port's connection has ended.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import logging
 import secrets
 import socket
 import ssl
+import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,7 +53,9 @@ log = logging.getLogger("skiff.streaming")
 EXEC_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 WS_EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io")
 PORTFORWARD_PROTOCOL = "portforward.k8s.io"
-WS_PORTFORWARD_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io",)
+SPDY_OVER_WEBSOCKET = "SPDY/3.1+portforward.k8s.io"
+# "" is a client that names no subprotocol: the original binary channel protocol.
+WS_PORTFORWARD_PROTOCOLS = (SPDY_OVER_WEBSOCKET, "v4.channel.k8s.io", "channel.k8s.io", "")
 STREAM_CREATION_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
@@ -63,6 +72,7 @@ class PendingRequest:
     stdout: bool = True
     stderr: bool = True
     netns: str | None = None
+    ports: tuple[int, ...] = ()  # PortForward's ports: the default when the URL names none
     expires: float = field(default=0.0)
 
 
@@ -366,7 +376,7 @@ class StreamingServer:
                 pending, request.values.get("x-stream-protocol-version", []), reader, writer
             )
         else:
-            await self._websocket(pending, headers, reader, writer)
+            await self._websocket(pending, headers, request.query, reader, writer)
 
     async def _spdy(
         self,
@@ -433,6 +443,7 @@ class StreamingServer:
         self,
         pending: PendingRequest,
         headers: Mapping[str, str],
+        query: Mapping[str, list[str]],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -442,10 +453,20 @@ class StreamingServer:
         except WebSocketError as exc:
             await _respond(writer, 400, str(exc))
             return
+        ports: tuple[int, ...] = ()
+        if pending.kind == "portforward" and protocol != SPDY_OVER_WEBSOCKET:
+            try:
+                ports = _query_ports(query.get("port", []), pending.ports)
+            except ValueError as exc:
+                await _respond(writer, 400, str(exc))
+                return
         writer.write(response)
         await writer.drain()
         ws = WebSocket(reader, writer, server=True)
         if pending.kind == "portforward":
+            if protocol != SPDY_OVER_WEBSOCKET:
+                await self._channel_portforward(ChannelSocket(ws, protocol), pending, ports)
+                return
             tunnel_reader, tunnel_writer = stream_pair(ws)
             session = SpdySession(tunnel_reader, tunnel_writer, server=True)
             runner = asyncio.get_running_loop().create_task(session.run())
@@ -558,7 +579,7 @@ class StreamingServer:
                     errors[request_id] = stream
                 elif kind == "data":
                     task = asyncio.ensure_future(
-                        self._forward(stream, errors, request_id, pending.netns)
+                        self._spdy_forward(stream, errors, request_id, pending.netns)
                     )
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -568,30 +589,70 @@ class StreamingServer:
             for task in tasks:
                 task.cancel()
 
-    async def _forward(
+    async def _spdy_forward(
         self,
         data: SpdyStream,
         errors: Mapping[str, SpdyStream],
         request_id: str,
         netns: str | None,
     ) -> None:
+        async def report(message: str) -> None:
+            await _report(errors.get(request_id), message)
+
         port_text = data.headers.get("port", "")
         try:
             port = int(port_text)
             if not 0 < port < 65536:
                 raise ValueError
         except ValueError:
-            await _report(errors.get(request_id), f"invalid port {port_text!r}")
+            await report(f"invalid port {port_text!r}")
             data.reset()
             return
+        await self._forward(port, data, report, netns)
+
+    async def _channel_portforward(
+        self, channels: ChannelSocket, pending: PendingRequest, ports: tuple[int, ...]
+    ) -> None:
+        streams = [_PortChannel(channels, 2 * i) for i in range(len(ports))]
+        for stream, port in zip(streams, ports, strict=True):
+            opening = struct.pack("<H", port)
+            await channels.send(stream.channel, opening)
+            await channels.send(stream.channel + 1, opening)
+        by_channel = {stream.channel: stream for stream in streams}
+
+        async def receive() -> None:
+            # The error channels carry nothing from the client; data goes to its port.
+            while (message := await channels.receive()) is not None:
+                channel, data = message
+                if channel in by_channel and data:
+                    await by_channel[channel].incoming.put(data)
+            for stream in streams:
+                stream.incoming.put_nowait(b"")
+
+        receiver = asyncio.ensure_future(receive())
+        try:
+            await asyncio.gather(
+                *(
+                    self._forward(port, stream, stream.report, pending.netns)
+                    for stream, port in zip(streams, ports, strict=True)
+                )
+            )
+        finally:
+            receiver.cancel()
+            await channels.close()
+
+    async def _forward(
+        self,
+        port: int,
+        data: _PortStream,
+        report: Callable[[str], Awaitable[None]],
+        netns: str | None,
+    ) -> None:
         try:
             reader, writer = await open_in_netns(netns or "", port)
         except Exception as exc:
             log.warning("port forward failed", extra={"port": port, "error": str(exc)})
-            await _report(
-                errors.get(request_id),
-                f"error forwarding port {port} to pod: {exc}",
-            )
+            await report(f"error forwarding port {port} to pod: {exc}")
             await data.close()
             return
         sock = writer.get_extra_info("socket")
@@ -621,6 +682,71 @@ class StreamingServer:
             writer.close()
             # Unread data of a broken stream still holds session window: let it go.
             data.reset()
+
+
+class _PortStream(Protocol):
+    """One forwarded connection's client side: a SPDY data stream or a channel."""
+
+    async def read(self) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+    def reset(self) -> None: ...
+
+
+class _PortChannel:
+    """A port's data channel of the WebSocket channel protocol, as a `_PortStream`; the
+    channel after it reports errors. The protocol cannot half-close a channel, so the
+    connection ends when the pod's side does."""
+
+    def __init__(self, channels: ChannelSocket, channel: int) -> None:
+        self.channels = channels
+        self.channel = channel
+        # Bounded: a pod that reads slowly stops the WebSocket being read, which pushes
+        # back on the client through TCP.
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
+        self._closed = asyncio.Event()
+
+    async def read(self) -> bytes:
+        if self._closed.is_set():
+            return b""
+        getter = asyncio.ensure_future(self.incoming.get())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((getter, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not getter.done():
+                getter.cancel()
+        return getter.result() if getter.done() and not getter.cancelled() else b""
+
+    async def write(self, data: bytes) -> None:
+        await self.channels.send(self.channel, data)
+
+    async def close(self) -> None:
+        self._closed.set()
+
+    def reset(self) -> None:
+        self._closed.set()
+
+    async def report(self, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.channels.send(self.channel + 1, message.encode())
+
+
+def _query_ports(values: list[str], default: tuple[int, ...]) -> tuple[int, ...]:
+    """The ports a channel-protocol port forward asks for in its URL (`port=8080`,
+    repeated or comma-separated), else those PortForward named."""
+    texts = [t.strip() for value in values for t in value.split(",") if t.strip()]
+    if not texts:
+        if not default:
+            raise ValueError("query parameter 'port' is required")
+        return default
+    ports = []
+    for text in texts:
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise ValueError(f"invalid port {text[:20]!r}: expected 1-65535")
+        ports.append(int(text))
+    return tuple(ports)
 
 
 class _Input(Protocol):

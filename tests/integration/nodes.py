@@ -111,7 +111,11 @@ class Node:
         return self.daemon.runtime()
 
     def create(
-        self, name: str, image: str | None = None, pod: str | None = None, **config: Any
+        self,
+        name: str,
+        image: str | pb.ImageSpec | None = None,
+        pod: str | None = None,
+        **config: Any,
     ) -> str:
         return self.runtime.CreateContainer(
             pb.CreateContainerRequest(
@@ -183,10 +187,10 @@ class Node:
         )
 
 
-def container_config(name: str, image: str, **extra: Any) -> pb.ContainerConfig:
+def container_config(name: str, image: str | pb.ImageSpec, **extra: Any) -> pb.ContainerConfig:
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name, attempt=extra.pop("attempt", 0)),
-        image=pb.ImageSpec(image=image),
+        image=pb.ImageSpec(image=image) if isinstance(image, str) else image,
         log_path=f"{name}.log",
     )
     envs = extra.pop("envs", {})

@@ -234,6 +234,34 @@ def test_exec_sync(make_node: MakeNode) -> None:
     assert "sleep 100" not in processes, processes
 
 
+def test_status_names_the_image_as_the_pod_did(make_node: MakeNode) -> None:
+    """The kubelet creates containers from the image id and names the image as the pod
+    spec did in user_specified_image; `kubectl get pods` shows ContainerStatus's image."""
+    node = make_node()
+    busybox = node.world.busybox
+    image_id = (
+        node.daemon.images()
+        .ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=busybox)))
+        .image.id
+    )
+    as_kubelet = node.create(
+        "kubelet",
+        command=["true"],
+        image=pb.ImageSpec(image=image_id, user_specified_image=busybox),
+    )
+    by_id = node.create("by-id", image=image_id, command=["true"])
+    by_name = node.create("by-name", command=["true"])
+    for cid in (as_kubelet, by_id, by_name):
+        status = node.status(cid).status
+        assert status.image.image == busybox, cid
+        assert status.image_id == image_id
+        assert status.image_ref.startswith(busybox.rsplit(":", 1)[0] + "@sha256:")
+    listed = {c.id: c for c in node.runtime.ListContainers(pb.ListContainersRequest()).containers}
+    # ListContainers keeps the image as the create request named it.
+    assert listed[as_kubelet].image.image == image_id
+    assert listed[by_name].image.image == busybox
+
+
 def test_update_resources_reach_the_cgroup(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("limited", command=["sleep", "1000"])
@@ -590,21 +618,30 @@ def _memory_cgroup_of(pid: int) -> str:
 def test_image_volumes(make_node: MakeNode) -> None:
     node = make_node()
     busybox = node.world.busybox
+    image = pb.ImageSpec(image=busybox)
     mounts = [
-        pb.Mount(container_path="/vol", image=pb.ImageSpec(image=busybox)),
-        pb.Mount(container_path="/etcvol", image=pb.ImageSpec(image=busybox), image_sub_path="etc"),
+        pb.Mount(container_path="/vol", image=image, readonly=True),
+        pb.Mount(container_path="/etcvol", image=image, image_sub_path="etc", readonly=True),
     ]
     script = "ls /vol/bin/busybox; grep -c app /etcvol/passwd; touch /vol/x 2>/dev/null || echo ro"
     cid = node.run("imgvol", image=node.world.stopper, command=["sh", "-c", script], mounts=mounts)
     node.wait_exit(cid)
     assert node.output(cid).splitlines() == ["/vol/bin/busybox", "1", "ro"]
+    # The status names each volume's image and its id (what PullImage returned).
+    image_id = node.daemon.images().ImageStatus(pb.ImageStatusRequest(image=image)).image.id
+    reported = {m.container_path: m for m in node.status(cid).status.mounts}
+    assert reported["/vol"].image.image_ref == image_id
+    assert reported["/vol"].image.image == busybox
+    assert reported["/etcvol"].image_sub_path == "etc"
+    writable = [pb.Mount(container_path="/rw", image=image, readonly=False)]
+    error = node.create_error("rwvol", command=["true"], mounts=writable)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image volume is read-only" in (error.details() or "")
     with pytest.raises(grpc.RpcError) as err:
         node.daemon.images().RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=busybox)))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     node.remove(cid)
-    escape = [
-        pb.Mount(container_path="/v", image=pb.ImageSpec(image=busybox), image_sub_path="../..")
-    ]
+    escape = [pb.Mount(container_path="/v", image=image, image_sub_path="../..", readonly=True)]
     error = node.create_error("badvol", command=["true"], mounts=escape)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     _assert_no_container_leaks(node)

@@ -52,8 +52,9 @@ async def connect(
         parts.hostname, parts.port, ssl=ssl_context if parts.scheme == "https" else None
     )
     pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    target = f"{parts.path}?{parts.query}" if parts.query else parts.path
     lines = [
-        f"GET {parts.path} HTTP/1.1",
+        f"GET {target} HTTP/1.1",
         f"Host: {parts.netloc}",
         *(f"{k}: {v}" for k, v in pairs),
     ]
@@ -385,6 +386,59 @@ def test_port_forward_over_spdy_and_websocket(make_node: MakeNode) -> None:
             runner.cancel()
 
     assert b"hi from the pod" in asyncio.run(over_websocket())
+
+
+async def _channel_forward(url: str) -> tuple[bytes, dict[int, bytes]]:
+    """A port forward over the WebSocket channel protocol (what the Kubernetes Python
+    client speaks): the response head, then every channel's bytes once the server has
+    closed the WebSocket, after sending an HTTP request on each data channel."""
+    reader, writer, head = await connect(url, ws_headers("v5.channel.k8s.io, v4.channel.k8s.io"))
+    if not head.startswith(b"HTTP/1.1 101"):
+        writer.close()
+        return head + await reader.read(), {}
+    channels = ChannelSocket(WebSocket(reader, writer, server=False), "v4.channel.k8s.io")
+    received: dict[int, bytes] = {}
+    requested: set[int] = set()
+    async with asyncio.timeout(20):
+        while (message := await channels.receive()) is not None:
+            channel, data = message
+            received[channel] = received.get(channel, b"") + data
+            if channel % 2 == 0 and channel not in requested:
+                requested.add(channel)
+                await channels.send(channel, b"GET / HTTP/1.0\r\n\r\n")
+    return head, received
+
+
+def test_port_forward_over_the_websocket_channel_protocol(make_node: MakeNode) -> None:
+    node = make_node()
+    serve = "mkdir -p /a /b; echo page a > /a/index.html; echo page b > /b/index.html;"
+    serve += " httpd -p 8080 -h /a; httpd -f -p 8081 -h /b"
+    node.run("web", command=["sh", "-c", serve])
+    time.sleep(0.5)
+
+    def url(query: str, ports: tuple[int, ...] = ()) -> str:
+        request = pb.PortForwardRequest(pod_sandbox_id=node.pod, port=list(ports))
+        return node.runtime.PortForward(request).url + query
+
+    # Port i: data on channel 2i, errors on 2i+1; each opens with the port, little endian.
+    head, got = asyncio.run(_channel_forward(url("?port=8080&port=8081")))
+    assert b"v4.channel.k8s.io" in head
+    assert got[1] == (8080).to_bytes(2, "little") and got[3] == (8081).to_bytes(2, "little")
+    assert got[0].startswith((8080).to_bytes(2, "little")) and b"page a" in got[0]
+    assert got[2].startswith((8081).to_bytes(2, "little")) and b"page b" in got[2]
+    # Without ports in the URL, those of the PortForward request.
+    _, got = asyncio.run(_channel_forward(url("", (8081,))))
+    assert b"page b" in got[0]
+    # A port nothing listens on: the reason on its error channel, then the end.
+    _, got = asyncio.run(_channel_forward(url("?port=9")))
+    assert b"error forwarding port 9 to pod" in got[1]
+    for query, why in (
+        ("?port=http", b"invalid port 'http'"),
+        ("?port=70000", b"invalid port '70000'"),
+        ("", b"query parameter 'port' is required"),
+    ):
+        answer, _ = asyncio.run(_channel_forward(url(query)))
+        assert answer.startswith(b"HTTP/1.1 400") and why in answer, answer
 
 
 def test_port_forward_into_a_host_network_pod_reaches_the_node(make_node: MakeNode) -> None:

@@ -156,3 +156,14 @@ def test_soft_ulimits_of_the_container_init() -> None:
         processes=replace(container.processes, ulimits=(Ulimit("max_open_files", None, None),)),
     )
     assert _series(pod, unlimited, "container_ulimits_soft") == {}
+
+
+def test_descriptors_leave_out_what_the_node_cannot_report() -> None:
+    every = {d.name for d in metrics.descriptors(hugetlb=True, pressure=True)}
+    assert every == {d.name for d in metrics.DESCRIPTORS}
+    v1_without_hugetlb = {d.name for d in metrics.descriptors(hugetlb=False, pressure=False)}
+    assert every - v1_without_hugetlb == {
+        n for n in every if n.startswith(("container_hugetlb_", "container_pressure_"))
+    }
+    assert "container_hugetlb_failcnt" in every - v1_without_hugetlb
+    assert "container_cpu_usage_seconds_total" in v1_without_hugetlb

@@ -98,6 +98,10 @@ def test_a_pod_with_its_network_and_containers() -> None:
     assert [c.attributes.id for c in stats.linux.containers] == [container.container.id]
     no_network = pod_stats_to_proto(PodSample(sandbox_record(), None, None, None, ()))
     assert not no_network.linux.HasField("network") and not no_network.linux.HasField("cpu")
+    # Only loopback left (CNI has just taken eth0 away): no network usage at all, since
+    # the kubelet dereferences default_interface whenever network is set.
+    only_lo = PodSample(sandbox_record(), usage, None, NetworkSample(8, (lo,), None), ())
+    assert not pod_stats_to_proto(only_lo).linux.HasField("network")
 
 
 def test_pod_metrics_as_messages() -> None:
