@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 # pytest workers; the integration suites are independent and run side by side.
 JOBS ?= 2
 
-.PHONY: run test system-packages test-packages venv venv-dev proto lint typecheck pytest install-config clean
+.PHONY: run test system-packages test-packages venv venv-dev proto lint typecheck pytest install-config clean e2e-tools
 
 run: system-packages venv install-config
 	exec $(BIN)/skiffd
 
-test: test-packages venv-dev lint typecheck pytest
+test: test-packages venv-dev lint typecheck e2e-tools pytest
 
 system-packages:
 	deploy/install-packages
@@ -46,8 +46,15 @@ lint: venv-dev
 typecheck: venv-dev
 	$(BIN)/mypy
 
+# loadgroup: the Kubernetes node's suite runs on one worker, critest on another.
 pytest: venv-dev
-	$(BIN)/pytest -n $(JOBS)
+	$(BIN)/pytest -n $(JOBS) --dist loadgroup
+
+# kubelet, kube-apiserver, etcd, crictl and critest, built from the Go modules pinned in
+# tests/e2e/tools/ into a cache outside the checkout (SKIFF_E2E_TOOLS_CACHE, default
+# /var/cache/skiff-e2e-tools); a rebuild happens only when a go.mod or go.sum changes.
+e2e-tools: venv-dev
+	$(BIN)/python -m tests.e2e.toolchain
 
 # The default config (with metrics on, a drop-in), and a pod network for a fresh node:
 # only where none exists yet.

@@ -659,6 +659,14 @@ def _lib_entries(paths: Iterable[str]) -> list[TarEntry]:
     return entries
 
 
+def host_program(path: str, source: Path, *, have: Iterable[TarEntry] = ()) -> list[TarEntry]:
+    """A program of the host at `path` in a layer, with the libraries ld.so loads for
+    it that `have` (the rest of the layer) does not already hold."""
+    held = {_norm(entry.path) for entry in have}
+    libraries = [e for e in _lib_entries(_shared_libs(source)) if _norm(e.path) not in held]
+    return [host_file(path, source, mode=0o755), *libraries]
+
+
 def busybox_applets() -> list[str]:
     out = subprocess.run(
         [str(BUSYBOX), "--list"], check=True, capture_output=True, text=True, timeout=30
