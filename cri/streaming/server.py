@@ -626,8 +626,8 @@ class StreamingServer:
                 channel, data = message
                 if channel in by_channel and data:
                     await by_channel[channel].incoming.put(data)
-            for stream in streams:
-                stream.incoming.put_nowait(b"")
+            for stream in streams:  # the client is gone: so is every connection
+                stream.reset()
 
         receiver = asyncio.ensure_future(receive())
         try:
@@ -726,6 +726,7 @@ class _PortChannel:
         self._closed.set()
 
     def reset(self) -> None:
+        """Ends the connection's client side: reads return the end of the stream."""
         self._closed.set()
 
     async def report(self, message: str) -> None:

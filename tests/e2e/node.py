@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -40,6 +39,7 @@ from tests.integration.skiffd import (
     mounts_below,
     processes_mentioning,
     release_leftovers,
+    rmdir_when_empty,
     unmount_below,
 )
 
@@ -620,7 +620,7 @@ class LocalNode:
             self._made_cgroups.append(unified)
         for root in self._made_cgroups:
             for directory in _deepest_first(root):
-                _rmdir_patiently(directory)
+                rmdir_when_empty(directory)
         self._made_cgroups = [root for root in self._made_cgroups if root.exists()]
 
 
@@ -640,18 +640,6 @@ def _deepest_first(root: Path) -> Iterator[Path]:
         yield Path(directory)
 
 
-def _rmdir_patiently(directory: Path) -> None:
-    # Processes killed a moment ago leave their cgroups a moment later.
-    for _ in range(100):
-        try:
-            directory.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
-
-
 def _http_ok(url: str, context: ssl.SSLContext | None = None, token: str = "") -> bool:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -661,8 +649,3 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None, token: str = "") -
             return bool(response.status == 200)
     except (OSError, ValueError):
         return False
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((LOOPBACK, port)) == 0

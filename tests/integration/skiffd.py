@@ -241,14 +241,14 @@ def release_leftovers(daemon: Skiffd) -> None:
             tree = hierarchy / "skiff" / f"pod-{pod[:12]}"
             for directory in sorted(tree.rglob("*"), reverse=True) if tree.is_dir() else []:
                 if directory.is_dir():
-                    _rmdir_when_empty(directory)
+                    rmdir_when_empty(directory)
             if tree.is_dir():
-                _rmdir_when_empty(tree)
+                rmdir_when_empty(tree)
             if (hierarchy / "skiff").is_dir():
-                _rmdir_when_empty(hierarchy / "skiff")  # another test's pods may hold it
+                rmdir_when_empty(hierarchy / "skiff")  # another test's pods may hold it
 
 
-def _rmdir_when_empty(directory: Path) -> None:
+def rmdir_when_empty(directory: Path) -> None:
     # Killed processes leave their cgroups a moment later; child cgroups are someone
     # else's to remove.
     for _ in range(50):
