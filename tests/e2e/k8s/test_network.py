@@ -26,8 +26,12 @@ def test_containers_of_a_pod_share_localhost_and_an_empty_dir(pods: Pods) -> Non
     name, _ = pods.run("share", [web, client], volumes=[{"name": "shared", "emptyDir": {}}])
     # What the client fetched over localhost, written where the web container reads it.
     deadline = time.monotonic() + 30
-    while (fetched := pods.exec(name, "cat", "/shared/fetched", container="web")) != WEB_PAGE:
-        assert time.monotonic() < deadline, f"client fetched {fetched!r}"
+    while True:
+        # Not there yet until the client's first fetch has worked.
+        read = pods.kube.exec(pods.namespace, name, ["cat", "/shared/fetched"], container="web")
+        if read.stdout == WEB_PAGE:
+            break
+        assert time.monotonic() < deadline, f"client fetched {read}"
         time.sleep(0.2)
 
 
