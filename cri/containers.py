@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cri import events
+from cri import events, failpoints
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import (
@@ -278,8 +278,41 @@ class ContainerManager:
         for record in self.state.store.records("container"):
             container = Container.from_record(record)
             self._containers[container.id] = container
+            if container.state == CREATED and container.started_ns:
+                await self._reconcile_start(container)
             await self._refresh(container)
         await self._remove_unrecorded()
+
+    async def _reconcile_start(self, container: Container) -> None:
+        """A StartContainer cut short by skiffd's death: the runtime says whether the
+        start happened. Running (or run and gone): the container is RUNNING as of the
+        recorded start, and an exit conmon recorded meanwhile is taken in next; never
+        started: it stays CREATED, for the kubelet's retry."""
+        runtime = self.runtime(container.runtime_handler)
+        state = await runtime.state(container.id)
+        status = str((state or {}).get("status", ""))
+        if status == "created":
+            container.started_ns = 0
+        elif status in ("running", "paused", "stopped"):
+            container.state = RUNNING
+        else:
+            # The runtime lost it: nothing runs, and nothing ever will.
+            container.state = EXITED
+            container.exit_code = 128
+            container.reason = "Error"
+            container.message = (
+                f"skiffd stopped while starting it; the runtime has {status or 'no such container'}"
+            )
+            container.finished_ns = time.time_ns()
+        await self.state.store.update(container.to_record())
+        log.warning(
+            "start cut short by skiffd's death reconciled",
+            extra={
+                "container_id": container.id,
+                "runtime_state": status or "none",
+                "state": container.state,
+            },
+        )
 
     async def _remove_unrecorded(self) -> None:
         """A CreateContainer cut short by skiffd's death (kill -9, a crash) leaves what it
@@ -297,9 +330,9 @@ class ContainerManager:
             with contextlib.suppress(FailedPrecondition):  # a handler not installed
                 await self.runtime(name).delete(container_id)
         for sandbox in self.sandboxes.select():
-            path = self.conmon_cgroup_path(sandbox, container_id)
-            if path and self.sandboxes.cgroups.exists(path):
-                await self._delete_conmon_cgroup(path)
+            # Deleting takes what is there: a conmon cgroup cut short may exist in only
+            # some of the v1 hierarchies.
+            await self._delete_conmon_cgroup(self.conmon_cgroup_path(sandbox, container_id))
         await asyncio.to_thread(_unmount_volumes, container_dir)
         await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
         await asyncio.to_thread(shutil.rmtree, container_dir, True)
@@ -752,12 +785,17 @@ class ContainerManager:
                     "container can be started"
                 )
             runtime = self.runtime(container.runtime_handler)
-            # Taken before the start: a process can exit before `start` returns.
-            started_ns = time.time_ns()
+            # Taken before the start: a process can exit before `start` returns. Kept
+            # before the runtime is asked, as the intent to start: a skiffd that dies
+            # while `start` runs asks the runtime, when it starts again, what became of
+            # it (`_reconcile_start`).
+            container.started_ns = time.time_ns()
+            await self.state.store.update(container.to_record())
             try:
                 await runtime.start(container.id)
             except Exception as exc:
                 container.state = EXITED
+                container.started_ns = 0
                 container.reason = "Error"
                 container.message = str(exc)
                 container.exit_code = 128
@@ -765,8 +803,8 @@ class ContainerManager:
                 await self.state.store.update(container.to_record())
                 self.state.events.publish(events.STOPPED, container.id, container.sandbox_id)
                 raise
+            failpoints.reach("start-container/after-runtime-start")
             container.state = RUNNING
-            container.started_ns = started_ns
             await self.state.store.update(container.to_record())
             self.state.events.publish(events.STARTED, container.id, container.sandbox_id)
             self._watch_exit(container)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cri import config as config_mod
+from cri import failpoints, package_version
 from cri import log as log_mod
-from cri import package_version
 from cri.config import DEFAULT_CONFIG_FILE, DEFAULT_DROPIN_DIR, ConfigError, ConfigSources
 from cri.daemon import Daemon, StartupError
 from cri.instance_lock import AlreadyRunning
@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(cfg.to_yaml())
         return 0
     log_mod.configure(cfg.log_level, cfg.log_format)
+    try:
+        failpoints.arm_from_environment()
+    except failpoints.UnknownFailpoint as exc:
+        print(f"skiffd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     # Worker threads (layer walks, unpacking, mounts) hold the GIL while the event loop
     # waits for it; at the default 5 ms interval that wait is what a List call's tail
     # latency is made of.

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cri import events
+from cri import events, failpoints
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
@@ -55,10 +55,19 @@ READY = "ready"
 NOTREADY = "notready"
 #: Where the cgroups of pods that name no cgroup parent go (crictl's, mostly).
 DEFAULT_CGROUP_ROOT = "/skiff"
+#: In a pod's files directory: the cgroup RunPodSandbox is about to make (it was not there).
+CGROUP_INTENT_FILE = "cgroup-made"
 
 
 def default_cgroup_parent(sandbox_id: str) -> str:
     return f"{DEFAULT_CGROUP_ROOT}/pod-{sandbox_id[:12]}"
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def _pause_cgroup(sandbox: Sandbox) -> str:
@@ -207,6 +216,7 @@ class SandboxManager:
         self.stop_containers: Callable[[str], Awaitable[None]] | None = None
         self.remove_containers: Callable[[str], Awaitable[None]] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
+        self._releases: dict[str, asyncio.Task[None]] = {}
 
     @property
     def config(self) -> Any:
@@ -243,6 +253,13 @@ class SandboxManager:
                 )
                 sandbox.state = NOTREADY
                 await self.state.store.update(sandbox.to_record())
+            if sandbox.state == NOTREADY and sandbox.network_name:
+                # A StopPodSandbox cut short by skiffd's death: finish its CNI DEL.
+                log.warning(
+                    "finishing the network teardown of a stop cut short",
+                    extra={"sandbox_id": sandbox.id},
+                )
+                await self._release_network(sandbox)
         await self._remove_unrecorded()
 
     async def _remove_unrecorded(self) -> None:
@@ -269,9 +286,13 @@ class SandboxManager:
         await self.cni().delete(None, request)
         await unpin_namespaces(PinnedNamespaces(net, ipc, uts))
         await asyncio.to_thread(unmount, files_dir / "shm")
+        # Only a cgroup of skiff's own making (named before it was made): one that was
+        # there already is the kubelet's.
+        intent = files_dir / CGROUP_INTENT_FILE
+        made = await asyncio.to_thread(_read_text, intent)
+        cgroup = made.strip() if made is not None else default_cgroup_parent(sandbox_id)
         await asyncio.to_thread(shutil.rmtree, files_dir)
-        # Only a cgroup of skiff's own making: one the kubelet named is the kubelet's.
-        await self._delete_cgroup(default_cgroup_parent(sandbox_id), sandbox_id)
+        await self._delete_cgroup(cgroup, sandbox_id)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -431,12 +452,19 @@ class SandboxManager:
 
         # Every pod gets a cgroup: the kubelet's, or one of ours under DEFAULT_CGROUP_ROOT.
         sandbox.cgroup_parent = spec.cgroup_parent or default_cgroup_parent(sandbox.id)
+        if not await asyncio.to_thread(self.cgroups.exists, sandbox.cgroup_parent):
+            # Named before it is made: a skiffd that dies before the record is written
+            # removes it at start (`_remove_leftovers`), wherever it is.
+            await asyncio.to_thread(
+                write_file, files_dir / CGROUP_INTENT_FILE, sandbox.cgroup_parent + "\n"
+            )
         created = await asyncio.to_thread(
             self.cgroups.create, sandbox.cgroup_parent, spec.resources
         )
         sandbox.cgroup_created = created
         if created:
             undo.push("cgroup", lambda: self._delete_cgroup(sandbox.cgroup_parent, sandbox.id))
+        failpoints.reach("run-pod/after-cgroup")
 
         pinned = await pin_namespaces(
             PinRequest(
@@ -566,18 +594,50 @@ class SandboxManager:
             await asyncio.to_thread(self.cgroups.delete, _pause_cgroup(sandbox))
             sandbox.pause_pid = sandbox.pause_start_time = 0
             await self.state.store.update(sandbox.to_record())
+        # NOTREADY is recorded before the network goes: a skiffd that dies during the
+        # DEL comes back to a pod that is not ready, and finishes the DEL (`load`).
+        await self._mark_not_ready(sandbox)
+        failpoints.reach("stop-pod/after-not-ready")
         if sandbox.network_name:
-            request = self._network_request(sandbox)
-            if sandbox.netns and not namespace_alive(sandbox.netns):
-                request = replace(request, netns="")
-            await self.cni().delete(None, request)
-            sandbox.network_name = ""
-        if sandbox.state != NOTREADY or sandbox.ips:
-            sandbox.state = NOTREADY
-            sandbox.ips = []
-            await self.state.store.update(sandbox.to_record())
-            self.state.events.publish(events.STOPPED, sandbox.id, sandbox.id)
-            log.info("sandbox stopped", extra={"sandbox_id": sandbox.id})
+            await self._release_network(sandbox)
+
+    async def _mark_not_ready(self, sandbox: Sandbox) -> None:
+        if sandbox.state == NOTREADY:
+            return
+        sandbox.state = NOTREADY
+        await self.state.store.update(sandbox.to_record())
+        self.state.events.publish(events.STOPPED, sandbox.id, sandbox.id)
+        log.info("sandbox stopped", extra={"sandbox_id": sandbox.id})
+
+    async def _release_network(self, sandbox: Sandbox) -> None:
+        """The CNI DEL of a stopping pod, run to its end whatever its caller does: a
+        deadline or a client that goes away does not kill the plugin halfway (which
+        left the pod's iptables rules), and a retry waits for the same DEL."""
+        task = self._releases.get(sandbox.id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._del_network(sandbox))
+            self._releases[sandbox.id] = task
+            task.add_done_callback(lambda done: self._released(sandbox.id, done))
+        await asyncio.shield(task)
+
+    def _released(self, sandbox_id: str, task: asyncio.Task[None]) -> None:
+        self._releases.pop(sandbox_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Its caller has the error, or had gone: then the next stop tries again.
+            log.warning(
+                "pod network teardown failed",
+                extra={"sandbox_id": sandbox_id, "error": str(task.exception())},
+            )
+
+    async def _del_network(self, sandbox: Sandbox) -> None:
+        request = self._network_request(sandbox)
+        if sandbox.netns and not namespace_alive(sandbox.netns):
+            request = replace(request, netns="")
+        await self.cni().delete(None, request)
+        failpoints.reach("stop-pod/after-cni-del")
+        sandbox.network_name = ""
+        sandbox.ips = []
+        await self.state.store.update(sandbox.to_record())
 
     async def remove(self, id_or_prefix: str) -> None:
         sandbox = self.find(id_or_prefix)

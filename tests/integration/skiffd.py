@@ -80,10 +80,16 @@ class Skiffd:
     def args(self) -> list[str]:
         return ["--config", str(self.config_path), "--config-dir", str(self.dropin_dir)]
 
-    def start(self, wait: bool = True) -> None:
+    def start(self, wait: bool = True, failpoints: tuple[str, ...] = ()) -> None:
+        """Start skiffd; `failpoints` arms those (cri/failpoints.py): skiffd kills itself
+        with SIGKILL when it reaches one."""
         log = self.log_path.open("ab")
+        env = dict(os.environ)
+        env.pop("SKIFF_FAILPOINTS", None)
+        if failpoints:
+            env["SKIFF_FAILPOINTS"] = ",".join(failpoints)
         self.proc = subprocess.Popen(
-            [SKIFFD, *self.args()], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            [SKIFFD, *self.args()], stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
         )
         log.close()
         if wait:
@@ -146,6 +152,13 @@ class Skiffd:
             raise AssertionError(
                 f"skiffd ignored {sig} for {STOP_TIMEOUT}s:\n{self.logs()}"
             ) from None
+
+    def wait_killed(self, timeout: float = 20.0) -> None:
+        """Wait for a skiffd that reached an armed failpoint to be gone (SIGKILL)."""
+        assert self.proc is not None
+        self.close_channel()
+        status = self.proc.wait(timeout)
+        assert status == -9, f"skiffd exited with {status}, not by SIGKILL:\n{self.logs()}"
 
     def kill(self) -> None:
         """End the process by pid whatever its state (test cleanup)."""
