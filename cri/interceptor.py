@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cri.errors import MAX_STATUS_MESSAGE, clip, status_message, status_of
+from cri.errors import clip, status_message, status_of
 from cri.metrics import Metrics
 
 log = logging.getLogger("skiff.rpc")
@@ -45,11 +46,12 @@ def _short(method: str) -> str:
 async def _fail(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exception) -> None:
     code = status_of(exc)
     if code is None:
-        log.error("internal error", exc_info=exc, extra={"rpc": rpc})
-        code, message = (
-            grpc.StatusCode.INTERNAL,
-            clip(f"{rpc}: internal error: {exc!r}", MAX_STATUS_MESSAGE),
-        )
+        # A bug's details stay in the log: the kubelet copies messages into pod events,
+        # and an exception may quote what the client sent (a token, say).
+        error_id = secrets.token_hex(4)
+        log.error("internal error", exc_info=exc, extra={"rpc": rpc, "error_id": error_id})
+        code = grpc.StatusCode.INTERNAL
+        message = f"{rpc}: internal error {error_id}; skiffd's log has its details"
     else:
         message = status_message(exc)
     await context.abort(code, message)

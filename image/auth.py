@@ -84,7 +84,18 @@ def from_request(
             raise InvalidAuthConfig(
                 f"PullImageRequest.auth: {name} contains control characters (a line break?)"
             )
+    if not header_safe(registry_token):
+        raise InvalidAuthConfig(
+            "PullImageRequest.auth: registry_token has characters an HTTP header cannot "
+            "carry (a bearer token is printable ASCII)"
+        )
     return Credentials(username, password, identity_token, registry_token)
+
+
+def header_safe(token: str) -> bool:
+    """Whether a bearer token can go into an Authorization header as it is: printable
+    ASCII (RFC 6750), never quoted in an error when it cannot."""
+    return token.isascii() and token.isprintable()
 
 
 def lookup_auth_file(path: Path, host: str, repository: str) -> Credentials:

@@ -30,7 +30,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
-from image.auth import Credentials
+from image.auth import Credentials, header_safe
 from image.registries import Endpoint
 
 log = logging.getLogger("skiff.image.registry")
@@ -209,6 +209,10 @@ class RegistryClient:
             raise RegistryError(f"token server {parsed.netloc} sent no usable token") from None
         if not value:
             raise RegistryError(f"token server {parsed.netloc} sent no usable token")
+        if not header_safe(value):
+            raise RegistryError(
+                f"token server {parsed.netloc} sent a token an HTTP header cannot carry"
+            )
         # Renew a little early so a token never expires in the middle of a request.
         lifetime = max(expires_in - 10, expires_in / 2)
         with self._lock:

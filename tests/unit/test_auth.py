@@ -34,6 +34,8 @@ def test_request_auth_field_is_decoded() -> None:
         (("", "", _b64("no-colon"), "", ""), "auth is not base64"),
         (("alice\r\nX-Evil: 1", "pw", "", "", ""), "username contains control characters"),
         (("", "", "", "", "s3cret\ntoken"), "registry_token contains control characters"),
+        (("", "", "", "", "s3cret-\u00e9-token"), "registry_token has characters an HTTP"),
+        (("", "", "", "", "s3cret \u4e2d"), "registry_token has characters an HTTP"),
     ],
 )
 def test_malformed_request_auth_is_the_clients_fault(

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+
 import grpc
+import pytest
 
 from cri.errors import (
     MAX_STATUS_MESSAGE,
@@ -11,6 +16,7 @@ from cri.errors import (
     status_message,
     status_of,
 )
+from cri.interceptor import _fail
 
 
 class LowerLayerMissing(Exception):
@@ -42,3 +48,32 @@ def test_status_messages_fit_in_the_trailers() -> None:
     assert len(message) == MAX_STATUS_MESSAGE < 8192
     assert message.startswith("container 'aaa") and message.endswith("...")
     assert status_message(NotFound("sandbox x not found")) == "sandbox x not found"
+
+
+class _AbortingContext:
+    """What `_fail` needs of a servicer context: abort records what it was given."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        self.aborted = (code, message)
+
+
+def test_an_internal_error_tells_the_client_an_id_not_the_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The kubelet copies messages into pod events: a bug's exception (which may quote a
+    client's value, a token say) stays in skiffd's log, found there by the id."""
+    context = _AbortingContext()
+    bug = UnicodeEncodeError("latin-1", "Bearer s3cret-token", 7, 8, "ordinal not in range")
+    with caplog.at_level(logging.ERROR, logger="skiff.rpc"):
+        asyncio.run(_fail(context, "PullImage", bug))  # type: ignore[arg-type]
+    assert context.aborted is not None
+    code, message = context.aborted
+    assert code == grpc.StatusCode.INTERNAL
+    assert "s3cret" not in message and "Bearer" not in message
+    error_id = re.fullmatch(r"PullImage: internal error ([0-9a-f]{8}); .*", message)
+    assert error_id is not None, message
+    (record,) = [r for r in caplog.records if r.getMessage() == "internal error"]
+    assert getattr(record, "error_id", None) == error_id.group(1)
