@@ -15,7 +15,6 @@ import json
 import logging
 import posixpath
 import secrets
-import shutil
 import signal
 import stat
 import time
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from base.trees import remove_tree
 from cri import events, failpoints
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
@@ -335,7 +335,7 @@ class ContainerManager:
             await self._delete_conmon_cgroup(self.conmon_cgroup_path(sandbox, container_id))
         await asyncio.to_thread(_unmount_volumes, container_dir)
         await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
-        await asyncio.to_thread(shutil.rmtree, container_dir, True)
+        await asyncio.to_thread(remove_tree, container_dir)
 
     def start_watching(self) -> None:
         """Notice exits as conmon records them, so List reads memory only."""
@@ -493,7 +493,7 @@ class ContainerManager:
         runtime = self.runtime(sandbox.runtime_handler)
         started = time.monotonic()
         undo = Rollback(container_id=container_id)
-        undo.push("directory", lambda: asyncio.to_thread(shutil.rmtree, container_dir, True))
+        undo.push("directory", lambda: asyncio.to_thread(remove_tree, container_dir))
         try:
             layers = [self.state.images.store.layer_path(c) for c in image.chain_ids]
             rootfs = await asyncio.to_thread(mount_rootfs, layers, container_dir / "rootfs")
@@ -847,7 +847,7 @@ class ContainerManager:
             container_dir = Path(container.container_dir)
             await asyncio.to_thread(_unmount_volumes, container_dir)
             await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
-            await asyncio.to_thread(shutil.rmtree, container_dir, True)
+            await asyncio.to_thread(remove_tree, container_dir)
             await self.state.store.remove("container", container.id)
             self._containers.pop(container.id, None)
             self.state.events.publish(events.DELETED, container.id, container.sandbox_id)

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from base.trees import remove_tree
 from cri import events, failpoints
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
@@ -291,7 +291,7 @@ class SandboxManager:
         intent = files_dir / CGROUP_INTENT_FILE
         made = await asyncio.to_thread(_read_text, intent)
         cgroup = made.strip() if made is not None else default_cgroup_parent(sandbox_id)
-        await asyncio.to_thread(shutil.rmtree, files_dir)
+        await asyncio.to_thread(remove_tree, files_dir)
         await self._delete_cgroup(cgroup, sandbox_id)
 
     # --- reads -----------------------------------------------------------------------
@@ -448,7 +448,7 @@ class SandboxManager:
             await self._make_log_directory(spec, undo)
         files_dir = Path(sandbox.files_dir)
         await asyncio.to_thread(files_dir.mkdir, 0o755, True)
-        undo.push("files", lambda: asyncio.to_thread(shutil.rmtree, files_dir, True))
+        undo.push("files", lambda: asyncio.to_thread(remove_tree, files_dir))
 
         # Every pod gets a cgroup: the kubelet's, or one of ours under DEFAULT_CGROUP_ROOT.
         sandbox.cgroup_parent = spec.cgroup_parent or default_cgroup_parent(sandbox.id)
@@ -650,7 +650,7 @@ class SandboxManager:
             if sandbox.shm_path:
                 await asyncio.to_thread(unmount, Path(sandbox.shm_path))
             await unpin_namespaces(sandbox.namespaces)
-            await asyncio.to_thread(shutil.rmtree, sandbox.files_dir, True)
+            await asyncio.to_thread(remove_tree, sandbox.files_dir)
             if sandbox.cgroup_created and sandbox.cgroup_parent:
                 await self._delete_cgroup(sandbox.cgroup_parent, sandbox.id)
             await self.state.store.remove("sandbox", sandbox.id)

@@ -46,11 +46,12 @@ import ctypes.util
 import errno
 import os
 import re
-import shutil
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from base.trees import remove_tree
 
 __all__ = ["Rootfs", "RootfsError", "mount_rootfs", "rootfs_usage", "unmount_rootfs"]
 
@@ -219,7 +220,8 @@ def _undo(created: list[Path]) -> None:
         if any(True for _ in _mounts_under(path)):
             continue
         if path.name in ("upper", "work", "merged", "empty"):
-            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(path)
         else:
             with contextlib.suppress(OSError):
                 path.rmdir()
@@ -373,9 +375,8 @@ def unmount_rootfs(container_dir: Path) -> None:
     if any(True for _ in _mounts_under(container_dir)):
         raise RootfsError(f"{container_dir} still has mounts; not removing it")
     try:
-        shutil.rmtree(container_dir)
-    except FileNotFoundError:
-        pass
+        # The upper dir is the container's to fill: a tree of any depth.
+        remove_tree(container_dir)
     except OSError as exc:
         raise RootfsError(f"removing {container_dir}: {exc}") from exc
 

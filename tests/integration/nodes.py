@@ -3,6 +3,7 @@ a CNI bridge of the test run's own, and a ready pod."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -18,6 +19,7 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
+from base.trees import remove_tree
 from tests.integration import images as img
 from tests.integration.registry import TestRegistry
 from tests.integration.skiffd import (
@@ -274,7 +276,8 @@ def make_node(world: World) -> Iterator[MakeNode]:
             daemon.kill()
             release_leftovers(daemon)
             unmount_below(daemon.base)
-            shutil.rmtree(daemon.base, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(daemon.base)  # a failed test may leave a tree of any depth
 
 
 def _assert_no_container_leaks(node: Node) -> None:

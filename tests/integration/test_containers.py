@@ -262,6 +262,19 @@ def test_status_names_the_image_as_the_pod_did(make_node: MakeNode) -> None:
     assert listed[by_name].image.image == busybox
 
 
+def test_a_container_cannot_make_itself_unremovable(make_node: MakeNode) -> None:
+    """A tree deeper than Python's recursion limit (and PATH_MAX) in the writable layer:
+    RemoveContainer failed INTERNAL (RecursionError in shutil.rmtree) forever."""
+    node = make_node()
+    dig = "i=0; while [ $i -lt 1200 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; echo dug"
+    cid = node.run("digger", command=["sh", "-c", dig])
+    assert node.wait_exit(cid, timeout=60).exit_code == 0
+    assert node.output(cid) == "dug"
+    node.remove(cid)
+    assert not (node.daemon.root / "containers" / cid).exists()
+    _assert_no_container_leaks(node)
+
+
 def test_update_resources_reach_the_cgroup(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("limited", command=["sleep", "1000"])
