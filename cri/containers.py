@@ -512,7 +512,7 @@ class ContainerManager:
             spec = await asyncio.to_thread(
                 self._spec, request, sandbox, image, container, str(rootfs.merged), namespaces
             )
-            oci = build_spec(spec, self.host())
+            oci = await self._build_spec(spec)
             bundle = container.bundle
             await asyncio.to_thread(_write_bundle, bundle, oci)
             if container.conmon_cgroup:
@@ -897,13 +897,17 @@ class ContainerManager:
             )
         return result.exit_code, result.stdout, result.stderr
 
+    async def _build_spec(self, spec: ContainerSpec) -> dict[str, Any]:
+        """On a worker thread: building a spec reads what the request names (device
+        nodes and directories, a seccomp profile), which must not stall other calls."""
+        return await asyncio.to_thread(lambda: build_spec(spec, self.host()))
+
     async def update_resources(self, id_or_prefix: str, resources: CgroupResources) -> None:
         container = await self.get(id_or_prefix)
         if container.state not in (CREATED, RUNNING):
             raise FailedPrecondition(f"container {container.id} is {container.state}")
-        oci = build_spec(
-            ContainerSpec(id=container.id, rootfs="/", args=("true",), resources=resources),
-            self.host(),
+        oci = await self._build_spec(
+            ContainerSpec(id=container.id, rootfs="/", args=("true",), resources=resources)
         )
         await self.runtime(container.runtime_handler).update(
             container.id, oci["linux"].get("resources", {})

@@ -456,7 +456,7 @@ def host_devices(root: Path = Path("/dev")) -> Iterator[tuple[str, os.stat_resul
             yield entry.path, st
 
 
-def _requested_devices(device: DeviceSpec) -> list[dict[str, Any]]:
+def _requested_devices(device: DeviceSpec, dev_root: Path) -> list[dict[str, Any]]:
     """The device nodes one DeviceSpec asks for: its host path (symlinks followed,
     as in /dev/disk/by-id/...), or every device below it when it is a directory."""
     if not device.container_path.startswith("/"):
@@ -480,6 +480,13 @@ def _requested_devices(device: DeviceSpec) -> list[dict[str, Any]]:
         return [_device_entry(container_path, st)]
     if stat.S_ISDIR(st.st_mode):
         base = Path(device.host_path)
+        if not Path(os.path.realpath(base)).is_relative_to(dev_root):
+            # A directory asks for every device below it: walking the node's whole tree
+            # (host_path "/") is no way to find them.
+            raise SpecError(
+                f"device {device.host_path!r} is a directory outside {dev_root}; name a "
+                "device node, or a directory of them under it"
+            )
         return [
             _device_entry(posixpath.join(container_path, str(Path(path).relative_to(base))), found)
             for path, found in host_devices(base)
@@ -494,7 +501,7 @@ def _devices(
     devices: list[dict[str, Any]] = []
     rules: list[dict[str, Any]] = []
     for device in requested:
-        for node in _requested_devices(device):
+        for node in _requested_devices(device, dev_root):
             devices.append(node)
             rules.append(_allow(node["type"], node["major"], node["minor"], device.permissions))
     if privileged:

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -180,9 +182,13 @@ def load_profile(
     )
 
 
+#: The largest profile read (Docker's default profile is some 20 KiB).
+MAX_PROFILE_BYTES = 1 << 20
+
+
 def _read_profile(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = _read_regular_file(path).decode()
     except FileNotFoundError as exc:
         raise SeccompError(f"seccomp profile {path} does not exist on this node") from exc
     except OSError as exc:
@@ -195,11 +201,32 @@ def _read_profile(path: Path) -> dict[str, Any]:
         raise SeccompError(
             f"seccomp profile {path} is not valid JSON: {exc.msg} at line {exc.lineno}"
         ) from exc
+    except RecursionError:
+        raise SeccompError(f"seccomp profile {path} is nested too deeply to be one") from None
     problem = profile_problem(profile)
     if problem:
         raise SeccompError(f"seccomp profile {path} {problem}")
     assert isinstance(profile, dict)
     return profile
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_PROFILE_BYTES. Opened without blocking
+    and checked before it is read: a FIFO or a device named as a profile would block
+    the reader, or never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SeccompError(f"seccomp profile {path} is not a regular file")
+        if st.st_size > MAX_PROFILE_BYTES:
+            raise SeccompError(
+                f"seccomp profile {path} is {st.st_size} bytes; the limit is {MAX_PROFILE_BYTES}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(MAX_PROFILE_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def profile_problem(profile: object) -> str:

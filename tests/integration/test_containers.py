@@ -275,6 +275,30 @@ def test_a_container_cannot_make_itself_unremovable(make_node: MakeNode) -> None
     _assert_no_container_leaks(node)
 
 
+def test_paths_a_request_names_stall_nothing(make_node: MakeNode) -> None:
+    """A FIFO as a Localhost seccomp profile blocked the event loop (every call, Version
+    too) until a writer came; a device directory of "/" walked the node's whole tree."""
+    node = make_node()
+    fifo = node.daemon.base / "profile.fifo"
+    os.mkfifo(fifo)
+    profile = pb.SecurityProfile(
+        profile_type=pb.SecurityProfile.ProfileType.Localhost, localhost_ref=str(fifo)
+    )
+    linux = pb.LinuxContainerConfig(
+        security_context=pb.LinuxContainerSecurityContext(seccomp=profile)
+    )
+    started = time.monotonic()
+    error = node.create_error("fifo", command=["true"], linux=linux)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a regular file" in (error.details() or "")
+    everything = [pb.Device(container_path="/dev/all", host_path="/", permissions="rw")]
+    error = node.create_error("root-devices", command=["true"], devices=everything)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "directory outside /dev" in (error.details() or "")
+    assert time.monotonic() - started < 5
+    _assert_no_container_leaks(node)
+
+
 def test_update_resources_reach_the_cgroup(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("limited", command=["sleep", "1000"])

@@ -557,6 +557,9 @@ def test_missing_device_is_refused_naming_it() -> None:
         (DeviceSpec("dev/x", "/dev/null"), "must be absolute"),
         (DeviceSpec("/dev/x", "/dev/null", "rwx"), "permissions 'rwx'"),
         (DeviceSpec("/dev/x", "/dev/null", ""), "permissions ''"),
+        # A directory means every device below it: not the node's whole tree.
+        (DeviceSpec("/dev/all", "/"), "is a directory outside /dev"),
+        (DeviceSpec("/dev/all", "/etc"), "is a directory outside /dev"),
     ],
 )
 def test_bad_devices_are_refused(device: DeviceSpec, message: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,27 @@ def test_broken_default_profile_is_an_internal_error(tmp_path: Path) -> None:
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(SeccompError, match="unknown seccomp profile type 'docker/default'"):
         load_profile("docker/default", "", DEFAULT_PROFILE_PATH)
+
+
+def test_a_profile_that_is_no_regular_file_is_refused_without_reading_it(
+    tmp_path: Path,
+) -> None:
+    """A FIFO would block the reader until a writer came (it stalled every call), and a
+    device would never end."""
+    fifo = tmp_path / "profile.json"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(SeccompError, match="not a regular file"):
+            load_profile("localhost", str(path), DEFAULT_PROFILE_PATH)
+
+
+def test_a_profile_too_big_or_too_deep_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    big.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "pad": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(SeccompError, match="the limit is"):
+        load_profile("localhost", str(big), DEFAULT_PROFILE_PATH)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SeccompError, match="nested too deeply") as err:
+        load_profile("localhost", str(deep), DEFAULT_PROFILE_PATH)
+    assert err.value.grpc_status == "INVALID_ARGUMENT"
