@@ -35,6 +35,7 @@ from cri.errors import (
     NotFound,
     clip,
 )
+from cri.request_checks import check_argv, check_path_length
 from cri.rollback import Rollback, remove_unrecorded
 from cri.runtime_status import supports_recursive_read_only
 from cri.sandboxes import READY, Sandbox, SandboxManager, make_directory, remove_if_empty
@@ -929,9 +930,7 @@ def check_command(command: Sequence[str]) -> None:
     """An exec's command: a program to run, and arguments exec(2) can take."""
     if not command or not command[0]:
         raise InvalidArgument("cmd must not be empty: name the program to run")
-    for arg in command:
-        if "\0" in arg:
-            raise InvalidArgument(f"cmd argument {clip(arg)!r} contains a NUL byte")
+    check_argv(command, "cmd")
 
 
 def _validate(request: ContainerRequest) -> None:
@@ -950,6 +949,15 @@ def _validate(request: ContainerRequest) -> None:
             f"{what}: log_path {clip(log_path)!r} must be a path relative to the pod's "
             "log_directory, without '..' (and without NUL bytes)"
         )
+    if ":" in log_path:
+        # conmon takes the log as <driver>:<path>.
+        raise InvalidArgument(f"{what}: log_path {clip(log_path)!r} must not contain ':'")
+    check_path_length(log_path, f"{what}: log_path")
+    check_argv([*request.command, *request.args], f"{what}: command and args")
+    check_path_length(request.working_dir, f"{what}: working_dir")
+    for device in request.devices:
+        if "\0" in device.host_path or "\0" in device.container_path:
+            raise InvalidArgument(f"{what}: device {clip(device.host_path)!r} has a NUL byte")
     for mount in request.mounts:
         where = f"{what}: mount at {clip(mount.container_path)!r}"
         if not mount.container_path.startswith("/") or "\0" in mount.container_path:

@@ -33,6 +33,7 @@ from cri import events, failpoints
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
+from cri.request_checks import check_cgroup_parent, check_path_length
 from cri.rollback import Rollback, remove_unrecorded
 from cri.store import Record
 from network.cni import CniPlugins, PodNetworkRequest, PortMapping
@@ -355,12 +356,16 @@ class SandboxManager:
                 "'-', '.' and '_' (and must not start or end with '-' or '.')"
             )
         if spec.log_directory and (
-            not spec.log_directory.startswith("/") or "\0" in spec.log_directory
+            not spec.log_directory.startswith("/")
+            or "\0" in spec.log_directory
+            or ":" in spec.log_directory
         ):
             raise InvalidArgument(
                 f"pod {pod}: log_directory {clip(spec.log_directory)!r} must be an absolute "
-                "path (without NUL bytes)"
+                "path (without NUL bytes or ':')"
             )
+        check_path_length(spec.log_directory, f"pod {pod}: log_directory")
+        check_cgroup_parent(spec.cgroup_parent, f"pod {pod}")
         validate_sysctls(spec.sysctls, spec.host_network, spec.host_ipc)
 
     async def run(self, spec: SandboxSpec) -> str:

@@ -175,6 +175,11 @@ def validate_sysctls(sysctls: Mapping[str, str], host_network: bool, host_ipc: b
             raise InvalidSysctl(
                 f"sysctl {sysctl_name(parts)} is given twice (as {seen[parts]!r} and {name!r})"
             )
+        if Path("/proc/sys", *parts).is_dir():
+            raise InvalidSysctl(
+                f"sysctl {name} names a group of sysctls (a directory), not one; name one of "
+                "its entries"
+            )
         seen[parts] = name
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import signal as signals
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -85,6 +86,9 @@ def _check_strings(config: pb.ContainerConfig, what: str) -> None:
                 raise InvalidArgument(
                     f"{what}: {field} entry {clip(path)!r} must be an absolute path"
                 )
+            if posixpath.normpath(path) in ("/", "/proc"):
+                # Hiding the root or /proc takes away what the runtime itself needs.
+                raise InvalidArgument(f"{what}: {field} cannot cover {path!r}")
 
 
 def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:

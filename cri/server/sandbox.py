@@ -47,7 +47,12 @@ def bits_per_second(annotation: str, value: str) -> int:
         raise InvalidArgument(
             f"annotation {annotation}: {clip(value)!r} is not a quantity (e.g. 10M, 1Gi)"
         )
-    rate = int(float(match.group(1)) * _SUFFIX[match.group(2)])
+    exact = float(match.group(1)) * _SUFFIX[match.group(2)]
+    if exact > MAX_BANDWIDTH:  # also a number of digits no float holds (inf)
+        raise InvalidArgument(
+            f"annotation {annotation}: {clip(value)!r} is above 1P bit/s, the kubelet's limit"
+        )
+    rate = int(exact)
     if rate <= 0:
         raise InvalidArgument(f"annotation {annotation}: the rate must be positive")
     if rate > MAX_BANDWIDTH:

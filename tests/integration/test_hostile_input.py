@@ -242,6 +242,28 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
         refused(_pod_config(node, "sysctl", linux=linux), "sysctl", sysctl)
     config = _pod_config(node, "bw", annotations={"kubernetes.io/ingress-bandwidth": "9E"})
     refused(config, "ingress-bandwidth", "above 1P")
+    # Digits no float holds (was INTERNAL OverflowError).
+    huge = {"kubernetes.io/egress-bandwidth": "9" * 400}
+    refused(_pod_config(node, "bw", annotations=huge), "egress-bandwidth", "above 1P")
+    # A group of sysctls is no sysctl (was INTERNAL).
+    for group in ("net.core", "net.ipv4.conf"):
+        linux = pb.LinuxPodSandboxConfig(sysctls={group: "1"})
+        refused(_pod_config(node, "sysctl", linux=linux), group, "names a group of sysctls")
+    # Cgroup paths: no line break, no control file, no climbing (were INTERNAL).
+    for parent, problem in (
+        ("/fuzz\nx", "control characters"),
+        ("/fuzz/cpu.shares", "'cpu.shares', a cgroup control file"),
+        ("/tasks", "'tasks', a cgroup control file"),
+        ("/a/../b", "'..' component"),
+        ("/" + "c" * 300, "longer than 255 bytes"),
+    ):
+        linux = pb.LinuxPodSandboxConfig(cgroup_parent=parent)
+        refused(_pod_config(node, "cg", linux=linux), "cgroup_parent", problem)
+    # Paths the kernel or conmon would refuse late (were INTERNAL or UNKNOWN).
+    long_name = str(node.log_dir.parent / ("l" * 300))
+    refused(_pod_config(node, "ld", log_directory=long_name), "log_directory", "255 bytes")
+    colon = str(node.log_dir.parent / "a:b")
+    refused(_pod_config(node, "ld", log_directory=colon), "log_directory", "':'")
 
     # A pod that fails late (the kernel refuses a sysctl's value) takes back the log
     # directory it made, and everything else.
@@ -331,6 +353,18 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
     refused("envkey", "environment variable ''", envs={"": "x"})
     for field in ("masked_paths", "readonly_paths"):
         refused("paths", f"{field} entry 'rel'", linux=_security(**{field: ["rel"]}))
+        refused("paths", f"{field} cannot cover '/proc'", linux=_security(**{field: ["/proc"]}))
+    # What exec(2), the kernel and conmon would refuse late (were UNKNOWN or INTERNAL).
+    refused("argv", "argument", "exec takes at most", command=["echo", "x" * (200 * 1024)])
+    refused("argv", "in all", command=["echo"], args=["y" * 100_000] * 12)
+    refused("cwd", "working_dir", "longer than 4095", working_dir="/" + "d/" * 2100)
+    refused("logs", "log_path", "':'", log_path="a:b.log")
+    refused("logs", "log_path", "255 bytes", log_path="l" * 300)
+    for device in (
+        pb.Device(container_path="/dev/x", host_path="/dev/nu\0ll", permissions="rw"),
+        pb.Device(container_path="/dev/x\0", host_path="/dev/null", permissions="rw"),
+    ):
+        refused("devnul", "device", "NUL byte", devices=[device])
     quota = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(cpu_quota=2**62))
     refused("quota", "cpu_quota", linux=quota)
     # CPUs the node does not have (was UNKNOWN from runc, after the rootfs was made).
@@ -382,6 +416,9 @@ def test_exec_and_lifecycle_calls_in_the_wrong_state(make_node: MakeNode) -> Non
     nul = pb.ExecSyncRequest(container_id=cid, cmd=["echo", "a\0b"])
     _expect(rt.ExecSync, nul, INVALID, "NUL")  # was INTERNAL
     _expect(rt.Exec, pb.ExecRequest(container_id=cid, cmd=["ec\0ho"], stdout=True), INVALID, "NUL")
+    # Past what exec(2) takes (was UNKNOWN from runc exec).
+    long = pb.ExecSyncRequest(container_id=cid, cmd=["echo", "z" * (200 * 1024)])
+    _expect(rt.ExecSync, long, INVALID, "cmd argument", "exec takes at most")
     # A negative timeout is no timeout, as 0 is.
     assert node.exec(cid, "true", timeout=-5).exit_code == 0
     # Output beyond what one response can carry is cut, not a failed call (it was
