@@ -453,10 +453,7 @@ class ContainerManager:
     async def create(self, request: ContainerRequest) -> str:
         _validate(request)
         sandbox = self.sandboxes.get(request.sandbox_id)
-        if sandbox.state != READY:
-            raise FailedPrecondition(
-                f"pod sandbox {sandbox.id} is not ready; containers cannot be created in it"
-            )
+        self._check_pod_takes_containers(sandbox)
         request = _with_sandbox_id(request, sandbox.id)
         await self._check_recursive_read_only(request, sandbox)
         name = f"{sandbox.id}/{request.name}/{request.attempt}"
@@ -485,7 +482,23 @@ class ContainerManager:
                     "lacks mount_setattr)"
                 )
 
+    def _check_pod_takes_containers(self, sandbox: Sandbox) -> None:
+        if sandbox.state != READY or self.sandboxes.is_stopping(sandbox.id):
+            raise FailedPrecondition(
+                f"pod sandbox {sandbox.id} is not ready; containers cannot be created in it"
+            )
+
+    async def _finish_creates(self, sandbox_id: str) -> None:
+        """Wait out the creates of the pod's containers in progress: a pod stopping or
+        going must see every container made in it (creates that start after the stop
+        began are refused)."""
+        running = self.creations.running_under(f"{sandbox_id}/")
+        if running:
+            await asyncio.wait(running)
+
     async def _create(self, request: ContainerRequest, sandbox: Sandbox) -> str:
+        # Again, now that this create is one a stopping pod waits for.
+        self._check_pod_takes_containers(sandbox)
         image = self.state.images.find(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found; pull it first")
@@ -871,11 +884,13 @@ class ContainerManager:
                 await asyncio.sleep(0.05)
 
     async def stop_all(self, sandbox_id: str) -> None:
+        await self._finish_creates(sandbox_id)
         for container in self.of_sandbox(sandbox_id):
             async with self._lock(container.id):
                 await self._stop_locked(container, 0)
 
     async def remove_all(self, sandbox_id: str) -> None:
+        await self._finish_creates(sandbox_id)
         for container in self.of_sandbox(sandbox_id):
             await self.remove(container.id)
 

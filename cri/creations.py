@@ -25,6 +25,10 @@ class Creations:
     def pending(self, name: str) -> asyncio.Task[str] | None:
         return self._running.get(name)
 
+    def running_under(self, prefix: str) -> list[asyncio.Task[str]]:
+        """The creations in progress whose names start with `prefix`."""
+        return [task for name, task in self._running.items() if name.startswith(prefix)]
+
     def take_undelivered(self, name: str) -> str | None:
         return self._undelivered.pop(name, None)
 

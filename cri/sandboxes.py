@@ -218,6 +218,9 @@ class SandboxManager:
         self.remove_containers: Callable[[str], Awaitable[None]] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         self._releases: dict[str, asyncio.Task[None]] = {}
+        # Pods a stop or removal is working on: no container may be created in them.
+        self._stopping: set[str] = set()
+        self._pause_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def config(self) -> Any:
@@ -529,8 +532,9 @@ class SandboxManager:
 
     async def shared_pid_namespace(self, sandbox: Sandbox) -> str:
         """The pod's PID namespace, for containers that share it; its init (a pause
-        process of ours) starts with the first such container."""
-        async with self._lock(sandbox.id):
+        process of ours) starts with the first such container. Not under the pod's
+        lock: a stopping pod holds that while it waits for the creates in progress."""
+        async with self._pause_locks.setdefault(sandbox.id, asyncio.Lock()):
             pause = sandbox.pause
             if pause is not None and is_running(pause):
                 return pause.pid_namespace
@@ -583,6 +587,9 @@ class SandboxManager:
 
     # --- stop and remove ---------------------------------------------------------
 
+    def is_stopping(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._stopping
+
     async def stop(self, id_or_prefix: str) -> None:
         sandbox = self.find(id_or_prefix)
         if sandbox is None:
@@ -591,6 +598,13 @@ class SandboxManager:
             await self._stop_locked(sandbox)
 
     async def _stop_locked(self, sandbox: Sandbox) -> None:
+        self._stopping.add(sandbox.id)
+        try:
+            await self._stop_members(sandbox)
+        finally:
+            self._stopping.discard(sandbox.id)
+
+    async def _stop_members(self, sandbox: Sandbox) -> None:
         if self.stop_containers is not None:
             await self.stop_containers(sandbox.id)
         pause = sandbox.pause
@@ -663,5 +677,6 @@ class SandboxManager:
             self.state.events.publish(events.DELETED, sandbox.id, sandbox.id)
             self._sandboxes.pop(sandbox.id, None)
         self._locks.pop(sandbox.id, None)
+        self._pause_locks.pop(sandbox.id, None)
         self.creations.forget(sandbox.id)
         log.info("sandbox removed", extra={"sandbox_id": sandbox.id})

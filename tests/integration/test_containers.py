@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -296,6 +297,46 @@ def test_paths_a_request_names_stall_nothing(make_node: MakeNode) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "directory outside /dev" in (error.details() or "")
     assert time.monotonic() - started < 5
+    _assert_no_container_leaks(node)
+
+
+def test_creates_racing_the_pods_removal_leave_nothing(make_node: MakeNode) -> None:
+    """CreateContainer while RemovePodSandbox runs: each create either made a container
+    that went with the pod, or was refused as the pod was going; nothing is left (a
+    container made after the removal listed the pod's failed it with INTERNAL)."""
+    node = make_node()
+    outcomes: list[str] = []
+
+    def create(i: int) -> None:
+        try:
+            shared = pb.NamespaceOption(pid=pb.NamespaceMode.POD)  # starts the pod's pause
+            linux = pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(namespace_options=shared)
+            )
+            node.create(f"racer-{i}", command=["sleep", "1000"], linux=linux)
+            outcomes.append("created")
+        except grpc.RpcError as err:
+            assert err.code() in (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+            ), err
+            outcomes.append(err.code().name)
+
+    def remove() -> None:
+        time.sleep(0.05)
+        node.runtime.RemovePodSandbox(
+            pb.RemovePodSandboxRequest(pod_sandbox_id=node.pod), timeout=60
+        )
+
+    with ThreadPoolExecutor(7) as pool:
+        futures = [pool.submit(create, i) for i in range(6)] + [pool.submit(remove)]
+        for future in futures:
+            future.result()
+    assert len(outcomes) == 6, outcomes
+    # The race is real: some creates got in before the removal, some did not.
+    assert "created" in outcomes, outcomes
+    assert list(node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items) == []
+    assert list(node.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
     _assert_no_container_leaks(node)
 
 
