@@ -53,7 +53,7 @@ from runtime.container_spec import (
 )
 from runtime.exit_watch import ExitWatcher, ExitWatchError
 from runtime.mounts import propagation_of
-from runtime.oci_runtime import ExitStatus, OciRuntime, RuntimeHandlerPaths
+from runtime.oci_runtime import ExitStatus, OciRuntime, OciRuntimeError, RuntimeHandlerPaths
 from runtime.oci_spec import HostFacts, build_spec, host_facts
 from runtime.programs import find_program
 from runtime.rootfs import mount_rootfs, unmount_rootfs
@@ -925,9 +925,18 @@ class ContainerManager:
         oci = await self._build_spec(
             ContainerSpec(id=container.id, rootfs="/", args=("true",), resources=resources)
         )
-        await self.runtime(container.runtime_handler).update(
-            container.id, oci["linux"].get("resources", {})
-        )
+        runtime = self.runtime(container.runtime_handler)
+        try:
+            await runtime.update(container.id, oci["linux"].get("resources", {}))
+        except OciRuntimeError:
+            # A container that stopped meanwhile (the kubelet resizes while it stops one)
+            # is the caller's precondition, not a runtime failure.
+            state = await runtime.state(container.id)
+            if state is None or state.get("status") not in ("created", "running"):
+                raise FailedPrecondition(
+                    f"container {container.id} stopped before its resources could be updated"
+                ) from None
+            raise
         container.resources = asdict(resources)
         await self.state.store.update(container.to_record())
 

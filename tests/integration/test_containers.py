@@ -362,6 +362,22 @@ def test_update_resources_reach_the_cgroup(make_node: MakeNode) -> None:
     assert status.resources.linux.memory_limit_in_bytes == 64 * 1024 * 1024
 
 
+def test_updating_a_container_that_just_stopped_is_a_precondition(make_node: MakeNode) -> None:
+    """The kubelet resizes a container while it stops: whether or not skiff has seen the
+    exit yet, the answer is FAILED_PRECONDITION (runc's "not running" was UNKNOWN)."""
+    node = make_node()
+    resources = pb.LinuxContainerResources(cpu_shares=256)
+    for round_ in range(8):
+        cid = node.run(f"brief-{round_}", command=["sleep", "1000"])
+        pid = json.loads(node.status(cid, verbose=True).info["info"])["pid"]
+        os.kill(pid, signal.SIGKILL)
+        request = pb.UpdateContainerResourcesRequest(container_id=cid, linux=resources)
+        with pytest.raises(grpc.RpcError) as err:
+            node.runtime.UpdateContainerResources(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+        node.remove(cid)
+
+
 def test_reopen_container_log(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("chatty", command=["sh", "-c", "while true; do echo tick; sleep 0.1; done"])
