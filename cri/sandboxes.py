@@ -64,6 +64,12 @@ def default_cgroup_parent(sandbox_id: str) -> str:
     return f"{DEFAULT_CGROUP_ROOT}/pod-{sandbox_id[:12]}"
 
 
+def _cgroup_chain(path: str) -> list[str]:
+    """Every ancestor of a cgroup path and the path itself, outermost first."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    return ["/" + "/".join(parts[: n + 1]) for n in range(len(parts))]
+
+
 def _read_text(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -183,6 +189,9 @@ class Sandbox:
     # The init of the pod's shared PID namespace, when its containers share one.
     pause_pid: int = 0
     pause_start_time: int = 0
+    # The ancestors of cgroup_parent this pod's creation made (outermost first): they go
+    # with the pod when nothing else uses them.
+    cgroup_ancestors: list[str] = field(default_factory=list)
 
     @property
     def pause(self) -> PauseProcess | None:
@@ -290,13 +299,12 @@ class SandboxManager:
         await self.cni().delete(None, request)
         await unpin_namespaces(PinnedNamespaces(net, ipc, uts))
         await asyncio.to_thread(unmount, files_dir / "shm")
-        # Only a cgroup of skiff's own making (named before it was made): one that was
+        # Only cgroups of skiff's own making (named before they were made): one that was
         # there already is the kubelet's.
-        intent = files_dir / CGROUP_INTENT_FILE
-        made = await asyncio.to_thread(_read_text, intent)
-        cgroup = made.strip() if made is not None else default_cgroup_parent(sandbox_id)
+        intent = await asyncio.to_thread(_read_text, files_dir / CGROUP_INTENT_FILE)
+        made = intent.split() if intent else [default_cgroup_parent(sandbox_id)]
         await asyncio.to_thread(remove_tree, files_dir)
-        await self._delete_cgroup(cgroup, sandbox_id)
+        await self._delete_cgroups(made[-1], made[:-1], sandbox_id)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -460,18 +468,20 @@ class SandboxManager:
 
         # Every pod gets a cgroup: the kubelet's, or one of ours under DEFAULT_CGROUP_ROOT.
         sandbox.cgroup_parent = spec.cgroup_parent or default_cgroup_parent(sandbox.id)
-        if not await asyncio.to_thread(self.cgroups.exists, sandbox.cgroup_parent):
-            # Named before it is made: a skiffd that dies before the record is written
-            # removes it at start (`_remove_leftovers`), wherever it is.
+        missing = await asyncio.to_thread(self._missing_cgroups, sandbox.cgroup_parent)
+        if missing:
+            # Named before they are made: a skiffd that dies before the record is written
+            # removes them at start (`_remove_leftovers`), wherever they are.
             await asyncio.to_thread(
-                write_file, files_dir / CGROUP_INTENT_FILE, sandbox.cgroup_parent + "\n"
+                write_file, files_dir / CGROUP_INTENT_FILE, "".join(f"{p}\n" for p in missing)
             )
         created = await asyncio.to_thread(
             self.cgroups.create, sandbox.cgroup_parent, spec.resources
         )
         sandbox.cgroup_created = created
+        sandbox.cgroup_ancestors = self._ancestors_of_ours(sandbox.cgroup_parent, missing)
         if created:
-            undo.push("cgroup", lambda: self._delete_cgroup(sandbox.cgroup_parent, sandbox.id))
+            undo.push("cgroup", lambda: self._delete_cgroup(sandbox))
         failpoints.reach("run-pod/after-cgroup")
 
         pinned = await pin_namespaces(
@@ -558,11 +568,27 @@ class SandboxManager:
             )
             return pause.pid_namespace
 
-    async def _delete_cgroup(self, cgroup: str, sandbox_id: str) -> None:
+    def _missing_cgroups(self, path: str) -> list[str]:
+        """`path` and those of its ancestors that are not there yet, outermost first."""
+        return [cgroup for cgroup in _cgroup_chain(path) if not self.cgroups.exists(cgroup)]
+
+    def _ancestors_of_ours(self, path: str, missing: list[str]) -> list[str]:
+        """The ancestors of `path` that skiff made: now, or for a pod still here (the
+        last pod to go takes an ancestor its pods share)."""
+        ours = set(missing) | {a for pod in self._sandboxes.values() for a in pod.cgroup_ancestors}
+        return [a for a in _cgroup_chain(path)[:-1] if a in ours]
+
+    async def _delete_cgroup(self, sandbox: Sandbox) -> None:
+        await self._delete_cgroups(sandbox.cgroup_parent, sandbox.cgroup_ancestors, sandbox.id)
+
+    async def _delete_cgroups(self, cgroup: str, ancestors: list[str], sandbox_id: str) -> None:
+        """The pod's cgroup, then the ancestors made for it that nothing else uses now."""
         await asyncio.to_thread(self.cgroups.delete, cgroup)
         if cgroup == default_cgroup_parent(sandbox_id):
-            # The shared root goes with its last pod (another pod's cgroup keeps it busy).
-            await asyncio.to_thread(self.cgroups.remove_if_unused, DEFAULT_CGROUP_ROOT)
+            ancestors = [DEFAULT_CGROUP_ROOT]  # shared by pods: it goes with the last one
+        for ancestor in reversed(ancestors):
+            if not await asyncio.to_thread(self.cgroups.remove_if_unused, ancestor):
+                break  # another pod's cgroup keeps it, and so every one above it
 
     async def update_resources(
         self,
@@ -671,7 +697,7 @@ class SandboxManager:
             await unpin_namespaces(sandbox.namespaces)
             await asyncio.to_thread(remove_tree, sandbox.files_dir)
             if sandbox.cgroup_created and sandbox.cgroup_parent:
-                await self._delete_cgroup(sandbox.cgroup_parent, sandbox.id)
+                await self._delete_cgroup(sandbox)
             await self.state.store.remove("sandbox", sandbox.id)
             # Published while the sandbox is still known, so the event can describe it.
             self.state.events.publish(events.DELETED, sandbox.id, sandbox.id)
