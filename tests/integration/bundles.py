@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-BUSYBOX = Path("/bin/busybox")
+from tests.integration.busybox import busybox_binary
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -120,8 +121,8 @@ def rootfs_template() -> Path:
     for sub in ("bin", "etc", "proc", "dev", "sys", "tmp", "root"):
         (rootfs / sub).mkdir(parents=True)
     os.chmod(rootfs / "tmp", 0o1777)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for lib in _libraries(BUSYBOX):
+    shutil.copy2(busybox_binary(), rootfs / "bin" / "busybox")
+    for lib in _libraries(busybox_binary()):
         _copy_into(rootfs, lib)
     for applet in APPLETS:
         os.link(rootfs / "bin" / "busybox", rootfs / "bin" / applet)

@@ -35,6 +35,7 @@ from typing import IO, Literal, Protocol, cast
 
 import zstandard
 
+from tests.integration.busybox import busybox_binary
 from tests.integration.registry import basic_auth_header, parse_www_authenticate
 
 Compression = Literal["gzip", "zstd", "none"]
@@ -608,7 +609,6 @@ def build_index(
 # The busybox base layer
 # ======================================================================================
 
-BUSYBOX = Path("/bin/busybox")
 #: Applets the tests rely on; every applet busybox lists is linked, these must exist.
 REQUIRED_APPLETS = (
     "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "mkdir", "rm",
@@ -669,12 +669,12 @@ def host_program(path: str, source: Path, *, have: Iterable[TarEntry] = ()) -> l
 
 def busybox_applets() -> list[str]:
     out = subprocess.run(
-        [str(BUSYBOX), "--list"], check=True, capture_output=True, text=True, timeout=30
+        [str(busybox_binary()), "--list"], check=True, capture_output=True, text=True, timeout=30
     ).stdout
     applets = sorted({a for a in out.split() if a and "/" not in a and a != "busybox"})
     missing = [a for a in REQUIRED_APPLETS if a not in applets]
     if missing:
-        raise RuntimeError(f"{BUSYBOX} lacks applets {missing}")
+        raise RuntimeError(f"{busybox_binary()} lacks applets {missing}")
     return applets
 
 
@@ -694,10 +694,10 @@ def busybox_entries() -> list[TarEntry]:
         directory("usr/bin"),
         directory("var"),
         directory("var/tmp", mode=0o1777),
-        host_file("bin/busybox", BUSYBOX, mode=0o755),
+        host_file("bin/busybox", busybox_binary(), mode=0o755),
     ]
     entries += [hardlink(f"bin/{a}", "bin/busybox") for a in busybox_applets()]
-    entries += _lib_entries(_shared_libs(BUSYBOX))
+    entries += _lib_entries(_shared_libs(busybox_binary()))
     entries += [
         regular_file("etc/passwd", ETC_PASSWD),
         regular_file("etc/group", ETC_GROUP),

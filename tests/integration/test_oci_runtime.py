@@ -47,12 +47,8 @@ REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0
-    or CONMON is None
-    or RUNTIMES["runc"] is None
-    or not bundles.BUSYBOX.exists()
-    or cgroup_version(CGROUP) != 1,
-    reason="needs root, conmon, runc, /bin/busybox and cgroup v1",
+    os.geteuid() != 0 or CONMON is None or RUNTIMES["runc"] is None or cgroup_version(CGROUP) != 1,
+    reason="needs root, conmon, runc and cgroup v1",
 )
 
 T = TypeVar("T")
