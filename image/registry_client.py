@@ -157,12 +157,29 @@ class RegistryClient:
             self._tokens.pop(key, None)
         return None
 
+    @staticmethod
+    def token_key(
+        challenge: dict[str, str], scope: str, credentials: Credentials
+    ) -> tuple[str, str, str, str]:
+        return (
+            challenge.get("realm", ""),
+            challenge.get("service", ""),
+            scope,
+            credentials.identity(),
+        )
+
+    def forget_token(self, key: tuple[str, str, str, str]) -> None:
+        """A token the registry refused (revoked, or expired before it said): the next
+        request asks the token server again."""
+        with self._lock:
+            self._tokens.pop(key, None)
+
     def token(self, challenge: dict[str, str], scope: str, credentials: Credentials) -> str:
         realm = challenge.get("realm", "")
         service = challenge.get("service", "")
         if credentials.registry_token:
             return credentials.registry_token
-        key = (realm, service, scope, credentials.identity())
+        key = self.token_key(challenge, scope, credentials)
         cached = self._cached_token(key)
         if cached is not None:
             return cached
@@ -184,25 +201,38 @@ class RegistryClient:
                     }
                 )
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
-                response = pool.request("POST", realm, body=body, headers=headers, redirect=True)
+                response = pool.request(
+                    "POST", realm, body=body, headers=headers, redirect=True, preload_content=False
+                )
             else:
                 if credentials.username or credentials.password:
                     headers["Authorization"] = _basic(credentials)
                 url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-                response = pool.request("GET", url, headers=headers, redirect=True)
+                response = pool.request(
+                    "GET", url, headers=headers, redirect=True, preload_content=False
+                )
         except Urllib3Error as exc:
             raise RegistryUnavailable(
                 f"token server {parsed.netloc} cannot be reached: {type(exc).__name__}"
             ) from None
-        if response.status in (401, 403):
-            raise RegistryAuthError(
-                f"token server {parsed.netloc} refused the credentials for {scope} "
-                f"(HTTP {response.status})"
-            )
-        if response.status != 200:
-            raise RegistryError(f"token server {parsed.netloc} answered HTTP {response.status}")
         try:
-            data = json.loads(response.data)
+            status = response.status
+            # Read only as much as a token can take (a response of 512 MiB was read whole).
+            answer = (
+                b""
+                if status != 200
+                else _read_limited(response, MAX_TOKEN_RESPONSE, f"the token from {parsed.netloc}")
+            )
+        finally:
+            response.release_conn()
+        if status in (401, 403):
+            raise RegistryAuthError(
+                f"token server {parsed.netloc} refused the credentials for {scope} (HTTP {status})"
+            )
+        if status != 200:
+            raise RegistryError(f"token server {parsed.netloc} answered HTTP {status}")
+        try:
+            data = json.loads(answer)
             value = str(data.get("token") or data.get("access_token") or "")
             expires_in = float(data.get("expires_in") or 60)
         except (ValueError, TypeError, AttributeError):
@@ -242,6 +272,7 @@ class Repository:
         self.base = f"{scheme}://{endpoint.api_host}"
         self.verify = not endpoint.insecure
         self._authorization: str | None = None
+        self._token_key: tuple[str, str, str, str] | None = None
         self.where = f"{endpoint.host}/{endpoint.repository}"
 
     def _url(self, kind: str, ref: str) -> str:
@@ -253,6 +284,7 @@ class Repository:
             scope = f"repository:{self.endpoint.repository}:pull"
             token = self.client.token(params, scope, self.credentials)
             self._authorization = f"Bearer {token}"
+            self._token_key = self.client.token_key(params, scope, self.credentials)
         elif scheme == "basic":
             if not (self.credentials.username or self.credentials.password):
                 raise RegistryAuthError(f"{self.where} requires credentials and none were given")
@@ -298,6 +330,7 @@ class Repository:
         self, url: str, headers: dict[str, str], stream: bool
     ) -> urllib3.BaseHTTPResponse:
         origin = urllib.parse.urlsplit(url).netloc
+        renewed = False
         for _ in range(MAX_REDIRECTS + 1):
             netloc = urllib.parse.urlsplit(url).netloc
             send = dict(headers, **{"User-Agent": "skiff"})
@@ -313,12 +346,17 @@ class Repository:
                 preload_content=False,
                 decode_content=False,
             )
-            if response.status == 401 and same_origin and "Authorization" not in send:
+            stale = self._token_key is not None and not renewed and "Authorization" in send
+            if response.status == 401 and same_origin and ("Authorization" not in send or stale):
                 challenge = response.headers.get("WWW-Authenticate", "")
                 response.drain_conn()
                 response.release_conn()
                 if not challenge:
                     raise RegistryAuthError(f"{self.where} refused access (HTTP 401)")
+                if stale and self._token_key is not None:
+                    # A token refused once it was sent: forget it, get a new one, once.
+                    self.client.forget_token(self._token_key)
+                    renewed = True
                 self._authorize(challenge)
                 continue
             if response.status in REDIRECTS:
@@ -378,6 +416,10 @@ def _error_detail(response: urllib3.BaseHTTPResponse) -> str:
         return f" ({codes})" if codes else ""
     except Exception:
         return ""
+
+
+#: The most a token server's answer may hold (a JWT is a few KiB).
+MAX_TOKEN_RESPONSE = 1 << 20
 
 
 def _read_limited(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:

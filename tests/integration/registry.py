@@ -296,6 +296,11 @@ class TokenServer(_BackgroundServer):
         self.public_prefix = public_prefix
         self.expires_in = expires_in
         self.fail_next = 0  # answer this many next requests with 503
+        # Tokens the registry stops taking this many seconds after issue, whatever
+        # expires_in says (a token revoked, or a clock that runs ahead); None: expires_in.
+        self.token_lifetime: int | None = None
+        # Pad the token answers with this many bytes (a server gone wrong).
+        self.padding = 0
         # An OAuth2 refresh token (docker's "identity token") standing for the user.
         self.refresh_token = "refresh-" + secrets.token_hex(8)
         self.tokens_issued = 0
@@ -348,7 +353,8 @@ class TokenServer(_BackgroundServer):
             "iss": self.issuer,
             "sub": subject,
             "aud": self.service,
-            "exp": now + self.expires_in,
+            "exp": now
+            + (self.token_lifetime if self.token_lifetime is not None else self.expires_in),
             "nbf": now - 5,
             "iat": now,
             "jti": uuid.uuid4().hex,
@@ -453,6 +459,7 @@ def _make_token_handler(ts: TokenServer) -> type[BaseHTTPRequestHandler]:
                     "access_token": token,
                     "expires_in": ts.expires_in,
                     "issued_at": issued_at,
+                    **({"padding": "x" * ts.padding} if ts.padding else {}),
                 },
                 {},
             )

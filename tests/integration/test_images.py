@@ -318,6 +318,40 @@ def test_bearer_token_flow_and_token_reuse(
     assert "not-the-password" not in (wrong.details() or "")
 
 
+def test_a_token_the_registry_refuses_is_not_used_again(
+    token_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    """A cached token the registry stops taking (here: it expires long before the
+    expires_in the token server gave) is forgotten and a new one asked for, once."""
+    user, password = _user(token_registry)
+    creds = {"username": user, "password": password}
+    img.push(token_registry, "team/short", "v1", img.tiny_image("one\n"), **creds)
+    img.push(token_registry, "team/short", "v2", img.tiny_image("two\n"), **creds)
+    img.push(token_registry, "team/padded", "v1", img.tiny_image("three\n"), **creds)
+    daemon = make_daemon(insecure=(token_registry.host,))
+    server = token_registry.token_server
+    assert server is not None
+    auth = pb.AuthConfig(username=user, password=password)
+    # The registry allows 60 s of clock skew past a token's exp: this one is good for
+    # some 5 s, though the token server says 300.
+    server.token_lifetime = -55
+    try:
+        _pull(daemon, f"{token_registry.host}/team/short:v1", auth=auth)
+        issued = token_registry.tokens_issued
+        server.token_lifetime = None
+        time.sleep(6)  # the registry now refuses the cached token
+        _pull(daemon, f"{token_registry.host}/team/short:v2", auth=auth)
+        assert token_registry.tokens_issued == issued + 1
+        # An answer no token fits in (for a scope with no token yet) is refused, not
+        # read whole.
+        server.padding = 2 << 20
+        error = _pull_error(daemon, f"{token_registry.host}/team/padded:v1", auth=auth)
+        assert "larger than 1048576 bytes" in (error.details() or ""), error.details()
+    finally:
+        server.token_lifetime = None
+        server.padding = 0
+
+
 def test_mirror_is_tried_first(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
     image = img.tiny_image("from the mirror\n")
     img.push(plain_registry, "mirror/docker.example/app", "v1", image)
