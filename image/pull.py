@@ -40,7 +40,7 @@ from image.registry_client import (
     Repository,
 )
 from image.store import ImageRecord, ImageStore, LayerRecord
-from image.unpack import UnsafeLayerError, unpack_layer
+from image.unpack import MalformedLayerError, UnsafeLayerError, unpack_layer
 
 log = logging.getLogger("skiff.image.pull")
 
@@ -525,9 +525,14 @@ class ImagePuller:
                             f"{what}: writing the layer failed: {exc.strerror}"
                         ) from None
                     raise self._explain(what, compressed, buffered, size, digest, exc) from None
+                except MalformedLayerError as exc:
+                    # Bytes that inflate into no tar are, more often than not, a blob
+                    # that changed on the way: its digest decides (DATA_LOSS).
+                    explained = self._explain(what, compressed, buffered, size, digest, exc)
+                    if compressed.digest == digest and compressed.count >= size:
+                        raise UnsafeLayerError(f"{what}: {exc}") from None
+                    raise explained from None
                 except (EOFError, ValueError, tarfile.TarError, zstandard.ZstdError) as exc:
-                    if isinstance(exc, UnsafeLayerError):
-                        raise
                     raise self._explain(what, compressed, buffered, size, digest, exc) from None
             finally:
                 response.release_conn()

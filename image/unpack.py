@@ -77,6 +77,11 @@ class UnsafeLayerError(Exception):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class MalformedLayerError(UnsafeLayerError):
+    """The bytes do not read as tar at all: broken as built, or changed on the way (the
+    puller's digest check tells which)."""
+
+
 class _StrictTarInfo(tarfile.TarInfo):
     """TarInfo that refuses what plain tarfile would accept too quietly.
 
@@ -133,7 +138,7 @@ def _open_tar(stream: BinaryIO) -> tarfile.TarFile:
     try:
         return tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo)
     except (tarfile.TarError, ValueError) as exc:
-        raise UnsafeLayerError(f"layer is not a valid tar stream: {exc}") from None
+        raise MalformedLayerError(f"layer is not a valid tar stream: {exc}") from None
 
 
 def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
@@ -141,7 +146,7 @@ def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
         member = tar.next()
     except (tarfile.TarError, ValueError) as exc:
         # ValueError: tarfile's sparse-map parsing lets it escape on garbage.
-        raise UnsafeLayerError(f"layer is not a valid tar stream: {exc}") from None
+        raise MalformedLayerError(f"layer is not a valid tar stream: {exc}") from None
     # TarFile remembers every member it has read; in a streaming pass that is a leak
     # proportional to the entry count and nothing here needs the history. (`members` is
     # missing from typeshed.)

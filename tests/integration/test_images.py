@@ -513,6 +513,30 @@ def test_broken_blob_downloads_leave_nothing(
         assert _pull(daemon, ref) == image.config_digest
 
 
+def test_a_layer_changed_on_the_way_is_data_loss_even_when_it_inflates(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    """Stored (level 0) gzip: flipped bytes inflate fine into a broken tar header. The
+    digest decides: DATA_LOSS naming the layer and the registry (was INVALID_ARGUMENT
+    "not a valid tar stream: bad checksum", naming no layer)."""
+    tar = img.busybox_tar()
+    blob = img.Blob.of(img.compress(tar, "gzip", level=0), img.OCI_LAYER_GZIP)
+    layer = img.Layer(blob, img.sha256_digest(tar), "gzip", len(tar))
+    image = img.build_image([layer], run=img.RunConfig(), history=["stored"])
+    img.push(plain_registry, "faults/stored", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        proxy.add_fault(Fault("tamper", digest=layer.digest, offset=200, count=4))
+        daemon = make_daemon(insecure=(proxy.host,))
+        ref = f"{proxy.host}/faults/stored:v1"
+        error = _pull_error(daemon, ref)
+        assert error.code() == grpc.StatusCode.DATA_LOSS, error.details()
+        assert layer.digest in (error.details() or "")
+        assert "faults/stored" in (error.details() or "")
+        _assert_nothing_left(daemon)
+        proxy.clear()
+        assert _pull(daemon, ref) == image.config_digest
+
+
 def test_registry_down_mid_pull(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
     image = img.busybox_image(labels={"down": "yes"})
     img.push(plain_registry, "down/app", "v1", image)
