@@ -21,6 +21,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
@@ -155,6 +156,11 @@ class _Progress:
             return {d[7:19]: f"{done}/{size}" for d, (done, size) in self.layers.items()}
 
 
+#: Threads for manifests, configs and the store's housekeeping, beside one per layer
+#: being fetched.
+PULL_THREADS = 8
+
+
 class ImagePuller:
     def __init__(
         self,
@@ -177,6 +183,13 @@ class ImagePuller:
         self._waiters: dict[str, int] = {}
         self._layers: dict[str, asyncio.Future[LayerRecord]] = {}
         self._slots = asyncio.Semaphore(settings.max_parallel_layers)
+        # Registry I/O has threads of its own: a registry that hangs ties up these, not
+        # the ones pod and container work runs on (RunPodSandbox took 37 s behind eight
+        # hanging pulls).
+        self._executor = ThreadPoolExecutor(
+            max_workers=PULL_THREADS + settings.max_parallel_layers,
+            thread_name_prefix="skiff-pull",
+        )
 
     # --- entry point -------------------------------------------------------------
 
@@ -200,7 +213,7 @@ class ImagePuller:
                     task.cancel()
 
     async def _thread(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(None, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def _pull(self, ref: Reference, credentials: Credentials | None) -> ImageRecord:
         cancel = threading.Event()
@@ -344,7 +357,9 @@ class ImagePuller:
             self.store.release(held)
             if not finished:
                 # A failed or abandoned pull takes back what it alone had added.
-                asyncio.get_running_loop().run_in_executor(None, self.store.collect_garbage)
+                asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.store.collect_garbage
+                )
 
     async def _finish(
         self,

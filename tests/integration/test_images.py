@@ -15,6 +15,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -675,6 +676,47 @@ def test_a_stalled_pull_fails_while_lists_stay_responsive(
         assert any("/" in line and image.layers[0].digest[7:19] in line for line in progress)
         proxy.release_stalls()
         _assert_nothing_left(daemon)
+
+
+def test_hanging_registries_do_not_hold_up_pod_work(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    """Eight pulls whose manifests never come: other calls go on at their own pace (pod
+    work shared the few default threads with registry I/O; RunPodSandbox took 37 s)."""
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        proxy.add_fault(Fault("stall", path=r"/manifests/", nbytes=0))
+        daemon = make_daemon(insecure=(proxy.host,))
+
+        def hung_pull(i: int) -> grpc.StatusCode:
+            request = pb.PullImageRequest(image=pb.ImageSpec(image=f"{proxy.host}/hung/app:{i}"))
+            with pytest.raises(grpc.RpcError) as err:
+                daemon.images().PullImage(request, timeout=1)
+            return err.value.code()
+
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                codes = list(pool.map(hung_pull, range(8)))
+            assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+            started = time.monotonic()
+            host_pod = pb.PodSandboxConfig(
+                metadata=pb.PodSandboxMetadata(name="p", namespace="n", uid="u"),
+                linux=pb.LinuxPodSandboxConfig(
+                    security_context=pb.LinuxSandboxSecurityContext(
+                        namespace_options=pb.NamespaceOption(network=pb.NamespaceMode.NODE)
+                    )
+                ),
+            )
+            runtime = daemon.runtime()
+            pod = runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=host_pod), timeout=20)
+            runtime.RemovePodSandbox(
+                pb.RemovePodSandboxRequest(pod_sandbox_id=pod.pod_sandbox_id), timeout=20
+            )
+            daemon.images().RemoveImage(
+                pb.RemoveImageRequest(image=pb.ImageSpec(image="nothing/here:1")), timeout=20
+            )
+            assert time.monotonic() - started < 5
+        finally:
+            proxy.release_stalls()
 
 
 def test_identity_and_registry_tokens(
