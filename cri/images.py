@@ -23,8 +23,13 @@ from image.store import ImageNotFound, ImageRecord, ImageStore
 
 log = logging.getLogger("skiff.images")
 
-# Answer DEADLINE_EXCEEDED ourselves a little before the client gives up.
-DEADLINE_MARGIN = 0.2
+
+def deadline_margin(deadline_in: float) -> float:
+    """How long before the call's deadline skiff answers DEADLINE_EXCEEDED itself, so
+    that its own message reaches the client. gRPC sends a long deadline in coarser
+    units and rounds it up (up to a second at 120 s): the server's deadline is then
+    later than the client's, and a fixed 0.2 s came after the client had given up."""
+    return min(0.2 + deadline_in * 0.01, 1.5)
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,8 @@ class ImageManager:
             if deadline_in is None:
                 return await self.puller.pull(image, credentials)
             return await asyncio.wait_for(
-                self.puller.pull(image, credentials), max(deadline_in - DEADLINE_MARGIN, 0.01)
+                self.puller.pull(image, credentials),
+                max(deadline_in - deadline_margin(deadline_in), 0.01),
             )
         except TimeoutError:
             raise DeadlineExceeded(
