@@ -34,6 +34,7 @@ from image.reference import Reference, parse
 from image.registries import Endpoint, RegistriesConf
 from image.registry_client import (
     RegistryAuthError,
+    RegistryBlobMissing,
     RegistryClient,
     RegistryError,
     RegistryNotFound,
@@ -268,6 +269,8 @@ class ImagePuller:
                     if not endpoint.mirror and len(conf.candidates(ref)) == 1:
                         raise
                     failures.append(str(exc))
+        if isinstance(not_found, RegistryBlobMissing) and len(failures) == 1:
+            raise not_found  # the image is there, broken: not "image not found"
         if not_found is not None:
             tried = "; ".join(failures)
             raise RegistryNotFound(f"image {ref} not found: {tried}")

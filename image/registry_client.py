@@ -48,6 +48,16 @@ class RegistryNotFound(RegistryError):
     grpc_status = "NOT_FOUND"
 
 
+class RegistryBlobMissing(RegistryNotFound):
+    """The registry has the manifest but not a blob it names: a broken image there."""
+
+
+class ManifestTooLarge(RegistryError):
+    """A manifest past the size skiff reads: no image skiff can pull."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
 class RegistryAuthError(RegistryError):
     grpc_status = "UNAUTHENTICATED"
 
@@ -236,9 +246,9 @@ class RegistryClient:
             value = str(data.get("token") or data.get("access_token") or "")
             expires_in = float(data.get("expires_in") or 60)
         except (ValueError, TypeError, AttributeError):
-            raise RegistryError(f"token server {parsed.netloc} sent no usable token") from None
+            raise RegistryAuthError(f"token server {parsed.netloc} sent no usable token") from None
         if not value:
-            raise RegistryError(f"token server {parsed.netloc} sent no usable token")
+            raise RegistryAuthError(f"token server {parsed.netloc} sent no usable token")
         if not header_safe(value):
             raise RegistryError(
                 f"token server {parsed.netloc} sent a token an HTTP header cannot carry"
@@ -368,14 +378,16 @@ class Repository:
                 url = urllib.parse.urljoin(url, location)
                 continue
             return response
-        raise RegistryError(f"{self.where}: too many redirects")
+        raise RegistryUnavailable(f"{self.where}: too many redirects")
 
     def manifest(self, reference: str, accept: tuple[str, ...], limit: int) -> tuple[bytes, str]:
         """The manifest bytes and their media type (from Content-Type)."""
         response = self.request(self._url("manifests", reference), {"Accept": ", ".join(accept)})
         try:
             self._check_status(response, f"manifest {reference}")
-            data = _read_limited(response, limit, f"manifest {reference} from {self.where}")
+            data = _read_limited(
+                response, limit, f"manifest {reference} from {self.where}", ManifestTooLarge
+            )
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             return data, media_type
         finally:
@@ -385,6 +397,11 @@ class Repository:
         response = self.request(self._url("blobs", digest), {}, cancel=cancel, stream=True)
         try:
             self._check_status(response, f"blob {digest}")
+        except RegistryNotFound as exc:
+            response.release_conn()
+            raise RegistryBlobMissing(
+                f"the image in {self.where} is incomplete: its manifest names {exc}"
+            ) from None
         except BaseException:
             response.release_conn()
             raise
@@ -405,6 +422,9 @@ class Repository:
             )
         if status == 429:
             raise RegistryUnavailable(f"{self.where} is rate limiting pulls (HTTP 429)")
+        if status >= 500:
+            # Still failing after the retries: the registry is not serving.
+            raise RegistryUnavailable(f"{self.where} answered HTTP {status} for {what}{detail}")
         raise RegistryError(f"{self.where} answered HTTP {status} for {what}{detail}")
 
 
@@ -422,7 +442,12 @@ def _error_detail(response: urllib3.BaseHTTPResponse) -> str:
 MAX_TOKEN_RESPONSE = 1 << 20
 
 
-def _read_limited(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
+def _read_limited(
+    response: urllib3.BaseHTTPResponse,
+    limit: int,
+    what: str,
+    too_large: type[RegistryError] = RegistryError,
+) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -436,7 +461,7 @@ def _read_limited(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> 
             break
         total += len(chunk)
         if total > limit:
-            raise RegistryError(f"{what} is larger than {limit} bytes")
+            raise too_large(f"{what} is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

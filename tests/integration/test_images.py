@@ -538,6 +538,38 @@ def test_a_layer_changed_on_the_way_is_data_loss_even_when_it_inflates(
         assert _pull(daemon, ref) == image.config_digest
 
 
+def test_a_misbehaving_registry_gets_the_code_that_says_what_to_do(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    """Not UNKNOWN: 500s past the retries and redirect loops are UNAVAILABLE (try again
+    later); a manifest naming a blob the registry lacks is an incomplete image there,
+    NOT_FOUND naming the blob (it was "image not found")."""
+    image = img.busybox_image(labels={"misbehaves": "yes"})
+    img.push(plain_registry, "odd/app", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        daemon = make_daemon(insecure=(proxy.host,), config={"image": {"pull_retries": 1}})
+        ref = f"{proxy.host}/odd/app:v1"
+        proxy.add_fault(Fault("status", path=r"/manifests/", status=500))
+        error = _pull_error(daemon, ref)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert "HTTP 500" in (error.details() or "")
+        proxy.clear()
+        proxy.add_fault(Fault("redirect", path=r"/manifests/", redirect_to=proxy.url))
+        error = _pull_error(daemon, ref)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert "too many redirects" in (error.details() or "")
+        proxy.clear()
+        layer = image.layers[0].digest
+        proxy.add_fault(Fault("status", digest=layer, status=404))
+        error = _pull_error(daemon, ref)
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+        assert "incomplete" in (error.details() or "") and layer in (error.details() or "")
+        assert not (error.details() or "").startswith("image ")
+        _assert_nothing_left(daemon)
+        proxy.clear()
+        assert _pull(daemon, ref) == image.config_digest
+
+
 def test_registry_down_mid_pull(plain_registry: TestRegistry, make_daemon: MakeDaemon) -> None:
     image = img.busybox_image(labels={"down": "yes"})
     img.push(plain_registry, "down/app", "v1", image)
