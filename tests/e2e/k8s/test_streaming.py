@@ -8,6 +8,7 @@ import time
 from kubernetes.stream import portforward
 
 from tests.e2e.images import WEB_PAGE, WEB_PORT
+from tests.e2e.kube import StreamSession
 from tests.e2e.workloads import Pods, container, container_status, shell
 
 
@@ -45,21 +46,25 @@ def test_exec_without_a_tty_keeps_streams_and_exit_code(pods: Pods) -> None:
     assert (echoed.stdout, echoed.exit_code) == ("line one\nline two\n", 0)
 
 
+def _read_until(session: StreamSession, text: str, timeout: float = 20.0) -> str:
+    """What the session's stdout brings until `text` has come (or the time is up)."""
+    output = ""
+    deadline = time.monotonic() + timeout
+    while text not in output and time.monotonic() < deadline:
+        session.update(timeout=1)
+        output += session.read_stdout() or ""
+    return output
+
+
 def test_exec_with_a_tty(pods: Pods) -> None:
     name, _ = pods.run("tty", [container("main", pods.images.busybox, "sleep", "3600")])
     session = pods.kube.exec_session(
         pods.namespace, name, ["sh", "-c", "tty; read line; echo got $line"], stdin=True, tty=True
     )
     try:
-        output = ""
-        deadline = time.monotonic() + 20
-        while "/dev/pts/" not in output and time.monotonic() < deadline:
-            session.update(timeout=1)
-            output += session.read_stdout() or ""
+        output = _read_until(session, "/dev/pts/")
         session.write_stdin("hello\n")
-        while "got hello" not in output and time.monotonic() < deadline:
-            session.update(timeout=1)
-            output += session.read_stdout() or ""
+        output += _read_until(session, "got hello")
     finally:
         session.close()
     assert "/dev/pts/" in output
@@ -78,11 +83,7 @@ def test_attach_to_a_running_container(pods: Pods) -> None:
     session = pods.kube.attach_session(pods.namespace, name)
     try:
         session.write_stdin("ping\n")
-        output = ""
-        deadline = time.monotonic() + 20
-        while "attached: ping" not in output and time.monotonic() < deadline:
-            session.update(timeout=1)
-            output += session.read_stdout() or ""
+        output = _read_until(session, "attached: ping")
     finally:
         session.close()
     assert "attached: ping\n" in output
