@@ -56,7 +56,8 @@ READY = "ready"
 NOTREADY = "notready"
 #: Where the cgroups of pods that name no cgroup parent go (crictl's, mostly).
 DEFAULT_CGROUP_ROOT = "/skiff"
-#: In a pod's files directory: the cgroup RunPodSandbox is about to make (it was not there).
+#: In a pod's files directory: the cgroups RunPodSandbox is about to make (its own and
+#: the missing ancestors, outermost first), one per line.
 CGROUP_INTENT_FILE = "cgroup-made"
 
 
