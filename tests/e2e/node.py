@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from api.runtime.v1 import api_pb2 as pb
 from tests.e2e.toolchain import tool
+from tests.integration.netns import links_with_master
 from tests.integration.registry import LOOPBACK, TestCA, free_port
 from tests.integration.skiffd import (
     Skiffd,
@@ -564,13 +565,7 @@ class LocalNode:
             for pid in processes_mentioning("skiff-pause ")
             if self._is_ours(pid)
         ]
-        veths = subprocess.run(
-            ["ip", "-o", "link", "show", "master", self.names.bridge],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.splitlines()
-        found += [f"veth {line.split(':')[1].strip()}" for line in veths]
+        found += [f"veth {name}" for name in links_with_master(self.names.bridge)]
         ipam = self.base / "ipam"
         for network in ipam.iterdir() if ipam.is_dir() else []:
             found += [f"IP allocation {f.name}" for f in network.iterdir() if f.name[0].isdigit()]

@@ -6,7 +6,6 @@ and leaves nothing behind."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from api.runtime.v1 import api_pb2_grpc
 from cri.containers import EXEC_SYNC_MAX_OUTPUT
 from cri.errors import MAX_STATUS_MESSAGE
 from runtime.cgroups import hugepage_sizes
+from tests.integration.netns import links_with_master
 from tests.integration.nodes import (
     MakeNode,
     Node,
@@ -162,12 +162,7 @@ def _assert_only_the_node_pod(node: Node) -> None:
     prefix = node.world.subnet_prefix
     allocated = [p for p in node.world.ipam_dir.rglob(prefix + "*") if p.is_file()]
     assert len(allocated) == 1, allocated
-    veths = subprocess.run(
-        ["ip", "-o", "link", "show", "master", node.world.bridge],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    veths = links_with_master(node.world.bridge)
     assert len(veths) == 1, veths
 
 
