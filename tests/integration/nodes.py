@@ -156,6 +156,13 @@ class Node:
             time.sleep(0.05)
         raise AssertionError(f"container {container_id} did not exit in {timeout}s")
 
+    def pod_cgroup(self, pod: str | None = None) -> str:
+        """The pod's cgroup path, as its verbose status gives it."""
+        info = self.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=pod or self.pod, verbose=True)
+        ).info["info"]
+        return str(json.loads(info)["cgroup_parent"])
+
     def logs(self, container_id: str) -> str:
         path = Path(self.status(container_id).status.log_path)
         return path.read_text() if path.exists() else ""
@@ -296,9 +303,6 @@ def _assert_no_container_leaks(node: Node) -> None:
     ] == [], "conmon/runc processes left"
     # Neither the containers' cgroups nor their conmons' remain under any pod's.
     for pod in runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-        info = runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id, verbose=True)
-        ).info["info"]
-        parent = Path("/sys/fs/cgroup/memory") / json.loads(info)["cgroup_parent"].lstrip("/")
+        parent = Path("/sys/fs/cgroup/memory") / node.pod_cgroup(pod.id).lstrip("/")
         children = sorted(c.name for c in parent.iterdir() if c.is_dir()) if parent.is_dir() else []
         assert [c for c in children if c != "skiff-pause"] == [], f"cgroups left in {parent}"

@@ -453,11 +453,7 @@ def test_an_image_in_use_cannot_be_removed(make_node: MakeNode) -> None:
 def test_stopping_and_removing_the_pod_takes_its_containers(make_node: MakeNode) -> None:
     node = make_node()
     cid = node.run("in-pod", command=["sleep", "1000"])
-    pod_cgroup = json.loads(
-        node.runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
-        ).info["info"]
-    )["cgroup_parent"].lstrip("/")
+    pod_cgroup = node.pod_cgroup().lstrip("/")
     node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
     assert node.status(cid).status.state == pb.ContainerState.CONTAINER_EXITED
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=node.pod), timeout=60)
@@ -507,11 +503,7 @@ def test_what_a_create_cut_short_by_kill_9_made_is_removed_at_start(make_node: M
     lost = node.run("lost", command=["sleep", "1000"])
     info = json.loads(node.status(lost, verbose=True).info["info"])
     conmon_pid = int((node.daemon.runroot / "containers" / lost / "conmon.pid").read_text())
-    pod_cgroup = json.loads(
-        node.runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
-        ).info["info"]
-    )["cgroup_parent"]
+    pod_cgroup = node.pod_cgroup()
     node.daemon.kill()
     # What a create killed before it wrote its record leaves behind: everything it made
     # (overlay, runc container, conmon and its cgroup, directories), no record.
@@ -573,11 +565,7 @@ def test_fifty_cycles_leave_nothing(make_node: MakeNode) -> None:
         node.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
         node.remove(cid)
     _assert_no_container_leaks(node)
-    pod_cgroup = json.loads(
-        node.runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
-        ).info["info"]
-    )["cgroup_parent"]
+    pod_cgroup = node.pod_cgroup()
     left = [
         str(child)
         for hierarchy in Path("/sys/fs/cgroup").iterdir()

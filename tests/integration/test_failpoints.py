@@ -224,11 +224,7 @@ def test_a_conmon_cgroup_made_in_only_some_hierarchies_is_removed(make_node: Mak
     """What a CreateContainer killed while making conmon's cgroup leaves: the container's
     directory and that cgroup in the hierarchies made so far."""
     node = make_node()
-    pod_cgroup = json.loads(
-        node.runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod, verbose=True)
-        ).info["info"]
-    )["cgroup_parent"]
+    pod_cgroup = node.pod_cgroup()
     node.daemon.kill()
     lost = secrets.token_hex(32)
     (node.daemon.root / "containers" / lost).mkdir(parents=True)
