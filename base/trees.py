@@ -14,6 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from base import failpoints
+
 RM_TIMEOUT = 600.0
 
 
@@ -26,17 +28,17 @@ def remove_tree(path: Path | str, *, missing_ok: bool = True) -> None:
     filesystem). Blocking: call it from a worker thread."""
     try:
         shutil.rmtree(path)
-        return
     except FileNotFoundError:
         if missing_ok:
             return
         raise
     except RecursionError:
-        pass
+        _remove_with_rm(Path(path))
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:
             raise
-    _remove_with_rm(Path(path))
+        _remove_with_rm(Path(path))
+    failpoints.step("tree-remove")
 
 
 def _remove_with_rm(path: Path) -> None:

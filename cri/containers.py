@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from base import failpoints
 from base.trees import remove_tree
-from cri import events, failpoints
+from cri import events
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import (
@@ -817,7 +818,6 @@ class ContainerManager:
                 await self.state.store.update(container.to_record())
                 self.state.events.publish(events.STOPPED, container.id, container.sandbox_id)
                 raise
-            failpoints.reach("start-container/after-runtime-start")
             container.state = RUNNING
             await self.state.store.update(container.to_record())
             self.state.events.publish(events.STARTED, container.id, container.sandbox_id)
@@ -1054,6 +1054,7 @@ def _unmount_volumes(container_dir: Path) -> None:
 def _write_bundle(bundle: Path, oci: Mapping[str, Any]) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
     (bundle / "config.json").write_text(json.dumps(oci))
+    failpoints.step("file-write")
 
 
 def _signal_number(name: str) -> int:

@@ -21,6 +21,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from api.runtime.v1 import api_pb2
+from base import failpoints
 from cri.errors import clip, status_message, status_of
 from cri.metrics import Metrics
 
@@ -28,6 +30,13 @@ log = logging.getLogger("skiff.rpc")
 
 # Request fields that identify the object a call is about; safe to log.
 _ID_FIELDS = ("pod_sandbox_id", "container_id")
+
+#: The CRI's RPCs: the operations the failpoints of their durable steps are named by.
+CRI_RPCS = frozenset(
+    method.name
+    for service in api_pb2.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+)
 
 
 def _ids(request: Any) -> dict[str, str]:
@@ -102,7 +111,8 @@ def _wrap_unary(metrics: Metrics, rpc: str, inner: Any) -> Any:
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         start, ids = time.monotonic(), _ids(request)
         try:
-            response = await inner(request, context)
+            with failpoints.operation(rpc):
+                response = await inner(request, context)
         except asyncio.CancelledError:
             _record_call(metrics, rpc, start, grpc.StatusCode.CANCELLED, ids)
             raise

@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from base import failpoints
 from cri import config as config_mod
-from cri import failpoints, package_version
 from cri import log as log_mod
+from cri import package_version
 from cri.config import DEFAULT_CONFIG_FILE, DEFAULT_DROPIN_DIR, ConfigError, ConfigSources
 from cri.daemon import Daemon, StartupError
 from cri.instance_lock import AlreadyRunning
+from cri.interceptor import CRI_RPCS
 
 EXIT_STARTUP = 1
 EXIT_CONFIG = 2
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     log_mod.configure(cfg.log_level, cfg.log_format)
     try:
-        failpoints.arm_from_environment()
+        failpoints.arm_from_environment(CRI_RPCS)
     except failpoints.UnknownFailpoint as exc:
         print(f"skiffd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from base import failpoints
 from base.trees import remove_tree
-from cri import events, failpoints
+from cri import events
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
@@ -48,7 +49,15 @@ from network.namespaces import (
 from network.pod_files import DnsSettings, hosts_file, resolv_conf, write_file
 from runtime.cgroups import CgroupError, Cgroupfs, CgroupResources
 from runtime.mounts import mount_tmpfs, unmount
-from runtime.pause import PauseProcess, is_running, start_pause, stop_pause
+from runtime.pause import (
+    PauseProcess,
+    is_running,
+    kill_pauses,
+    kill_strays,
+    running_pauses,
+    start_pause,
+    stop_pause,
+)
 
 log = logging.getLogger("skiff.sandbox")
 
@@ -257,9 +266,19 @@ class SandboxManager:
     async def load(self) -> None:
         """Take the stored records; a pod whose network namespace vanished while
         skiffd was down (a reboot, someone's cleanup) is not ready any more."""
+        pauses = await asyncio.to_thread(running_pauses)
         for record in self.state.store.records("sandbox"):
             sandbox = Sandbox.from_record(record)
             self._sandboxes[sandbox.id] = sandbox
+            strays = [p for p in pauses.get(sandbox.id, []) if p != sandbox.pause]
+            if strays:
+                # Started by a CreateContainer cut short before it recorded the pause:
+                # no recorded container uses its PID namespace.
+                killed = await kill_pauses(sandbox.id, strays)
+                log.warning(
+                    "killed a pause process the record does not know",
+                    extra={"sandbox_id": sandbox.id, "pids": killed},
+                )
             if sandbox.state == READY and sandbox.netns and not namespace_alive(sandbox.netns):
                 log.warning(
                     "sandbox lost its network namespace while skiffd was down",
@@ -299,6 +318,7 @@ class SandboxManager:
         )
         await self.cni().delete(None, request)
         await unpin_namespaces(PinnedNamespaces(net, ipc, uts))
+        await kill_strays(sandbox_id)
         await asyncio.to_thread(unmount, files_dir / "shm")
         # Only cgroups of skiff's own making (named before they were made): one that was
         # there already is the kubelet's.
@@ -465,6 +485,7 @@ class SandboxManager:
             await self._make_log_directory(spec, undo)
         files_dir = Path(sandbox.files_dir)
         await asyncio.to_thread(files_dir.mkdir, 0o755, True)
+        failpoints.step("directory-make")
         undo.push("files", lambda: asyncio.to_thread(remove_tree, files_dir))
 
         # Every pod gets a cgroup: the kubelet's, or one of ours under DEFAULT_CGROUP_ROOT.
@@ -483,7 +504,6 @@ class SandboxManager:
         sandbox.cgroup_ancestors = self._ancestors_of_ours(sandbox.cgroup_parent, missing)
         if created:
             undo.push("cgroup", lambda: self._delete_cgroup(sandbox))
-        failpoints.reach("run-pod/after-cgroup")
 
         pinned = await pin_namespaces(
             PinRequest(
@@ -643,7 +663,6 @@ class SandboxManager:
         # NOTREADY is recorded before the network goes: a skiffd that dies during the
         # DEL comes back to a pod that is not ready, and finishes the DEL (`load`).
         await self._mark_not_ready(sandbox)
-        failpoints.reach("stop-pod/after-not-ready")
         if sandbox.network_name:
             await self._release_network(sandbox)
 
@@ -680,7 +699,6 @@ class SandboxManager:
         if sandbox.netns and not namespace_alive(sandbox.netns):
             request = replace(request, netns="")
         await self.cni().delete(None, request)
-        failpoints.reach("stop-pod/after-cni-del")
         sandbox.network_name = ""
         sandbox.ips = []
         await self.state.store.update(sandbox.to_record())

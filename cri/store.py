@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from base import failpoints
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
 
 Kind = Literal["sandbox", "container", "image"]
@@ -165,6 +166,7 @@ class StateStore:
             )
         await self._run(lambda: self._write(record, insert=True))
         index.add(record)
+        failpoints.step(f"{record.kind}-record-add")
 
     async def update(self, record: Record) -> None:
         """Replace a stored record's data (its id and name stay)."""
@@ -176,11 +178,13 @@ class StateStore:
             raise FailedPrecondition(f"{record.kind} {record.id}: a record's name cannot change")
         await self._run(lambda: self._write(record, insert=False))
         index.add(record)
+        failpoints.step(f"{record.kind}-record-update")
 
     async def remove(self, kind: Kind, record_id: str) -> None:
         """Forget a record; forgetting an unknown one is not an error."""
         await self._run(lambda: self._delete(kind, record_id))
         self._indexes[kind].remove(record_id)
+        failpoints.step(f"{kind}-record-remove")
 
     async def set_setting(self, key: str, value: str) -> None:
         await self._run(lambda: self._put_setting(key, value))

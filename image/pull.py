@@ -10,6 +10,7 @@ next read. Blocking work (HTTP, decompression, unpacking) runs on threads.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import hashlib
 import io
@@ -213,8 +214,14 @@ class ImagePuller:
                 if not task.done():
                     task.cancel()
 
+    def _in_thread(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        # With the caller's context, as asyncio.to_thread does: the failpoints of the
+        # steps taken there belong to the RPC.
+        context = contextvars.copy_context()
+        return asyncio.get_running_loop().run_in_executor(self._executor, context.run, fn)
+
     async def _thread(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._in_thread(fn)
 
     async def _pull(self, ref: Reference, credentials: Credentials | None) -> ImageRecord:
         cancel = threading.Event()
@@ -360,9 +367,7 @@ class ImagePuller:
             self.store.release(held)
             if not finished:
                 # A failed or abandoned pull takes back what it alone had added.
-                asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.store.collect_garbage
-                )
+                self._in_thread(self.store.collect_garbage)
 
     async def _finish(
         self,

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from base import failpoints
 from image.reference import looks_like_image_id
 
 log = logging.getLogger("skiff.image.store")
@@ -168,6 +169,7 @@ class ImageStore:
             if f"sha256:{blob.name}" not in wanted_blobs:
                 with contextlib.suppress(FileNotFoundError):
                     blob.unlink()
+                    failpoints.step("blob-remove")
 
     def _blobs_of(self, image: ImageRecord) -> set[str]:
         digests = {image.config_digest, image.manifest_digest}
@@ -180,6 +182,7 @@ class ImageStore:
         path = self.blobs / _hex(digest)
         if not path.exists():
             write_atomic(path, data)
+            failpoints.step("blob-commit")
 
     def blob(self, digest: str) -> bytes:
         return (self.blobs / _hex(digest)).read_bytes()
@@ -212,6 +215,7 @@ class ImageStore:
             os.rename(work_dir, target)
             self._layers[record.chain_id] = record
         fsync_dir(self.layers)
+        failpoints.step("layer-commit")
 
     def _delete_layer(self, chain_id: str) -> None:
         self._layers.pop(chain_id, None)
@@ -220,6 +224,7 @@ class ImageStore:
             # Rename first so a crash mid-delete leaves no half layer under a real id.
             doomed = self.tmp / f"doomed-{_hex(chain_id)}-{time.monotonic_ns()}"
             os.rename(path, doomed)
+            failpoints.step("layer-remove")
             shutil.rmtree(doomed, ignore_errors=True)
 
     # --- images ----------------------------------------------------------------------
@@ -248,6 +253,7 @@ class ImageStore:
     def _write_image(self, record: ImageRecord) -> None:
         data = json.dumps(asdict(record), sort_keys=True).encode()
         write_atomic(self.images_dir / f"{_hex(record.id)}.json", data)
+        failpoints.step("image-record-write")
 
     def images(self) -> list[ImageRecord]:
         with self._lock:
@@ -288,6 +294,7 @@ class ImageStore:
                 )
             os.unlink(self.images_dir / f"{_hex(current.id)}.json")
             fsync_dir(self.images_dir)
+            failpoints.step("image-record-remove")
             del self._images[current.id]
             self._collect_garbage()
             return True

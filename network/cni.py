@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from base import failpoints
 from network.cni_config import CniNetwork, find_plugin
 
 log = logging.getLogger("skiff.cni")
@@ -492,6 +493,7 @@ class CniPlugins:
         except (Exception, asyncio.CancelledError) as exc:
             await self._roll_back(cache_path, _replace_result(attachment, prev), request, exc)
             raise
+        failpoints.step("cni-add")
         log.info(
             "CNI ADD done",
             extra={
@@ -546,6 +548,7 @@ class CniPlugins:
                 continue
             if cache_path is not None:
                 await asyncio.to_thread(_remove_durably, cache_path)
+            failpoints.step("cni-del")
             log.info(
                 "CNI DEL done",
                 extra={"sandbox_id": request.container_id, "network": attachment.network_name},

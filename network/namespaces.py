@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from base import failpoints
+
 T = TypeVar("T")
 
 KINDS = ("net", "ipc", "uts")
@@ -232,6 +234,7 @@ async def pin_namespaces(
         except NamespaceError as cleanup:
             exc.add_note(f"cleanup after the failure was incomplete too: {cleanup}")
         raise
+    failpoints.step("namespaces-pin")
     return PinnedNamespaces(
         net=str(targets["net"]) if "net" in targets else None,
         ipc=str(targets["ipc"]) if "ipc" in targets else None,
@@ -244,6 +247,7 @@ async def unpin_namespaces(pinned: PinnedNamespaces) -> None:
     paths = [Path(p) for p in pinned.paths()]
     if paths:
         await _finish_even_if_cancelled(asyncio.to_thread(_remove_pins, paths))
+        failpoints.step("namespaces-unpin")
 
 
 def namespace_alive(path: str) -> bool:

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base import failpoints
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/sys/fs/cgroup")
@@ -441,6 +443,8 @@ class Cgroupfs:
         except BaseException:
             self._remove_created(created)
             raise
+        if leaf_made:
+            failpoints.step("cgroup-create")
         return leaf_made
 
     def update(self, path: str, resources: CgroupResources) -> None:
@@ -482,6 +486,8 @@ class Cgroupfs:
                 errors.append(f"{directory}: {exc.strerror}")
         if errors:
             raise CgroupError(f"removing cgroup {path}: " + "; ".join(errors))
+        if doomed:
+            failpoints.step("cgroup-delete")
 
     def attach(self, path: str, pid: int) -> None:
         """Move process ``pid`` into cgroup ``path`` in every hierarchy it is made in.

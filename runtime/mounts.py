@@ -9,6 +9,8 @@ import errno
 import os
 from pathlib import Path
 
+from base import failpoints
+
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
@@ -36,6 +38,7 @@ def mount_tmpfs(target: Path, size_bytes: int, mode: int = 0o1777) -> None:
     if _libc.mount(b"shm", str(target).encode(), b"tmpfs", flags, options) != 0:
         err = ctypes.get_errno()
         raise MountError(err, f"mounting tmpfs on {target}: {os.strerror(err)}")
+    failpoints.step("shm-mount")
 
 
 def unmount(target: Path) -> None:
@@ -45,6 +48,7 @@ def unmount(target: Path) -> None:
         if err in (errno.EINVAL, errno.ENOENT):
             return
         raise MountError(err, f"unmounting {target}: {os.strerror(err)}")
+    failpoints.step("shm-unmount")
 
 
 def kernel_has_mount_setattr(release: str | None = None) -> bool:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from base import failpoints
 from runtime import conmon
 from runtime.cgroups import CgroupError, Cgroupfs
 
@@ -272,6 +273,7 @@ class OciRuntime:
         )
         try:
             pid = await self.observed("create", self._start_conmon(options, conmon_cgroup, what))
+            failpoints.step("runtime-create")
             memory_cgroup = await asyncio.to_thread(_memory_cgroup_dir, pid)
             meta = {
                 "bundle": str(bundle),
@@ -419,6 +421,7 @@ class OciRuntime:
             if not self._runtime_knows(container_id):
                 raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
             raise OciRuntimeError(self._failure(what, "start", rc, err, out))
+        failpoints.step("runtime-start")
 
     async def kill(self, container_id: str, signal: int) -> None:
         """Send ``signal`` to the container's init; an already stopped one is fine."""
@@ -440,6 +443,7 @@ class OciRuntime:
             # A container that has already stopped (or never ran) needs no signal:
             # runc's complaint about it is not a failed call.
             self._observe("kill", started, ok=True, ended=ended)
+            failpoints.step("runtime-kill")
             return
         self._observe("kill", started, ok=False, ended=ended)
         raise OciRuntimeError(self._failure(what, "kill", rc, err, out))
@@ -516,6 +520,8 @@ class OciRuntime:
             await self._reap_conmon(state, pid)
         bundle, log_path = failed_create if failed_create is not None else (None, None)
         await asyncio.to_thread(_remove_state, state, bundle, log_path)
+        if failed_create is None:
+            failpoints.step("runtime-delete")
 
     async def _reap_conmon(self, state: Path, pid: int) -> None:
         """Wait for conmon to write the exit file and go; SIGKILL it after a while."""

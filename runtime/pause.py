@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from base import failpoints
 from runtime.pause_process import PAUSE_MARKER
 
 T = TypeVar("T")
@@ -187,6 +188,7 @@ async def start_pause(
     finally:
         if helper_fd >= 0:
             os.close(helper_fd)
+    failpoints.step("pause-start")
     return pause
 
 
@@ -222,15 +224,15 @@ async def stop_pause(
     """
     if not _signal_if_same(pause, signal.SIGTERM):
         return
-    if await _wait_gone(pause, timeout):
-        return
-    if not _signal_if_same(pause, signal.SIGKILL):
-        return
-    if not await _wait_gone(pause, _KILL_GRACE):
-        raise PauseError(
-            f"the pause process {pause.pid} did not exit within {timeout + _KILL_GRACE:g}s "
-            "of SIGTERM and SIGKILL"
-        )
+    if not await _wait_gone(pause, timeout):
+        if not _signal_if_same(pause, signal.SIGKILL):
+            return
+        if not await _wait_gone(pause, _KILL_GRACE):
+            raise PauseError(
+                f"the pause process {pause.pid} did not exit within "
+                f"{timeout + _KILL_GRACE:g}s of SIGTERM and SIGKILL"
+            )
+    failpoints.step("pause-stop")
 
 
 # --- rollback ---------------------------------------------------------------------------------
@@ -249,21 +251,33 @@ async def _roll_back(proc: asyncio.subprocess.Process, helper_fd: int, sandbox_i
     # By command line, not by the pid the helper printed: the helper may have been killed
     # between its fork and that line. Its child has the helper's command line until it
     # execs, the pause's after.
-    leftovers = await asyncio.to_thread(_find_started_for, sandbox_id)
-    for pause in leftovers:
+    await kill_strays(sandbox_id)
+
+
+async def kill_strays(sandbox_id: str, keep: PauseProcess | None = None) -> list[int]:
+    """Kill the pause processes (and helpers) running for ``sandbox_id`` other than
+    ``keep``: what a start cut short by skiffd's death left unrecorded. Returns their
+    pids once they are gone."""
+    running = await asyncio.to_thread(running_pauses)
+    return await kill_pauses(sandbox_id, [p for p in running.get(sandbox_id, []) if p != keep])
+
+
+async def kill_pauses(sandbox_id: str, strays: list[PauseProcess]) -> list[int]:
+    """SIGKILL these pause processes of ``sandbox_id`` and wait until they are gone."""
+    for pause in strays:
         _signal_if_same(pause, signal.SIGKILL)
-    stuck = [str(p.pid) for p in leftovers if not await _wait_gone(p, _KILL_GRACE)]
+    stuck = [str(p.pid) for p in strays if not await _wait_gone(p, _KILL_GRACE)]
     if stuck:
         raise PauseError(f"sandbox {sandbox_id}: process(es) {', '.join(stuck)} would not die")
+    return [p.pid for p in strays]
 
 
-def _find_started_for(sandbox_id: str) -> list[PauseProcess]:
-    """Running processes that are this sandbox's pause helper or pause process: their
-    command line is exactly one start_pause makes (or the helper's exec makes)."""
+def running_pauses() -> dict[str, list[PauseProcess]]:
+    """Running pause helpers and pause processes, by sandbox id: their command line is
+    exactly one start_pause makes (or the helper's exec makes)."""
     head = [os.fsencode(sys.executable), b"-I", b"-S", os.fsencode(_HELPER)]
-    sid = os.fsencode(sandbox_id)
-    shapes = ([*head, sid], [*head, PAUSE_MARKER.encode(), sid])
-    found = []
+    middles: tuple[list[bytes], ...] = ([], [PAUSE_MARKER.encode()])  # helper's, pause's
+    found: dict[str, list[PauseProcess]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -272,12 +286,13 @@ def _find_started_for(sandbox_id: str) -> list[PauseProcess]:
                 argv = f.read().split(b"\0")[:-1]
         except OSError:
             continue
-        if argv in shapes:
-            stat = _stat(int(entry))
-            if stat is not None:
-                pause = PauseProcess(int(entry), stat[1])
-                if is_running(pause):
-                    found.append(pause)
+        if len(argv) not in (5, 6) or argv[:4] != head or argv[4:-1] not in middles:
+            continue
+        stat = _stat(int(entry))
+        if stat is not None:
+            pause = PauseProcess(int(entry), stat[1])
+            if is_running(pause):
+                found.setdefault(os.fsdecode(argv[-1]), []).append(pause)
     return found
 
 

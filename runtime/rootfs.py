@@ -51,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from base import failpoints
 from base.trees import remove_tree
 
 __all__ = ["Rootfs", "RootfsError", "mount_rootfs", "rootfs_usage", "unmount_rootfs"]
@@ -182,6 +183,7 @@ def mount_rootfs(layer_dirs: Sequence[Path], container_dir: Path, readonly: bool
         if isinstance(exc, OSError):
             raise RootfsError(f"preparing the rootfs in {container_dir}: {exc}") from exc
         raise
+    failpoints.step("rootfs-mount")
     return Rootfs(merged=merged, upper=upper, work=work, readonly=readonly)
 
 
@@ -374,6 +376,7 @@ def unmount_rootfs(container_dir: Path) -> None:
     _unmount_all(container_dir)
     if any(True for _ in _mounts_under(container_dir)):
         raise RootfsError(f"{container_dir} still has mounts; not removing it")
+    failpoints.step("rootfs-unmount")
     try:
         # The upper dir is the container's to fill: a tree of any depth.
         remove_tree(container_dir)

@@ -80,14 +80,19 @@ class Skiffd:
     def args(self) -> list[str]:
         return ["--config", str(self.config_path), "--config-dir", str(self.dropin_dir)]
 
-    def start(self, wait: bool = True, failpoints: tuple[str, ...] = ()) -> None:
-        """Start skiffd; `failpoints` arms those (cri/failpoints.py): skiffd kills itself
-        with SIGKILL when it reaches one."""
+    def start(
+        self, wait: bool = True, failpoints: tuple[str, ...] = (), trace: Path | None = None
+    ) -> None:
+        """Start skiffd; `failpoints` arms those (base/failpoints.py): skiffd kills itself
+        with SIGKILL when it reaches one. `trace` gets every failpoint passed."""
         log = self.log_path.open("ab")
         env = dict(os.environ)
         env.pop("SKIFF_FAILPOINTS", None)
+        env.pop("SKIFF_FAILPOINTS_TRACE", None)
         if failpoints:
             env["SKIFF_FAILPOINTS"] = ",".join(failpoints)
+        if trace is not None:
+            env["SKIFF_FAILPOINTS_TRACE"] = str(trace)
         self.proc = subprocess.Popen(
             [SKIFFD, *self.args()], stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
         )

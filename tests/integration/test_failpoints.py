@@ -6,7 +6,6 @@ the record last said."""
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import shutil
 import signal
@@ -20,7 +19,6 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from cri import failpoints
 from tests.integration.nodes import CNI_BIN, MakeNode, Node, sandbox_config
 
 
@@ -52,31 +50,19 @@ def _allocations(node: Node, pod: str) -> list[Path]:
     ]
 
 
-def test_every_failpoint_is_reached_somewhere_and_only_known_ones() -> None:
-    sources = "\n".join(
-        p.read_text()
-        for p in Path(failpoints.__file__).parent.rglob("*.py")
-        if p.name != "failpoints.py"
-    )
-    reached = set(re.findall(r'failpoints\.reach\("([^"]+)"\)', sources))
-    assert reached == set(failpoints.POINTS)
-    with pytest.raises(failpoints.UnknownFailpoint, match="no-such-point"):
-        failpoints.armed({failpoints.ENV: "stop-pod/after-cni-del, no-such-point"})
-
-
 def test_an_unknown_failpoint_stops_skiffd_at_start(make_node: MakeNode) -> None:
     node = make_node()
     assert node.daemon.stop() == 0
-    node.daemon.start(wait=False, failpoints=("no-such-point",))
+    node.daemon.start(wait=False, failpoints=("RunPodSandbox/after-no-such-step",))
     assert node.daemon.proc is not None
     assert node.daemon.proc.wait(20) == 2
-    assert "unknown failpoints no-such-point" in node.daemon.logs()
+    assert "cannot exist: RunPodSandbox/after-no-such-step" in node.daemon.logs()
     node.daemon.start()
 
 
 def test_start_cut_short_after_the_runtime_started_it(make_node: MakeNode) -> None:
     node = make_node()
-    _restart_armed(node, "start-container/after-runtime-start")
+    _restart_armed(node, "StartContainer/after-runtime-start")
     cid = node.create("started", command=["sleep", "1000"])
     _dies(lambda: node.start(cid))
     node.daemon.wait_killed()
@@ -126,7 +112,9 @@ def test_start_cut_short_before_the_runtime_started_it(make_node: MakeNode) -> N
     node.remove(cid)
 
 
-@pytest.mark.parametrize("point", ["stop-pod/after-not-ready", "stop-pod/after-cni-del"])
+@pytest.mark.parametrize(
+    "point", ["StopPodSandbox/after-sandbox-record-update", "StopPodSandbox/after-cni-del"]
+)
 def test_stop_pod_cut_short_around_the_cni_del(make_node: MakeNode, point: str) -> None:
     node = make_node()
     cid = node.run("app", command=["sleep", "1000"])
@@ -168,7 +156,7 @@ def test_run_pod_cut_short_after_making_a_cgroup_the_kubelet_did_not(
     node = make_node()
     top = f"/skiff-fp-{secrets.token_hex(3)}"
     cgroup = f"{top}/pod"
-    _restart_armed(node, "run-pod/after-cgroup")
+    _restart_armed(node, "RunPodSandbox/after-cgroup-create")
     config = sandbox_config("cut", node.log_dir.parent / "cut")
     config.linux.cgroup_parent = cgroup
     try:
