@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
-import zstandard
-
 from image.auth import Credentials, lookup_auth_file
-from image.layer_fetch import HashingReader, IntegrityError, decompressing
-from image.reference import Reference, parse
+from image.layer_fetch import DECOMPRESSION_ERRORS, HashingReader, IntegrityError, decompressing
+from image.reference import Reference, ReferenceError, parse, validate_digest
 from image.registries import Endpoint, RegistriesConf
 from image.registry_client import (
     RegistryAuthError,
@@ -59,6 +57,12 @@ INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 8 << 20
+# A layer that does not decompress, or does not read as tar past the unpacker's checks.
+_UNREADABLE_LAYER: tuple[type[Exception], ...] = (
+    *DECOMPRESSION_ERRORS,
+    ValueError,
+    tarfile.TarError,
+)
 
 T = TypeVar("T")
 
@@ -502,7 +506,7 @@ class ImagePuller:
                     if compressed.digest == digest and compressed.count >= size:
                         raise UnsafeLayerError(f"{what}: {exc}") from None
                     raise explained from None
-                except (EOFError, ValueError, tarfile.TarError, zstandard.ZstdError) as exc:
+                except _UNREADABLE_LAYER as exc:
                     raise self._explain(what, compressed, buffered, size, digest, exc) from None
             finally:
                 response.release_conn()
@@ -552,7 +556,7 @@ class ImagePuller:
 def platform_manifest(index: bytes, what: str, node: Platform) -> str:
     """The digest of the manifest for `node` in an image index (or manifest list)."""
     descriptor = _choose_platform(_json(index, f"index of {what}"), what, node)
-    return str(descriptor["digest"])
+    return _descriptor_digest(descriptor, f"index of {what}: the manifest for this node")
 
 
 def manifest_content(manifest: bytes, what: str) -> tuple[str, list[Any]]:
@@ -562,7 +566,10 @@ def manifest_content(manifest: bytes, what: str) -> tuple[str, list[Any]]:
     layers = parsed.get("layers")
     if not isinstance(config_desc, dict) or not isinstance(layers, list):
         raise ManifestError(f"manifest of {what} lacks config or layers")
-    return str(config_desc.get("digest", "")), layers
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise ManifestError(f"manifest of {what}: layer {index} is not an object")
+    return _descriptor_digest(config_desc, f"manifest of {what}: the config"), layers
 
 
 def config_content(
@@ -570,7 +577,8 @@ def config_content(
 ) -> tuple[dict[str, Any], list[str]]:
     """An image config and its diff ids, one per layer of the manifest."""
     config = _json(config_bytes, f"config of {what}")
-    diff_ids = config.get("rootfs", {}).get("diff_ids")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or len(diff_ids) != layer_count:
         raise ManifestError(
             f"{what}: the config lists {len(diff_ids or [])} layers, the manifest {layer_count}"
@@ -578,10 +586,28 @@ def config_content(
     return config, [str(d) for d in diff_ids]
 
 
+def _descriptor_digest(descriptor: dict[str, Any], what: str) -> str:
+    """The digest a descriptor names; it becomes part of a registry URL, so nothing but
+    a digest will do."""
+    digest = descriptor.get("digest")
+    try:
+        return validate_digest(digest) if isinstance(digest, str) else validate_digest("")
+    except ReferenceError as exc:
+        raise ManifestError(f"{what} has no valid digest: {exc}") from None
+
+
 def _choose_platform(index: dict[str, Any], what: str, node: Platform) -> dict[str, Any]:
     entries = index.get("manifests")
     if not isinstance(entries, list):
         raise ManifestError(f"index of {what} has no manifests list")
+    for position, entry in enumerate(entries):
+        platform_ = (entry.get("platform") or {}) if isinstance(entry, dict) else None
+        if not isinstance(platform_, dict) or not all(
+            isinstance(platform_.get(key, ""), str) for key in ("os", "architecture", "variant")
+        ):
+            raise ManifestError(
+                f"index of {what}: entry {position} is not a descriptor with a platform object"
+            )
     best: dict[str, Any] | None = None
     for entry in entries:
         plat = entry.get("platform") or {}
