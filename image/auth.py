@@ -8,7 +8,6 @@ them, and nothing here formats a secret into text.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ def decode_auth(auth: str, where: str) -> tuple[str, str]:
     """Split a base64 `user:password` (the `auth` field) into its parts."""
     try:
         decoded = base64.b64decode(auth, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or a non-ASCII str
         raise AuthFileError(f"{where}: auth is not base64 of user:password") from None
     username, sep, password = decoded.partition(":")
     if not sep:

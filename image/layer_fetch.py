@@ -17,12 +17,21 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 from isal import igzip
+from isal.isal_zlib import IsalError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from image.registry_client import PullCancelled, RegistryUnavailable
 
 CHUNK = 1 << 20
+# What a decompressing() reader raises on a corrupt stream (gzip's bad headers and CRCs
+# are OSErrors without an errno); isal's inflate errors derive from Exception only.
+# (isal's stubs declare IsalError an instance, hence the cast.)
+DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (
+    EOFError,
+    zstandard.ZstdError,
+    cast(type[Exception], IsalError),
+)
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 

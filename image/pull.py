@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
-import zstandard
-
 from image.auth import Credentials, lookup_auth_file
-from image.layer_fetch import HashingReader, IntegrityError, decompressing
-from image.reference import Reference, parse
+from image.layer_fetch import DECOMPRESSION_ERRORS, HashingReader, IntegrityError, decompressing
+from image.reference import Reference, ReferenceError, parse, validate_digest
 from image.registries import Endpoint, RegistriesConf
 from image.registry_client import (
     RegistryAuthError,
@@ -60,6 +58,12 @@ INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 8 << 20
+# A layer that does not decompress, or does not read as tar past the unpacker's checks.
+_UNREADABLE_LAYER: tuple[type[Exception], ...] = (
+    *DECOMPRESSION_ERRORS,
+    ValueError,
+    tarfile.TarError,
+)
 
 T = TypeVar("T")
 
@@ -311,8 +315,7 @@ class ImagePuller:
         blobs = {top_digest: top}
         manifest, manifest_digest = top, top_digest
         if media_type in INDEXES:
-            descriptor = self._choose_platform(_json(top, f"index of {ref}"), str(ref))
-            manifest_digest = str(descriptor["digest"])
+            manifest_digest = platform_manifest(top, str(ref), self.node)
             manifest, manifest_type = await self._thread(
                 lambda: repo.manifest(manifest_digest, ACCEPT, MAX_MANIFEST_BYTES)
             )
@@ -325,23 +328,13 @@ class ImagePuller:
             if media_type not in MANIFESTS:
                 raise ManifestError(f"{ref}: the index points at {media_type}, not an image")
             blobs[manifest_digest] = manifest
-        parsed = _json(manifest, f"manifest of {ref}")
-        config_desc = parsed.get("config")
-        layers = parsed.get("layers")
-        if not isinstance(config_desc, dict) or not isinstance(layers, list):
-            raise ManifestError(f"manifest of {ref} lacks config or layers")
-        config_digest = str(config_desc.get("digest", ""))
+        config_digest, layers = manifest_content(manifest, str(ref))
         config_bytes = await self._thread(
             lambda: _fetch_small_blob(repo, config_digest, MAX_CONFIG_BYTES, cancel)
         )
         blobs[config_digest] = config_bytes
-        config = _json(config_bytes, f"config of {ref}")
-        diff_ids = config.get("rootfs", {}).get("diff_ids")
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-            raise ManifestError(
-                f"{ref}: the config lists {len(diff_ids or [])} layers, the manifest {len(layers)}"
-            )
-        chains = chain_ids([str(d) for d in diff_ids])
+        config, diff_ids = config_content(config_bytes, str(ref), len(layers))
+        chains = chain_ids(diff_ids)
         held = chains + list(blobs)
         self.store.hold(held)
         finished = False
@@ -378,7 +371,7 @@ class ImagePuller:
         config: dict[str, Any],
         config_bytes: bytes,
         layers: list[Any],
-        diff_ids: list[Any],
+        diff_ids: list[str],
         chains: list[str],
         blobs: dict[str, bytes],
         repo: Repository,
@@ -387,7 +380,7 @@ class ImagePuller:
     ) -> ImageRecord:
         results = await asyncio.gather(
             *(
-                self._layer(repo, dict(desc), str(diff_id), chain, cancel, progress)
+                self._layer(repo, dict(desc), diff_id, chain, cancel, progress)
                 for desc, diff_id, chain in zip(layers, diff_ids, chains, strict=True)
             )
         )
@@ -405,43 +398,6 @@ class ImagePuller:
             created_ns=time.time_ns(),
         )
         return await self._thread(lambda: self.store.save_image(record))
-
-    def _choose_platform(self, index: dict[str, Any], what: str) -> dict[str, Any]:
-        entries = index.get("manifests")
-        if not isinstance(entries, list):
-            raise ManifestError(f"index of {what} has no manifests list")
-        node = self.node
-        best: dict[str, Any] | None = None
-        for entry in entries:
-            plat = entry.get("platform") or {}
-            if plat.get("os") != node.os or plat.get("architecture") != node.architecture:
-                continue
-            variant = plat.get("variant", "")
-            if variant and node.variant and variant != node.variant:
-                continue
-            if best is None or variant == node.variant:
-                best = entry
-        if best is None:
-            offered = sorted(
-                {
-                    "/".join(
-                        p
-                        for p in (
-                            (e.get("platform") or {}).get("os", "?"),
-                            (e.get("platform") or {}).get("architecture", "?"),
-                            (e.get("platform") or {}).get("variant", ""),
-                        )
-                        if p
-                    )
-                    for e in entries
-                }
-            )
-            node_name = "/".join(p for p in (node.os, node.architecture, node.variant) if p)
-            raise ManifestError(
-                f"{what} has no image for this node's platform {node_name} "
-                f"(it offers {', '.join(offered) or 'none'})"
-            )
-        return best
 
     # --- layers ------------------------------------------------------------------
 
@@ -555,7 +511,7 @@ class ImagePuller:
                     if compressed.digest == digest and compressed.count >= size:
                         raise UnsafeLayerError(f"{what}: {exc}") from None
                     raise explained from None
-                except (EOFError, ValueError, tarfile.TarError, zstandard.ZstdError) as exc:
+                except _UNREADABLE_LAYER as exc:
                     raise self._explain(what, compressed, buffered, size, digest, exc) from None
             finally:
                 response.release_conn()
@@ -597,6 +553,97 @@ class ImagePuller:
         if compressed.digest != digest:
             return IntegrityError(f"{what}: content does not match its digest")
         return IntegrityError(f"{what} cannot be unpacked: {exc}")
+
+
+# --- the documents a pull reads: registry bytes, parsed without any I/O --------------
+
+
+def platform_manifest(index: bytes, what: str, node: Platform) -> str:
+    """The digest of the manifest for `node` in an image index (or manifest list)."""
+    descriptor = _choose_platform(_json(index, f"index of {what}"), what, node)
+    return _descriptor_digest(descriptor, f"index of {what}: the manifest for this node")
+
+
+def manifest_content(manifest: bytes, what: str) -> tuple[str, list[Any]]:
+    """An image manifest's config digest and its layer descriptors."""
+    parsed = _json(manifest, f"manifest of {what}")
+    config_desc = parsed.get("config")
+    layers = parsed.get("layers")
+    if not isinstance(config_desc, dict) or not isinstance(layers, list):
+        raise ManifestError(f"manifest of {what} lacks config or layers")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise ManifestError(f"manifest of {what}: layer {index} is not an object")
+    return _descriptor_digest(config_desc, f"manifest of {what}: the config"), layers
+
+
+def config_content(
+    config_bytes: bytes, what: str, layer_count: int
+) -> tuple[dict[str, Any], list[str]]:
+    """An image config and its diff ids, one per layer of the manifest."""
+    config = _json(config_bytes, f"config of {what}")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != layer_count:
+        raise ManifestError(
+            f"{what}: the config lists {len(diff_ids or [])} layers, the manifest {layer_count}"
+        )
+    return config, [str(d) for d in diff_ids]
+
+
+def _descriptor_digest(descriptor: dict[str, Any], what: str) -> str:
+    """The digest a descriptor names; it becomes part of a registry URL, so nothing but
+    a digest will do."""
+    digest = descriptor.get("digest")
+    try:
+        return validate_digest(digest) if isinstance(digest, str) else validate_digest("")
+    except ReferenceError as exc:
+        raise ManifestError(f"{what} has no valid digest: {exc}") from None
+
+
+def _choose_platform(index: dict[str, Any], what: str, node: Platform) -> dict[str, Any]:
+    entries = index.get("manifests")
+    if not isinstance(entries, list):
+        raise ManifestError(f"index of {what} has no manifests list")
+    for position, entry in enumerate(entries):
+        platform_ = (entry.get("platform") or {}) if isinstance(entry, dict) else None
+        if not isinstance(platform_, dict) or not all(
+            isinstance(platform_.get(key, ""), str) for key in ("os", "architecture", "variant")
+        ):
+            raise ManifestError(
+                f"index of {what}: entry {position} is not a descriptor with a platform object"
+            )
+    best: dict[str, Any] | None = None
+    for entry in entries:
+        plat = entry.get("platform") or {}
+        if plat.get("os") != node.os or plat.get("architecture") != node.architecture:
+            continue
+        variant = plat.get("variant", "")
+        if variant and node.variant and variant != node.variant:
+            continue
+        if best is None or variant == node.variant:
+            best = entry
+    if best is None:
+        offered = sorted(
+            {
+                "/".join(
+                    p
+                    for p in (
+                        (e.get("platform") or {}).get("os", "?"),
+                        (e.get("platform") or {}).get("architecture", "?"),
+                        (e.get("platform") or {}).get("variant", ""),
+                    )
+                    if p
+                )
+                for e in entries
+            }
+        )
+        node_name = "/".join(p for p in (node.os, node.architecture, node.variant) if p)
+        raise ManifestError(
+            f"{what} has no image for this node's platform {node_name} "
+            f"(it offers {', '.join(offered) or 'none'})"
+        )
+    return best
 
 
 def _drain(reader: io.BufferedReader[Any]) -> None:

@@ -212,4 +212,6 @@ def load_conf(path: Path) -> RegistriesConf:
         return RegistriesConf(source=str(path))
     except OSError as exc:
         raise RegistriesConfError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RegistriesConfError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_conf(text, str(path))

@@ -154,21 +154,26 @@ class _Channels(Protocol):
 
 
 def _sizes(buffer: bytearray) -> list[tuple[int, int]]:
-    """Complete TerminalSize JSON objects in `buffer` (removed from it)."""
+    """Complete TerminalSize JSON objects in `buffer` (removed from it). An object whose
+    Width or Height is no integer is dropped, like any other JSON value."""
     decoder = json.JSONDecoder()
     found: list[tuple[int, int]] = []
     while True:
-        text = buffer.decode(errors="replace").lstrip()
+        # surrogateescape keeps one character per undecodable byte, so what is left of
+        # the text measures exactly what is left of the buffer.
+        text = buffer.decode(errors="surrogateescape").lstrip()
         if not text:
             buffer.clear()
             return found
         try:
             obj, end = decoder.raw_decode(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return found
-        del buffer[: len(buffer) - len(text[end:].encode())]
+        del buffer[: len(buffer) - len(text[end:].encode(errors="surrogateescape"))]
         if isinstance(obj, dict):
-            found.append((int(obj.get("Width", 0)), int(obj.get("Height", 0))))
+            width, height = obj.get("Width", 0), obj.get("Height", 0)
+            if type(width) is int and type(height) is int:
+                found.append((width, height))
 
 
 class _SpdyChannels:

@@ -86,3 +86,14 @@ def test_bad_auth_file_is_named_without_secrets(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(AuthFileError, match="not valid JSON"):
         lookup_auth_file(path, "reg.io", "x")
+
+
+def test_non_ascii_in_the_auth_field_is_not_base64(tmp_path: Path) -> None:
+    """Found by fuzzing (python -m tests.fuzz auth_file): b64decode raised a bare
+    ValueError for a str with non-ASCII characters, from the file and from a request."""
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({"auths": {"q.io:5000/a": {"auth": "YWxpY\u01aa\u025czNjcmV0"}}}))
+    with pytest.raises(AuthFileError, match="auth is not base64"):
+        lookup_auth_file(path, "q.io:5000", "a/b")
+    with pytest.raises(InvalidAuthConfig, match="auth is not base64"):
+        from_request("", "", "YWxpY\u01aa\u025czNjcmV0", "", "")

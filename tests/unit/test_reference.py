@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from image.reference import Reference, ReferenceError, looks_like_image_id, parse
-from image.registries import BlockedError, RegistriesConfError, parse_conf
+from image.registries import BlockedError, RegistriesConfError, load_conf, parse_conf
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -160,3 +162,13 @@ def test_bad_registries_conf(text: str, problem: str) -> None:
 def test_no_config_means_docker_hub() -> None:
     conf = parse_conf("", "none")
     assert conf.candidates(parse("busybox")) == [Reference("docker.io", "library/busybox")]
+
+
+def test_registries_conf_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Found by fuzzing (python -m tests.fuzz registries_conf): load_conf let the
+    UnicodeDecodeError out, a ValueError no caller maps."""
+    path = tmp_path / "registries.conf"
+    path.write_bytes(b'[[registry]]\xdd\nlocation = "q.io/a"\n')
+    with pytest.raises(RegistriesConfError) as err:
+        load_conf(path)
+    assert str(path) in str(err.value) and "UTF-8" in str(err.value)

@@ -12,14 +12,16 @@ import base64
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import pytest
 
+from cri.streaming.server import _sizes
 from cri.streaming.websocket import (
     ChannelSocket,
     WebSocket,
@@ -831,3 +833,38 @@ def test_stream_pair_abort() -> None:
             assert await server.result() == (None, 1006)
 
     run(scenario())
+
+
+# --- the resize channel's JSON ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def returns_within(seconds: float) -> Iterator[None]:
+    """A loop that never yields would hang the test; SIGALRM breaks into it."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_resize_messages_with_bytes_that_are_not_utf8_do_not_hang_the_daemon() -> None:
+    """Found by fuzzing (python -m tests.fuzz terminal_resize): an undecodable byte made
+    _sizes measure the buffer wrong and loop forever, in skiffd's event loop."""
+    with returns_within(5):
+        assert _sizes(bytearray(b'""Wht:\x8e{"WHeight":24}')) == []
+        buffer = bytearray(b'{"Width":80,"Height":24}\xff')
+        assert _sizes(buffer) == [(80, 24)]
+        assert buffer == b"\xff"
+
+
+def test_resize_objects_without_integer_sizes_are_dropped() -> None:
+    buffer = bytearray(b'{"Width":"wide","Height":24} {"Width":100,"Height":30}')
+    assert _sizes(buffer) == [(100, 30)]
+    assert buffer == b""
