@@ -396,6 +396,11 @@ def test_exec_and_lifecycle_calls_in_the_wrong_state(make_node: MakeNode) -> Non
     # Past what exec(2) takes (was UNKNOWN from runc exec).
     long = pb.ExecSyncRequest(container_id=cid, cmd=["echo", "z" * (200 * 1024)])
     _expect(rt.ExecSync, long, INVALID, "cmd argument", "exec takes at most")
+    # A program the container does not have, or that is no program (were UNKNOWN from
+    # runc exec): the client's command, refused naming it.
+    for program in ("no-such-program", "/etc"):
+        missing = pb.ExecSyncRequest(container_id=cid, cmd=[program, "x"], timeout=10)
+        _expect(rt.ExecSync, missing, PRECONDITION, cid, f"cmd {program!r} cannot be run")
     # A negative timeout is no timeout, as 0 is.
     assert node.exec(cid, "true", timeout=-5).exit_code == 0
     # Output beyond what one response can carry is cut, not a failed call (it was
