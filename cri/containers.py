@@ -686,6 +686,12 @@ class ContainerManager:
                 f"container {request.name!r}: no command given and the image "
                 f"{request.image!r} has no Entrypoint or Cmd"
             )
+        if not args[0]:
+            # runc would refuse it only after the root filesystem was made (UNKNOWN).
+            raise InvalidArgument(
+                f"container {request.name!r}: the program to run is empty "
+                "(command, or args with the image's Entrypoint)"
+            )
         env = merge_env(list(image_config.get("Env") or []), request.envs)
         keys = {e.split("=", 1)[0] for e in env}
         if "PATH" not in keys:

@@ -323,6 +323,9 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
         refused("profile", f"{profile}.profile_type: 9", linux=linux)
     # What runc would refuse only after the root filesystem was made.
     refused("argnul", "command", "NUL", command=["tr\0ue"])
+    # An empty program, given or made of args (was UNKNOWN from runc create).
+    refused("noprog", "'noprog'", "program to run is empty", command=[""])
+    refused("noprog", "'noprog'", "program to run is empty", command=[], args=["", "x"])
     refused("argnul", "args", "NUL", command=["echo"], args=["a\0b"])
     refused("cwdnul", "working_dir", "NUL", working_dir="/a\0b")
     refused("envnul", "environment variable 'A'", envs={"A": "x\0y"})
