@@ -56,7 +56,7 @@ def decode_auth(auth: str, where: str) -> tuple[str, str]:
     """Split a base64 `user:password` (the `auth` field) into its parts."""
     try:
         decoded = base64.b64decode(auth, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: not ASCII (was INTERNAL)
         raise AuthFileError(f"{where}: auth is not base64 of user:password") from None
     username, sep, password = decoded.partition(":")
     if not sep:

@@ -124,6 +124,7 @@ def test_odd_ids_and_image_names(make_node: MakeNode) -> None:
     # line break must not reach an HTTP header.
     for auth, problem in (
         (pb.AuthConfig(auth="!!not base64"), "auth is not base64"),
+        (pb.AuthConfig(auth="\x80dXNlcjpwdw=="), "auth is not base64"),  # was INTERNAL
         (pb.AuthConfig(username="u\r\nX-Evil: 1", password="p"), "username contains control"),
         (pb.AuthConfig(registry_token="t\nx"), "registry_token contains control"),
         # Not Latin-1: the header could not be encoded, and the error quoted the token.
