@@ -687,6 +687,12 @@ class ContainerManager:
                 f"container {request.name!r}: no command given and the image "
                 f"{request.image!r} has no Entrypoint or Cmd"
             )
+        if not args[0]:
+            # runc would refuse it only after the root filesystem was made (UNKNOWN).
+            raise InvalidArgument(
+                f"container {request.name!r}: the program to run is empty "
+                "(command, or args with the image's Entrypoint)"
+            )
         env = merge_env(list(image_config.get("Env") or []), request.envs)
         keys = {e.split("=", 1)[0] for e in env}
         if "PATH" not in keys:
@@ -903,9 +909,22 @@ class ContainerManager:
         container = await self.get(id_or_prefix)
         if container.state != RUNNING:
             raise FailedPrecondition(f"container {container.id} is {container.state}, not running")
-        result = await self.runtime(container.runtime_handler).exec_sync(
-            container.id, command, time_limit, max_output=EXEC_SYNC_MAX_OUTPUT
-        )
+        runtime = self.runtime(container.runtime_handler)
+        try:
+            result = await runtime.exec_sync(
+                container.id, command, time_limit, max_output=EXEC_SYNC_MAX_OUTPUT
+            )
+        except OciRuntimeError as exc:
+            # The runtime could not start the command (no such program, not executable):
+            # the client's cmd, unless the container stopped meanwhile.
+            state = await runtime.state(container.id)
+            if state is None or state.get("status") != "running":
+                raise FailedPrecondition(
+                    f"container {container.id} stopped before {command[0]!r} could be run"
+                ) from None
+            raise FailedPrecondition(
+                f"cmd {clip(command[0])!r} cannot be run in container {container.id}: {exc}"
+            ) from None
         if result.timed_out:
             raise DeadlineExceeded(
                 f"command {command[0]!r} in container {container.id} timed out after "

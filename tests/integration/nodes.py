@@ -21,6 +21,7 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from base.trees import remove_tree
 from tests.integration import images as img
+from tests.integration.netns import links_with_master
 from tests.integration.registry import TestRegistry
 from tests.integration.skiffd import (
     Skiffd,
@@ -233,6 +234,66 @@ def sandbox_config(name: str, log_dir: Path, handler_ns: str = "default") -> pb.
     )
 
 
+def start_node(
+    world: World,
+    pod_name: str = "pod",
+    runtime_handler: str = "",
+    config: dict[str, Any] | None = None,
+    short_names_to_registry: bool = False,
+) -> Node:
+    """A started skiffd with the world's images pulled and a ready pod; `stop_node` ends
+    it. `short_names_to_registry` sends short image names to the test registry (never to
+    docker.io), for tests that send arbitrary names."""
+    base = short_tempdir("ctr")
+    daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}, **(config or {})})
+    search = f'unqualified-search-registries = ["{world.registry.host}"]\n'
+    (base / "registries.conf").write_text(
+        (search if short_names_to_registry else "")
+        + f'[[registry]]\nlocation = "{world.registry.host}"\ninsecure = true\n'
+    )
+    (daemon.cni_dir / "10-test.conflist").write_text(json.dumps(world.conflist()))
+    node = Node(daemon, world, "", base / "logs" / pod_name)
+    try:
+        daemon.start()
+        for image in (world.busybox, world.stopper):
+            daemon.images().PullImage(
+                pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60
+            )
+        node.pod = (
+            daemon.runtime()
+            .RunPodSandbox(
+                pb.RunPodSandboxRequest(
+                    config=sandbox_config(pod_name, node.log_dir), runtime_handler=runtime_handler
+                ),
+                timeout=30,
+            )
+            .pod_sandbox_id
+        )
+    except BaseException:
+        stop_node(node)
+        raise
+    return node
+
+
+def stop_node(node: Node) -> None:
+    """Remove the node's pods, stop its skiffd (which must exit 0) and take away whatever
+    a failed test left."""
+    daemon = node.daemon
+    try:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            for pod in daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest()).items:
+                daemon.runtime().RemovePodSandbox(
+                    pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
+                )
+            assert daemon.stop() == 0, daemon.logs()
+    finally:
+        daemon.kill()
+        release_leftovers(daemon)
+        unmount_below(daemon.base)
+        with contextlib.suppress(OSError):
+            remove_tree(daemon.base)  # a failed test may leave a tree of any depth
+
+
 MakeNode = Callable[..., Node]
 
 
@@ -243,48 +304,13 @@ def make_node(world: World) -> Iterator[MakeNode]:
     def make(
         pod_name: str = "pod", runtime_handler: str = "", config: dict[str, Any] | None = None
     ) -> Node:
-        base = short_tempdir("ctr")
-        daemon = Skiffd(base, {"network": {"cni_plugin_dirs": [CNI_BIN]}, **(config or {})})
-        (base / "registries.conf").write_text(
-            f'[[registry]]\nlocation = "{world.registry.host}"\ninsecure = true\n'
-        )
-        (daemon.cni_dir / "10-test.conflist").write_text(json.dumps(world.conflist()))
-        daemon.start()
-        for image in (world.busybox, world.stopper):
-            daemon.images().PullImage(
-                pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60
-            )
-        log_dir = base / "logs" / pod_name
-        pod = (
-            daemon.runtime()
-            .RunPodSandbox(
-                pb.RunPodSandboxRequest(
-                    config=sandbox_config(pod_name, log_dir), runtime_handler=runtime_handler
-                ),
-                timeout=30,
-            )
-            .pod_sandbox_id
-        )
-        node = Node(daemon, world, pod, log_dir)
+        node = start_node(world, pod_name, runtime_handler, config)
         made.append(node)
         return node
 
     yield make
     for node in made:
-        daemon = node.daemon
-        try:
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                for pod in daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest()).items:
-                    daemon.runtime().RemovePodSandbox(
-                        pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
-                    )
-                assert daemon.stop() == 0, daemon.logs()
-        finally:
-            daemon.kill()
-            release_leftovers(daemon)
-            unmount_below(daemon.base)
-            with contextlib.suppress(OSError):
-                remove_tree(daemon.base)  # a failed test may leave a tree of any depth
+        stop_node(node)
 
 
 def _assert_no_container_leaks(node: Node) -> None:
@@ -306,3 +332,20 @@ def _assert_no_container_leaks(node: Node) -> None:
         parent = Path("/sys/fs/cgroup/memory") / node.pod_cgroup(pod.id).lstrip("/")
         children = sorted(c.name for c in parent.iterdir() if c.is_dir()) if parent.is_dir() else []
         assert [c for c in children if c != "skiff-pause"] == [], f"cgroups left in {parent}"
+
+
+def assert_only_the_node_pod(node: Node) -> None:
+    """Nothing of a refused or removed pod is left: record, files, pins, mounts, IP, veth."""
+    runroot = node.daemon.runroot
+    assert [p.id for p in node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items] == [
+        node.pod
+    ]
+    assert sorted(p.name for p in (runroot / "sandboxes").iterdir()) == [node.pod]
+    for kind in ("net", "ipc", "uts"):
+        assert sorted(p.name for p in (runroot / "ns" / kind).iterdir()) == [node.pod], kind
+    assert [m for m in mounts_below(node.daemon.base) if node.pod not in m] == []
+    prefix = node.world.subnet_prefix
+    allocated = [p for p in node.world.ipam_dir.rglob(prefix + "*") if p.is_file()]
+    assert len(allocated) == 1, allocated
+    veths = links_with_master(node.world.bridge)
+    assert len(veths) == 1, veths
