@@ -94,6 +94,12 @@ class ContainerNotFound(OciRuntimeError):
     grpc_status = "NOT_FOUND"
 
 
+class ResourcesRefused(OciRuntimeError):
+    """The container cannot take the resources asked for, as it is now."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
 class ContainerExists(OciRuntimeError):
     grpc_status = "ALREADY_EXISTS"
 
@@ -774,7 +780,25 @@ class OciRuntime:
         if rc != 0:
             if not self._runtime_knows(container_id):
                 raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
+            limit = resources.get("memory", {}).get("limit")
+            usage = await asyncio.to_thread(self._memory_usage, container_id)
+            if isinstance(limit, int) and limit > 0 and usage is not None and usage >= limit:
+                raise ResourcesRefused(
+                    f"{what}: it uses {usage} bytes of memory, more than the memory limit "
+                    f"of {limit} bytes asked for; ask for more, or free memory first"
+                )
             raise OciRuntimeError(self._failure(what, "update", rc, err, out))
+
+    def _memory_usage(self, container_id: str) -> int | None:
+        directory = self._meta(container_id).get("memory_cgroup")
+        if not directory:
+            return None
+        for name in ("memory.usage_in_bytes", "memory.current"):  # v1, v2
+            try:
+                return int(Path(str(directory), name).read_text())
+            except (OSError, ValueError):
+                continue
+        return None
 
     async def reopen_log(self, container_id: str) -> None:
         """Ask conmon to reopen its log file, and wait until it did (a new file at the

@@ -362,6 +362,26 @@ def test_update_resources_reach_the_cgroup(make_node: MakeNode) -> None:
     assert status.resources.linux.memory_limit_in_bytes == 64 * 1024 * 1024
 
 
+def test_a_memory_limit_below_what_the_container_uses_is_a_precondition(
+    make_node: MakeNode,
+) -> None:
+    """runc cannot set it (the kernel cannot reclaim that much): the kubelet is told why,
+    and the container keeps its old limit (runc's message was UNKNOWN)."""
+    node = make_node()
+    cid = node.run("resized", command=["sleep", "1000"])
+    request = pb.UpdateContainerResourcesRequest(
+        container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=4096)
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        node.runtime.UpdateContainerResources(request, timeout=30)
+    details = err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert cid in details
+    assert "more than the memory limit of 4096 bytes" in details
+    assert node.status(cid).status.state == pb.ContainerState.CONTAINER_RUNNING
+    assert node.status(cid).status.resources.linux.memory_limit_in_bytes == 0
+
+
 def test_updating_a_container_that_just_stopped_is_a_precondition(make_node: MakeNode) -> None:
     """The kubelet resizes a container while it stops: whether or not skiff has seen the
     exit yet, the answer is FAILED_PRECONDITION (runc's "not running" was UNKNOWN)."""

@@ -55,10 +55,6 @@ FAILURES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.U
 _SERIAL = itertools.count()  # names unique across the module's tests
 #: Findings not fixed yet, (RPC, words of the message): tolerated so `make test` stays
 #: green; each is to be fixed and taken out of this list.
-KNOWN_FINDINGS = [
-    # A memory limit below the container's usage: runc update fails late (UNKNOWN).
-    ("UpdateContainerResources", "unable to set memory limit"),
-]
 TARGET_SCRIPT = "trap 'exit 0' TERM; while true; do sleep 0.2; done"
 
 METHODS: list[MethodDescriptor] = [
@@ -236,8 +232,6 @@ def _call(method: MethodDescriptor, request: Message, targets: Targets) -> grpc.
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and endless:
             return code
         assert code != grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer in time: {summary}"
-        if any(method.name == rpc and words in details for rpc, words in KNOWN_FINDINGS):
-            return code
         assert code not in FAILURES, f"{summary}\nskiffd's log:\n{_log_tail(daemon)}"
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             assert request.ByteSize() > MAX_MESSAGE_BYTES, summary
