@@ -14,7 +14,6 @@ roots, mounts, IP allocations, veths, cgroups, conmon and pause processes, recor
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,15 +25,11 @@ import pytest
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from tests.integration import images as img
-from tests.integration.netns import links_with_master
+from tests.integration.node_state import Kept, cgroup_dirs, snapshot
 from tests.integration.nodes import MakeNode, Node, World, container_config, sandbox_config
-from tests.integration.skiffd import mounts_below, pid_alive, processes_mentioning
+from tests.integration.skiffd import pid_alive
 
 pytestmark = pytest.mark.integration
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-# Files that change with every start of skiffd, not with what it holds.
-VOLATILE = re.compile(r"(^|/)(state\.db-(wal|shm)|skiff\.pid|skiff\.lock)$")
 
 
 @dataclass
@@ -314,79 +309,6 @@ SCENARIOS = [
 ]
 
 
-# --- what the node holds -----------------------------------------------------------------
-
-
-def _cgroup_dirs(top: str) -> list[str]:
-    found = []
-    for hierarchy in CGROUP_ROOT.iterdir():
-        tree = hierarchy / top.lstrip("/")
-        if tree.is_dir():
-            found += [str(d) for d in [tree, *tree.rglob("*")] if d.is_dir()]
-    return sorted(found)
-
-
-def _files_under(root: Path, depth: int = 4) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if len(relative.parts) <= depth and not VOLATILE.search(str(relative)):
-            found.append(str(relative))
-    return sorted(found)
-
-
-def snapshot(run: Run, pod_ids: set[str]) -> dict[str, list[str]]:
-    daemon = run.node.daemon
-    helpers = [
-        p
-        for p in processes_mentioning(str(daemon.base))
-        if p != (daemon.proc.pid if daemon.proc else 0)
-    ]
-    pauses = [p for pod in sorted(pod_ids) for p in processes_mentioning(f"skiff-pause {pod}")]
-    return {
-        "root": _files_under(daemon.root),
-        "runroot": _files_under(daemon.runroot),
-        "mounts": sorted(mounts_below(daemon.base)),
-        "ip allocations": sorted(
-            f.name
-            for f in run.node.world.ipam_dir.rglob("*")
-            if f.is_file() and f.name[0].isdigit()
-        ),
-        "veths": sorted(links_with_master(run.node.world.bridge)),
-        "cgroups": _cgroup_dirs(run.cgroup_top) + _cgroup_dirs(run.node.pod_cgroup()),
-        "processes": sorted(str(p) for p in helpers + pauses),
-        "pods": sorted(p.id for p in run.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items),
-        "containers": sorted(
-            c.id for c in run.runtime.ListContainers(pb.ListContainersRequest()).containers
-        ),
-        "images": sorted(i.id for i in run.images.ListImages(pb.ListImagesRequest()).images),
-    }
-
-
-def _pod_ids_in(text: str) -> set[str]:
-    return set(re.findall(r"\b[0-9a-f]{64}\b", text))
-
-
-def _remove_all_but(
-    run: Run, keep_pods: set[str], keep_containers: set[str], keep_images: set[str]
-) -> None:
-    for container in run.runtime.ListContainers(pb.ListContainersRequest()).containers:
-        if container.id not in keep_containers:
-            run.runtime.RemoveContainer(
-                pb.RemoveContainerRequest(container_id=container.id), timeout=60
-            )
-    for pod in run.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-        if pod.id not in keep_pods:
-            run.runtime.RemovePodSandbox(
-                pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60
-            )
-    for image in run.images.ListImages(pb.ListImagesRequest()).images:
-        if image.id not in keep_images:
-            run.images.RemoveImage(
-                pb.RemoveImageRequest(image=pb.ImageSpec(image=image.id)), timeout=30
-            )
-
-
 # --- the matrix ---------------------------------------------------------------------------
 
 
@@ -405,7 +327,7 @@ def matrix_run(world: World, make_node: MakeNode) -> Iterator[Run]:
     img.push(world.registry, repository, "v1", image)
     top = f"/skiff-fpm-{secrets.token_hex(3)}"
     yield Run(node=node, cgroup_top=top, pull_image=f"{world.registry.host}/{repository}:v1")
-    for directory in reversed(_cgroup_dirs(top)):
+    for directory in reversed(cgroup_dirs(top)):
         Path(directory).rmdir()
 
 
@@ -430,17 +352,13 @@ def test_a_death_at_every_durable_step_is_survived(matrix_run: Run, scenario: Sc
     node, daemon = run.node, run.node.daemon
     bystander = node.run("bystander", command=["sleep", "1000"])
     bystander_pid = json.loads(node.status(bystander, verbose=True).info["info"])["pid"]
-    keep = (
-        {node.pod},
-        {bystander},
-        {i.id for i in run.images.ListImages(pb.ListImagesRequest()).images},
-    )
-    baseline = snapshot(run, {node.pod})
+    keep = Kept.now(node)
+    baseline = snapshot(node, run.cgroup_top)
 
     points = _points_of(run, scenario)
     assert points, f"{scenario.rpc} passed no failpoint"
-    _remove_all_but(run, *keep)
-    assert snapshot(run, {node.pod}) == baseline
+    keep.remove_the_rest(node)
+    assert snapshot(node, run.cgroup_top) == baseline
 
     for round_, point in enumerate(points):
         run.round, run.pods, run.containers = round_, {}, {}
@@ -460,6 +378,5 @@ def test_a_death_at_every_durable_step_is_survived(matrix_run: Run, scenario: Sc
         assert node.status(bystander).status.state == pb.ContainerState.CONTAINER_RUNNING
         assert json.loads(node.status(bystander, verbose=True).info["info"])["pid"] == bystander_pid
 
-        _remove_all_but(run, *keep)
-        seen = _pod_ids_in(daemon.logs())
-        assert snapshot(run, seen | {node.pod}) == baseline, f"left behind after a death at {point}"
+        keep.remove_the_rest(node)
+        assert snapshot(node, run.cgroup_top) == baseline, f"left behind after a death at {point}"
