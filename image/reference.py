@@ -73,12 +73,12 @@ class Reference:
 
 
 def validate_digest(digest: str) -> str:
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):
         raise ReferenceError(f"{digest[:80]!r} is not a digest (want sha256:<64 hex digits>)")
     algorithm, _, hex_part = digest.partition(":")
     if algorithm != "sha256":
         raise ReferenceError(f"digest algorithm {algorithm[:80]!r} is not supported (use sha256)")
-    if not _SHA256_HEX.match(hex_part):
+    if not _SHA256_HEX.fullmatch(hex_part):
         raise ReferenceError(f"{digest!r} is not a sha256 digest (want 64 lowercase hex digits)")
     return digest
 

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from image.reference import Reference, ReferenceError, looks_like_image_id, parse
+from image.reference import (
+    Reference,
+    ReferenceError,
+    looks_like_image_id,
+    parse,
+    validate_digest,
+)
 from image.registries import BlockedError, RegistriesConfError, load_conf, parse_conf
 
 DIGEST = "sha256:" + "ab" * 32
@@ -172,3 +178,10 @@ def test_registries_conf_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> N
     with pytest.raises(RegistriesConfError) as err:
         load_conf(path)
     assert str(path) in str(err.value) and "UTF-8" in str(err.value)
+
+
+@pytest.mark.parametrize("tail", ["\n", "\n\n"])
+def test_a_digest_with_a_trailing_newline_is_not_one(tail: str) -> None:
+    """`$` matches before a final newline: such a digest went into registry URLs."""
+    with pytest.raises(ReferenceError):
+        validate_digest("sha256:" + "a" * 64 + tail)
