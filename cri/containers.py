@@ -534,15 +534,7 @@ class ContainerManager:
                 await asyncio.to_thread(self.sandboxes.cgroups.create, container.conmon_cgroup)
                 conmon_cgroup = container.conmon_cgroup
                 undo.push("conmon cgroup", lambda: self._delete_conmon_cgroup(conmon_cgroup))
-            container.pid = await runtime.create(
-                container_id,
-                bundle,
-                container.log_path,
-                terminal=request.tty,
-                stdin=request.stdin,
-                stdin_once=request.stdin_once,
-                conmon_cgroup=container.conmon_cgroup or None,
-            )
+            container.pid = await self._runtime_create(runtime, container, request, oci)
             undo.push("runtime", lambda: runtime.delete(container_id))
             await self.state.store.add(container.to_record())
         except BaseException:
@@ -932,6 +924,33 @@ class ContainerManager:
             )
         return result.exit_code, result.stdout, result.stderr
 
+    async def _runtime_create(
+        self,
+        runtime: OciRuntime,
+        container: Container,
+        request: ContainerRequest,
+        oci: Mapping[str, Any],
+    ) -> int:
+        try:
+            return await runtime.create(
+                container.id,
+                container.bundle,
+                container.log_path,
+                terminal=request.tty,
+                stdin=request.stdin,
+                stdin_once=request.stdin_once,
+                conmon_cgroup=container.conmon_cgroup or None,
+            )
+        except OciRuntimeError as exc:
+            program = str(oci["process"]["args"][0])
+            if not _program_unrunnable(str(exc), program):
+                raise
+            # The image lacks it, or it is no program: known only once runc looked.
+            raise FailedPrecondition(
+                f"container {request.name!r}: its program {clip(program)!r} cannot be run "
+                f"in image {request.image!r}: {exc}"
+            ) from None
+
     async def _build_spec(self, spec: ContainerSpec) -> dict[str, Any]:
         """On a worker thread: building a spec reads what the request names (device
         nodes and directories, a seccomp profile), which must not stall other calls."""
@@ -1061,6 +1080,14 @@ def _rootfs_propagation(mounts: tuple[CriMount, ...]) -> str:
     if "slave" in kinds:
         return "rslave"
     return ""
+
+
+def _program_unrunnable(message: str, program: str) -> bool:
+    """Whether the OCI runtime's complaint is that it could not start `program`: runc
+    says exec: "<program>": ... (quoted again in its log format), crun executable file
+    `<program>` ..."""
+    shapes = (f'exec: "{program}"', f'exec: \\"{program}\\"', f"executable file `{program}`")
+    return any(shape in message for shape in shapes)
 
 
 def _unmount_volumes(container_dir: Path) -> None:

@@ -859,3 +859,18 @@ def test_devices_and_apparmor_requests(make_node: MakeNode) -> None:
     assert "AppArmor" in (error.details() or "")
     node.remove(cid)
     _assert_no_container_leaks(node)
+
+
+@pytest.mark.parametrize("program", ["no-such-program", "/no/such/program", "/etc"])
+def test_a_program_the_image_does_not_have_is_a_precondition_naming_it(
+    make_node: MakeNode, program: str
+) -> None:
+    """runc finds out at create, after the root filesystem was made: the kubelet is told
+    which program (runc's complaint was UNKNOWN), and nothing is left."""
+    node = make_node()
+    error = node.create_error("lost", command=[program])
+    details = error.details() or ""
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert f"program {program!r} cannot be run" in details
+    assert "'lost'" in details
+    _assert_no_container_leaks(node)
