@@ -33,6 +33,7 @@ from image.layer_fetch import HashingReader, IntegrityError, decompressing
 from image.reference import Reference, parse
 from image.registries import Endpoint, RegistriesConf
 from image.registry_client import (
+    PullWatch,
     RegistryAuthError,
     RegistryBlobMissing,
     RegistryClient,
@@ -217,7 +218,7 @@ class ImagePuller:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def _pull(self, ref: Reference, credentials: Credentials | None) -> ImageRecord:
-        cancel = threading.Event()
+        cancel = PullWatch(self.client.progress_timeout)
         progress = _Progress(self.on_download)
         reporter = asyncio.get_running_loop().create_task(self._report(str(ref), progress))
         started = time.monotonic()
@@ -248,7 +249,7 @@ class ImagePuller:
         self,
         ref: Reference,
         credentials: Credentials | None,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> ImageRecord:
         conf = self.registries()
@@ -286,14 +287,14 @@ class ImagePuller:
         ref: Reference,
         endpoint: Endpoint,
         credentials: Credentials | None,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> ImageRecord:
         creds = self._credentials_for(endpoint, credentials)
         repo = await self._thread(lambda: self.client.repository(endpoint, creds))
         wanted = ref.digest or ref.tag
         top, top_type = await self._thread(
-            lambda: repo.manifest(wanted, ACCEPT, MAX_MANIFEST_BYTES)
+            lambda: repo.manifest(wanted, ACCEPT, MAX_MANIFEST_BYTES, cancel)
         )
         top_digest = _digest_of(top)
         if ref.digest and top_digest != ref.digest:
@@ -307,7 +308,7 @@ class ImagePuller:
             descriptor = self._choose_platform(_json(top, f"index of {ref}"), str(ref))
             manifest_digest = str(descriptor["digest"])
             manifest, manifest_type = await self._thread(
-                lambda: repo.manifest(manifest_digest, ACCEPT, MAX_MANIFEST_BYTES)
+                lambda: repo.manifest(manifest_digest, ACCEPT, MAX_MANIFEST_BYTES, cancel)
             )
             if _digest_of(manifest) != manifest_digest:
                 raise IntegrityError(
@@ -377,7 +378,7 @@ class ImagePuller:
         chains: list[str],
         blobs: dict[str, bytes],
         repo: Repository,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> ImageRecord:
         results = await asyncio.gather(
@@ -446,7 +447,7 @@ class ImagePuller:
         desc: dict[str, Any],
         diff_id: str,
         chain_id: str,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> LayerRecord:
         existing = self.store.layer(chain_id)
@@ -480,7 +481,7 @@ class ImagePuller:
         desc: dict[str, Any],
         diff_id: str,
         chain_id: str,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> LayerRecord:
         digest = str(desc.get("digest", ""))
@@ -497,7 +498,7 @@ class ImagePuller:
                     )
                 )
             except RegistryUnavailable:
-                if attempt == attempts or cancel.is_set():
+                if attempt == attempts or cancel.is_set() or cancel.out_of_patience():
                     raise
                 log.warning(
                     "layer download failed, retrying",
@@ -513,7 +514,7 @@ class ImagePuller:
         size: int,
         diff_id: str,
         chain_id: str,
-        cancel: threading.Event,
+        cancel: PullWatch,
         on_bytes: Callable[[int], None],
     ) -> LayerRecord:
         what = f"layer {digest} from {repo.where}"
@@ -625,7 +626,7 @@ def _media_type(data: bytes, header_type: str, what: str) -> str:
     return media_type
 
 
-def _fetch_small_blob(repo: Repository, digest: str, limit: int, cancel: threading.Event) -> bytes:
+def _fetch_small_blob(repo: Repository, digest: str, limit: int, cancel: PullWatch) -> bytes:
     response = repo.blob(digest, cancel)
     try:
         reader = HashingReader(response, limit, cancel, None, f"blob {digest}")  # type: ignore[arg-type]
