@@ -1,0 +1,219 @@
+"""The programs skiffd drives misbehaving: runc and conmon that fail, hang past
+skiffd's timeout or die halfway, CNI plugins that fail or hang, a full disk.
+
+Each fault must give a clear gRPC error naming the object and the problem, leave
+nothing half made, keep the daemon healthy, and the next call must work. The faulty
+programs are wrapper scripts in a directory of the test's own that run the real
+program except for the faulting sub-command; which fault is on is a file there, so one
+daemon sees a fault come and go.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from api.runtime.v1 import api_pb2 as pb
+from tests.integration.nodes import MakeNode, Node, _assert_no_container_leaks
+from tests.integration.skiffd import processes_mentioning
+
+# The wrapper: FAULT is "<sub-command> <how>"; the sub-command is matched as a whole
+# argument (runc's verbs; container ids are hex and paths hold slashes).
+WRAPPER = """#!/bin/sh
+fault=$(cat {fault} 2>/dev/null)
+verb=${{fault%% *}}
+how=${{fault#* }}
+if [ -n "$fault" ]; then
+  for arg in "$@"; do
+    [ "$arg" = "$verb" ] || continue
+    echo "$$ $verb $how" >> {hits}
+    case "$how" in
+      fail) echo "injected failure of $verb" >&2; exit 1 ;;
+      hang) exec sleep {hang_seconds} ;;
+      die) "{real}" "$@"; kill -KILL $$ ;;
+      kill-parent) kill -KILL $PPID; exec "{real}" "$@" ;;
+    esac
+  done
+fi
+exec "{real}" "$@"
+"""
+
+#: skiffd's runtime command timeout in these tests: a hang is past it in a second.
+COMMAND_TIMEOUT = 2.0
+#: How long a hung wrapper sleeps: an odd number, to find the ones left behind.
+HANG_SECONDS = 7717
+
+
+@dataclass
+class Faulty:
+    """Wrapper scripts for runc and conmon, and the switch of their fault."""
+
+    directory: Path
+
+    @property
+    def runc(self) -> Path:
+        return self.directory / "runc"
+
+    @property
+    def conmon(self) -> Path:
+        return self.directory / "conmon"
+
+    def set(self, program: str, verb: str, how: str) -> None:
+        (self.directory / f"{program}.fault").write_text(f"{verb} {how}")
+
+    def clear(self) -> None:
+        for program in ("runc", "conmon"):
+            (self.directory / f"{program}.fault").unlink(missing_ok=True)
+
+    def hits(self, program: str) -> list[str]:
+        path = self.directory / f"{program}.hits"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def faulty() -> Iterator[Faulty]:
+    directory = Path(tempfile.mkdtemp(prefix="skiff-faulty-", dir="/tmp"))
+    try:
+        for program in ("runc", "conmon"):
+            real = shutil.which(program)
+            if real is None:
+                pytest.skip(f"{program} is not installed")
+            script = WRAPPER.format(
+                fault=directory / f"{program}.fault",
+                hits=directory / f"{program}.hits",
+                real=real,
+                hang_seconds=HANG_SECONDS,
+            )
+            (directory / program).write_text(script)
+            (directory / program).chmod(0o755)
+        yield Faulty(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _node(make_node: MakeNode, faulty: Faulty) -> Node:
+    runtime = {
+        "handlers": {"runc": {"path": str(faulty.runc)}},
+        "conmon": str(faulty.conmon),
+        "command_timeout": COMMAND_TIMEOUT,
+    }
+    return make_node(config={"runtime": runtime})
+
+
+def _no_wrapped_processes(node: Node, faulty: Faulty) -> list[int]:
+    """Wrappers of a failed call still running, or hung ones (their sleep)."""
+    daemon_pid = node.daemon.proc.pid if node.daemon.proc else 0
+    wrappers = processes_mentioning(f"sh {faulty.directory}/")
+    hung = processes_mentioning(f"sleep {HANG_SECONDS}")
+    return [p for p in wrappers + hung if p != daemon_pid]
+
+
+def _healthy(node: Node) -> None:
+    node.runtime.Version(pb.VersionRequest(), timeout=5)
+    assert node.runtime.Status(pb.StatusRequest(), timeout=5).status.conditions
+
+
+@pytest.mark.parametrize(
+    ("program", "verb", "how", "said"),
+    [
+        ("runc", "create", "fail", "injected failure of create"),
+        ("runc", "create", "hang", "within"),
+        ("runc", "create", "die", ""),
+        ("runc", "create", "kill-parent", ""),
+        ("conmon", "--cid", "fail", ""),
+        ("conmon", "--cid", "hang", "conmon"),
+    ],
+    ids=["runc-fails", "runc-hangs", "runc-dies", "conmon-dies", "conmon-fails", "conmon-hangs"],
+)
+def test_create_container_with_a_faulty_runtime(
+    faulty: Faulty, make_node: MakeNode, program: str, verb: str, how: str, said: str
+) -> None:
+    node = _node(make_node, faulty)
+    faulty.set(program, verb, how)
+    started = time.monotonic()
+    error = node.create_error("victim")
+    elapsed = time.monotonic() - started
+    faulty.clear()
+    assert faulty.hits(program), f"the {program} fault was never reached"
+    details = error.details() or ""
+    assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
+    assert "creating container" in details, details
+    assert said in details
+    assert elapsed < COMMAND_TIMEOUT * 4, f"CreateContainer took {elapsed:.1f} s"
+    _assert_no_container_leaks(node)
+    assert _no_wrapped_processes(node, faulty) == []
+    _healthy(node)
+    container = node.run("after", command=["sleep", "3600"])
+    assert node.status(container).status.state == pb.ContainerState.CONTAINER_RUNNING
+
+
+@pytest.mark.parametrize("how", ["fail", "hang"])
+def test_start_container_with_a_faulty_runtime(
+    faulty: Faulty, make_node: MakeNode, how: str
+) -> None:
+    node = _node(make_node, faulty)
+    container = node.create("victim", command=["sleep", "3600"])
+    faulty.set("runc", "start", how)
+    with pytest.raises(grpc.RpcError) as err:
+        node.start(container)
+    faulty.clear()
+    details = err.value.details() or ""
+    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
+    assert container in details and "start" in details, details
+    assert _no_wrapped_processes(node, faulty) == []
+    _healthy(node)
+    # Whatever state the failed start left, the container can be removed and made anew.
+    node.remove(container)
+    _assert_no_container_leaks(node)
+    again = node.run("victim", command=["sleep", "3600"])
+    assert node.status(again).status.state == pb.ContainerState.CONTAINER_RUNNING
+
+
+def test_stop_container_when_runc_kill_hangs(faulty: Faulty, make_node: MakeNode) -> None:
+    node = _node(make_node, faulty)
+    container = node.run("victim", command=["sleep", "3600"])
+    faulty.set("runc", "kill", "hang")
+    stop = pb.StopContainerRequest(container_id=container, timeout=1)
+    with pytest.raises(grpc.RpcError) as err:
+        node.runtime.StopContainer(stop, timeout=30)
+    details = err.value.details() or ""
+    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
+    assert container in details and "kill" in details, details
+    assert _no_wrapped_processes(node, faulty) == []
+    _healthy(node)
+    faulty.clear()
+    node.runtime.StopContainer(stop, timeout=30)
+    assert node.status(container).status.state == pb.ContainerState.CONTAINER_EXITED
+    node.remove(container)
+    _assert_no_container_leaks(node)
+
+
+@pytest.mark.parametrize("how", ["fail", "hang"])
+def test_remove_container_when_runc_delete_fails(
+    faulty: Faulty, make_node: MakeNode, how: str
+) -> None:
+    node = _node(make_node, faulty)
+    container = node.run("victim", command=["sleep", "3600"])
+    node.runtime.StopContainer(pb.StopContainerRequest(container_id=container, timeout=1))
+    faulty.set("runc", "delete", how)
+    with pytest.raises(grpc.RpcError) as err:
+        node.remove(container)
+    details = err.value.details() or ""
+    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
+    assert container in details and "delete" in details, details
+    assert _no_wrapped_processes(node, faulty) == []
+    _healthy(node)
+    # Still listed: the kubelet retries a remove that failed.
+    assert [c.id for c in node.runtime.ListContainers(pb.ListContainersRequest()).containers] == [
+        container
+    ]
+    faulty.clear()
+    node.remove(container)
+    _assert_no_container_leaks(node)
