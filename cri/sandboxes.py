@@ -36,7 +36,7 @@ from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFo
 from cri.request_checks import check_cgroup_parent, check_path_length
 from cri.rollback import Rollback, remove_unrecorded
 from cri.store import Record
-from network.cni import CniPlugins, PodNetworkRequest, PortMapping
+from network.cni import CniError, CniPlugins, PodNetworkRequest, PortMapping
 from network.namespaces import (
     PinnedNamespaces,
     PinRequest,
@@ -511,7 +511,10 @@ class SandboxManager:
         if network is not None and pinned.net is not None:
             request = self._network_request(sandbox)
             cni = self.cni()
-            result = await cni.add(network, request)
+            try:
+                result = await cni.add(network, request)
+            except CniError as exc:
+                raise exc.naming(_pod_named(sandbox)) from None
             sandbox.ips = list(result.ips)
             sandbox.network_name = network.name
             undo.push("network", lambda: cni.delete(network, request))
@@ -679,7 +682,10 @@ class SandboxManager:
         request = self._network_request(sandbox)
         if sandbox.netns and not namespace_alive(sandbox.netns):
             request = replace(request, netns="")
-        await self.cni().delete(None, request)
+        try:
+            await self.cni().delete(None, request)
+        except CniError as exc:
+            raise exc.naming(_pod_named(sandbox)) from None
         failpoints.reach("stop-pod/after-cni-del")
         sandbox.network_name = ""
         sandbox.ips = []
@@ -707,3 +713,7 @@ class SandboxManager:
         self._pause_locks.pop(sandbox.id, None)
         self.creations.forget(sandbox.id)
         log.info("sandbox removed", extra={"sandbox_id": sandbox.id})
+
+
+def _pod_named(sandbox: Sandbox) -> str:
+    return f"pod {sandbox.namespace}/{sandbox.name} (sandbox {sandbox.id})"

@@ -21,6 +21,7 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from base.trees import remove_tree
 from tests.integration import images as img
+from tests.integration.netns import links_with_master
 from tests.integration.registry import TestRegistry
 from tests.integration.skiffd import (
     Skiffd,
@@ -285,6 +286,23 @@ def make_node(world: World) -> Iterator[MakeNode]:
             unmount_below(daemon.base)
             with contextlib.suppress(OSError):
                 remove_tree(daemon.base)  # a failed test may leave a tree of any depth
+
+
+def assert_only_the_node_pod(node: Node) -> None:
+    """Nothing of a refused or removed pod is left: record, files, pins, mounts, IP, veth."""
+    runroot = node.daemon.runroot
+    assert [p.id for p in node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items] == [
+        node.pod
+    ]
+    assert sorted(p.name for p in (runroot / "sandboxes").iterdir()) == [node.pod]
+    for kind in ("net", "ipc", "uts"):
+        assert sorted(p.name for p in (runroot / "ns" / kind).iterdir()) == [node.pod], kind
+    assert [m for m in mounts_below(node.daemon.base) if node.pod not in m] == []
+    prefix = node.world.subnet_prefix
+    allocated = [p for p in node.world.ipam_dir.rglob(prefix + "*") if p.is_file()]
+    assert len(allocated) == 1, allocated
+    veths = links_with_master(node.world.bridge)
+    assert len(veths) == 1, veths
 
 
 def _assert_no_container_leaks(node: Node) -> None:

@@ -10,7 +10,9 @@ daemon sees a fault come and go.
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +23,14 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.integration.nodes import MakeNode, Node, _assert_no_container_leaks
+from tests.integration.nodes import (
+    CNI_BIN,
+    MakeNode,
+    Node,
+    _assert_no_container_leaks,
+    assert_only_the_node_pod,
+    sandbox_config,
+)
 from tests.integration.skiffd import processes_mentioning
 
 # The wrapper: FAULT is "<sub-command> <how>"; the sub-command is matched as a whole
@@ -217,3 +226,128 @@ def test_remove_container_when_runc_delete_fails(
     faulty.clear()
     node.remove(container)
     _assert_no_container_leaks(node)
+
+
+# --- CNI plugins ------------------------------------------------------------------------
+
+#: A chained CNI plugin that passes ADD's result on, unless the file its config names
+#: says to fail ADD, hang in ADD, or fail DEL.
+FAULTY_PLUGIN = """#!/bin/sh
+config=$(cat)
+fault=$(echo "$config" | sed -n 's/.*"fault": *"\\([^"]*\\)".*/\\1/p')
+how=$(cat "$fault" 2>/dev/null)
+case "$CNI_COMMAND" in
+ADD)
+  case "$how" in
+  add-fail) echo '{"cniVersion":"1.0.0","code":11,"msg":"injected ADD failure"}'; exit 1 ;;
+  add-hang) exec sleep HANG_SECONDS ;;
+  esac
+  echo "$config" | sed -n 's/.*"prevResult": *\\({.*}\\)}$/\\1/p' ;;
+DEL)
+  case "$how" in
+  del-fail) echo '{"cniVersion":"1.0.0","code":11,"msg":"injected DEL failure"}'; exit 1 ;;
+  esac ;;
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
+esac
+""".replace("HANG_SECONDS", str(HANG_SECONDS))
+
+CNI_TIMEOUT = 2.0
+
+
+@dataclass
+class FaultyNetwork:
+    node: Node
+    fault: Path
+
+    def set(self, how: str) -> None:
+        self.fault.write_text(how)
+
+    def clear(self) -> None:
+        self.fault.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def cni_plugins_dir() -> Iterator[Path]:
+    """The faulty plugin's directory; it outlives the node (whose pods need it to go)."""
+    plugins = Path(tempfile.mkdtemp(prefix="skiff-cni-faulty-", dir="/tmp"))
+    try:
+        (plugins / "faultcni").write_text(FAULTY_PLUGIN)
+        (plugins / "faultcni").chmod(0o755)
+        yield plugins
+    finally:
+        shutil.rmtree(plugins, ignore_errors=True)
+
+
+@pytest.fixture
+def faulty_network(cni_plugins_dir: Path, make_node: MakeNode) -> FaultyNetwork:
+    network = {
+        "cni_plugin_dirs": [CNI_BIN, str(cni_plugins_dir)],
+        "cni_plugin_timeout": CNI_TIMEOUT,
+    }
+    node = make_node(config={"network": network})
+    fault = cni_plugins_dir / "fault"
+    conflist = node.world.conflist()
+    conflist["plugins"].append({"type": "faultcni", "fault": str(fault)})
+    (node.daemon.cni_dir / "10-test.conflist").write_text(json.dumps(conflist))
+    node.daemon.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "config reloaded" not in node.daemon.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return FaultyNetwork(node, fault)
+
+
+def _run_pod(node: Node, name: str) -> str:
+    config = sandbox_config(name, node.log_dir.parent / name)
+    request = pb.RunPodSandboxRequest(config=config)
+    return node.runtime.RunPodSandbox(request, timeout=30).pod_sandbox_id
+
+
+def _pod_processes(node: Node) -> list[int]:
+    daemon_pid = node.daemon.proc.pid if node.daemon.proc else 0
+    hung = processes_mentioning(f"sleep {HANG_SECONDS}")
+    return [p for p in hung if p != daemon_pid]
+
+
+@pytest.mark.parametrize(
+    ("how", "said"), [("add-fail", "injected ADD failure"), ("add-hang", "timed out on ADD")]
+)
+def test_run_pod_sandbox_when_the_cni_add_fails_or_hangs(
+    faulty_network: FaultyNetwork, how: str, said: str
+) -> None:
+    node = faulty_network.node
+    faulty_network.set(how)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        _run_pod(node, "victim")
+    elapsed = time.monotonic() - started
+    faulty_network.clear()
+    details = err.value.details() or ""
+    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
+    assert "faultcni" in details and said in details, details
+    assert "pod default/victim" in details, details
+    assert elapsed < CNI_TIMEOUT * 4, f"RunPodSandbox took {elapsed:.1f} s"
+    assert_only_the_node_pod(node)
+    assert _pod_processes(node) == []
+    pod = _run_pod(node, "victim")
+    node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    assert_only_the_node_pod(node)
+
+
+def test_a_pod_whose_cni_del_fails_is_reported_then_removable(
+    faulty_network: FaultyNetwork,
+) -> None:
+    node = faulty_network.node
+    pod = _run_pod(node, "victim")
+    faulty_network.set("del-fail")
+    stop = pb.StopPodSandboxRequest(pod_sandbox_id=pod)
+    with pytest.raises(grpc.RpcError) as err:
+        node.runtime.StopPodSandbox(stop, timeout=30)
+    details = err.value.details() or ""
+    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
+    assert pod in details and "injected DEL failure" in details, details
+    node.runtime.Version(pb.VersionRequest(), timeout=5)
+    faulty_network.clear()
+    node.runtime.StopPodSandbox(stop, timeout=30)
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    assert_only_the_node_pod(node)

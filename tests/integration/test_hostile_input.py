@@ -18,15 +18,14 @@ from api.runtime.v1 import api_pb2_grpc
 from cri.containers import EXEC_SYNC_MAX_OUTPUT
 from cri.errors import MAX_STATUS_MESSAGE
 from runtime.cgroups import hugepage_sizes
-from tests.integration.netns import links_with_master
 from tests.integration.nodes import (
     MakeNode,
     Node,
     _assert_no_container_leaks,
+    assert_only_the_node_pod,
     container_config,
     sandbox_config,
 )
-from tests.integration.skiffd import mounts_below
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -149,23 +148,6 @@ def test_odd_ids_and_image_names(make_node: MakeNode) -> None:
 # --- pods ------------------------------------------------------------------------------
 
 
-def _assert_only_the_node_pod(node: Node) -> None:
-    """Nothing of a refused or removed pod is left: record, files, pins, mounts, IP, veth."""
-    runroot = node.daemon.runroot
-    assert [p.id for p in node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items] == [
-        node.pod
-    ]
-    assert sorted(p.name for p in (runroot / "sandboxes").iterdir()) == [node.pod]
-    for kind in ("net", "ipc", "uts"):
-        assert sorted(p.name for p in (runroot / "ns" / kind).iterdir()) == [node.pod], kind
-    assert [m for m in mounts_below(node.daemon.base) if node.pod not in m] == []
-    prefix = node.world.subnet_prefix
-    allocated = [p for p in node.world.ipam_dir.rglob(prefix + "*") if p.is_file()]
-    assert len(allocated) == 1, allocated
-    veths = links_with_master(node.world.bridge)
-    assert len(veths) == 1, veths
-
-
 def _pod_config(node: Node, name: str, **fields: Any) -> pb.PodSandboxConfig:
     config = sandbox_config(name, node.log_dir.parent / name)
     for key, value in fields.items():
@@ -268,7 +250,7 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
     _expect(run, pb.RunPodSandboxRequest(config=config), INVALID, "net.ipv4.conf.all.forwarding")
     assert not (node.log_dir.parent / "late").exists()
     assert not Path(relative_logs).exists()
-    _assert_only_the_node_pod(node)
+    assert_only_the_node_pod(node)
 
     # What the checks take: an FQDN hostname, IPv6 servers, options with values.
     dns = pb.DNSConfig(
@@ -288,7 +270,7 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
     )
     assert json.loads(status.info["info"])["hostname"] == fqdn
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
-    _assert_only_the_node_pod(node)
+    assert_only_the_node_pod(node)
 
 
 # --- containers ------------------------------------------------------------------------
@@ -374,7 +356,7 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
     assert not outside.exists()
     assert not (node.log_dir.parent / "outside.log").exists()
     _assert_no_container_leaks(node)
-    _assert_only_the_node_pod(node)
+    assert_only_the_node_pod(node)
 
     # A log in a directory of its own below the pod's (kubelet style) is made there. A
     # limit of 0 for each huge page size the node has, as the kubelet sends, is taken
@@ -504,4 +486,4 @@ def test_exec_and_lifecycle_calls_in_the_wrong_state(make_node: MakeNode) -> Non
     rt.RemovePodSandbox(removal, timeout=60)
     _expect(rt.CreateContainer, create, NOT_FOUND, "sandbox", pod)
     _assert_no_container_leaks(node)
-    _assert_only_the_node_pod(node)
+    assert_only_the_node_pod(node)
