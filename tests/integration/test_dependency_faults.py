@@ -10,9 +10,12 @@ daemon sees a fault come and go.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -351,3 +354,53 @@ def test_a_pod_whose_cni_del_fails_is_reported_then_removable(
     node.runtime.StopPodSandbox(stop, timeout=30)
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
     assert_only_the_node_pod(node)
+
+
+# --- a full disk ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_root() -> Iterator[Path]:
+    """A 48 MiB tmpfs of the test's own, for skiffd's root."""
+    mount_dir = Path(tempfile.mkdtemp(prefix="skiff-full-", dir="/tmp"))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "skiff-test-full", str(mount_dir)], check=True
+    )
+    try:
+        yield mount_dir
+    finally:
+        subprocess.run(["umount", "-l", str(mount_dir)], check=False)
+        shutil.rmtree(mount_dir, ignore_errors=True)
+
+
+def _fill(directory: Path) -> Path:
+    """A file taking every free byte of the filesystem `directory` is on."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_create_container_on_a_full_disk(small_root: Path, make_node: MakeNode) -> None:
+    node = make_node(config={"root": str(small_root / "root")})
+    filler = _fill(small_root)
+    try:
+        error = node.create_error("victim", command=["sleep", "3600"])
+    finally:
+        filler.unlink()
+    details = error.details() or ""
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, node.daemon.logs()[-4000:]
+    assert "CreateContainer pod_sandbox_id=" + node.pod in details, details
+    assert "no space left" in details, details
+    _assert_no_container_leaks(node)
+    _healthy(node)
+    container = node.run("victim", command=["sleep", "3600"])
+    assert node.status(container).status.state == pb.ContainerState.CONTAINER_RUNNING
