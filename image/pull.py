@@ -72,6 +72,9 @@ class StoreFull(Exception):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 class StoreWriteError(Exception):
     grpc_status = "INTERNAL"
 
@@ -388,7 +391,10 @@ class ImagePuller:
             )
         )
         for digest, data in blobs.items():
-            await self._thread(lambda d=digest, b=data: self.store.put_blob(d, b))  # type: ignore[misc]
+            await self._stored(
+                ref,
+                lambda d=digest, b=data: self.store.put_blob(d, b),  # type: ignore[misc]
+            )
         record = ImageRecord(
             id=config_digest,
             repo_tags=[ref.tagged] if ref.tag else [],
@@ -400,7 +406,16 @@ class ImagePuller:
             config=config,
             created_ns=time.time_ns(),
         )
-        return await self._thread(lambda: self.store.save_image(record))
+        return await self._stored(ref, lambda: self.store.save_image(record))
+
+    async def _stored(self, ref: Reference, write: Callable[[], T]) -> T:
+        """A write to the image store; a full disk is named as such, with the image."""
+        try:
+            return await self._thread(write)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise StoreFull(f"image {ref}: no space left in {self.store.root}") from None
+            raise
 
     def _choose_platform(self, index: dict[str, Any], what: str) -> dict[str, Any]:
         entries = index.get("manifests")
@@ -537,7 +552,7 @@ class ImagePuller:
                     plain.drain()
                     _drain(buffered)
                 except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    if exc.errno in DISK_FULL:
                         raise StoreFull(f"{what}: no space left in {self.store.root}") from None
                     if exc.errno is not None and not isinstance(exc, EOFError):
                         raise StoreWriteError(

@@ -26,6 +26,7 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
+from tests.integration import images as img
 from tests.integration.nodes import (
     CNI_BIN,
     MakeNode,
@@ -404,3 +405,48 @@ def test_create_container_on_a_full_disk(small_root: Path, make_node: MakeNode) 
     _healthy(node)
     container = node.run("victim", command=["sleep", "3600"])
     assert node.status(container).status.state == pb.ContainerState.CONTAINER_RUNNING
+
+
+def _store_files(node: Node) -> list[str]:
+    """Blobs, layers, image records and work files of skiffd's image store."""
+    root = node.daemon.root
+    return sorted(
+        str(p.relative_to(root))
+        for part in ("blobs", "layers", "images", "tmp")
+        if (root / part).exists()
+        for p in (root / part).rglob("*")
+    )
+
+
+@pytest.mark.parametrize("new_layer", [False, True], ids=["blobs-only", "layer"])
+def test_pull_image_on_a_full_disk(small_root: Path, make_node: MakeNode, new_layer: bool) -> None:
+    """Full during the blob writes (the layer is there already), or during the unpack
+    of a new layer: RESOURCE_EXHAUSTED naming the image, nothing of it kept, and the
+    same pull works once there is room."""
+    node = make_node(config={"root": str(small_root / "root")})
+    marker = img.regular_file("full-disk", os.urandom(65536))
+    extra = [img.build_layer([marker])] if new_layer else []
+    image = img.busybox_image(labels={"full": str(new_layer)}, extra_layers=extra)
+    img.push(node.world.registry, "full/disk", "v1", image)
+    ref = f"{node.world.registry.host}/full/disk:v1"
+    before = _store_files(node)
+    filler = _fill(small_root)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            node.daemon.images().PullImage(
+                pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=30
+            )
+    finally:
+        filler.unlink()
+    details = err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    assert "full/disk" in details and "no space left" in details, details
+    deadline = time.monotonic() + 5
+    while _store_files(node) != before and time.monotonic() < deadline:
+        time.sleep(0.1)  # a failed pull's garbage collection runs after the answer
+    assert _store_files(node) == before
+    _healthy(node)
+    pulled = node.daemon.images().PullImage(
+        pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=30
+    )
+    assert pulled.image_ref == image.config_digest
