@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
@@ -29,8 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
+from urllib3.response import HTTPResponse
 
 from image.auth import Credentials, header_safe
 from image.registries import Endpoint
@@ -89,6 +93,7 @@ class PullWatch(threading.Event):
         self.last_progress = time.monotonic()
         self._open: weakref.WeakSet[urllib3.BaseHTTPResponse] = weakref.WeakSet()
         self._open_lock = threading.Lock()
+        self.awaited = _AwaitedConnections()
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
@@ -109,13 +114,67 @@ class PullWatch(threading.Event):
             responses = list(self._open)
         for response in responses:
             _shut(response)
+        self.awaited.shut_all()
+
+
+#: The pull a thread is sending a request for, so the connection waiting for the
+#: answer's headers can be shut down when the pull is cancelled (before there is a
+#: response to shut down, a registry that accepts and never answers held the thread
+#: and the connection for the whole progress timeout).
+_requesting = threading.local()
+
+
+class _AwaitedConnections:
+    """Connections of one pull waiting for a response's headers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: set[HTTPConnection] = set()
+
+    def shut_all(self) -> None:
+        with self.lock:
+            waiting = list(self.waiting)
+        for connection in waiting:
+            _shut_socket(getattr(connection, "sock", None))
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        awaited: _AwaitedConnections | None = getattr(_requesting, "awaited", None)
+        if awaited is None:
+            return super().getresponse()
+        with awaited.lock:
+            awaited.waiting.add(self)
+        try:
+            return super().getresponse()
+        finally:
+            with awaited.lock:
+                awaited.waiting.discard(self)
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _shut_socket(sock: object) -> None:
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _shut(response: urllib3.BaseHTTPResponse) -> None:
-    # A response already released to the pool refuses (its connection may serve
-    # another pull now).
-    with contextlib.suppress(Exception):
-        response.shutdown()
+    # Both ways: a blocked read returns, and the connection, which the reader then
+    # releases to the pool, is over (the pool drops it) instead of held open there. A
+    # response already released has no connection (it may serve another pull now).
+    _shut_socket(getattr(response.connection, "sock", None))
 
 
 def _discard(response: urllib3.BaseHTTPResponse) -> None:
@@ -181,6 +240,7 @@ class RegistryClient:
                     retries=False,
                     timeout=self.timeout,
                 )
+                pool.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
                 self._pools[(host, verify)] = pool
             return pool
 
@@ -371,8 +431,15 @@ class Repository:
         while True:
             if cancel is not None and cancel.is_set():
                 raise PullCancelled(f"pull from {self.where} was cancelled")
+            _requesting.awaited = cancel.awaited if cancel is not None else None
             try:
-                response = self._get_following(url, headers, stream)
+                try:
+                    response = self._get_following(url, headers, stream)
+                finally:
+                    _requesting.awaited = None
+                if cancel is not None and cancel.is_set():
+                    _discard(response)
+                    raise PullCancelled(f"pull from {self.where} was cancelled")
             except (Urllib3Error, OSError) as exc:
                 silent = cancel is not None and cancel.out_of_patience()
                 if isinstance(exc, ReadTimeoutError) and silent:

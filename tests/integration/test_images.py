@@ -931,27 +931,36 @@ def test_a_stall_ends_the_pull_within_the_progress_timeout_whatever_the_retries(
         assert _pull(daemon, ref) == image.config_digest
 
 
-def test_a_stalled_manifest_is_let_go_when_the_caller_gives_up(
-    plain_registry: TestRegistry, make_daemon: MakeDaemon
+@pytest.mark.parametrize("stalled", ["manifest", "layer"])
+def test_a_stalled_fetch_is_let_go_when_the_caller_gives_up(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon, stalled: str
 ) -> None:
-    """The manifest read took no cancel: it held its connection (and a pull thread) for
-    the whole progress timeout after the caller's deadline had passed."""
+    """A read blocked on a silent registry held its connection (and a pull thread) for
+    the whole progress timeout after the caller's deadline had passed: the manifest
+    read took no cancel, and a layer's looked at it only between reads."""
+    image = img.tiny_image("after the stall\n")
+    img.push(plain_registry, f"stalled/{stalled}", "v1", image)
     with FaultyProxy.for_registry(plain_registry) as proxy:
-        proxy.add_fault(Fault("stall", path=r"/manifests/", nbytes=0))
+        if stalled == "manifest":
+            proxy.add_fault(Fault("stall", path=r"/manifests/v1", nbytes=0))
+        else:
+            proxy.add_fault(Fault("stall", digest=image.layers[0].digest, nbytes=10))
         daemon = make_daemon(insecure=(proxy.host,))  # default progress timeout: 60 s
         try:
-            error = _pull_error(daemon, f"{proxy.host}/stalled/manifest:v1", timeout=1)
+            error = _pull_error(daemon, f"{proxy.host}/stalled/{stalled}:v1", timeout=1)
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             deadline = time.monotonic() + 3
             while _skiffd_connections_to(daemon, proxy.port) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert _skiffd_connections_to(daemon, proxy.port) == []
+            assert _skiffd_connections_to(daemon, proxy.port) == [], (
+                proxy.requests,
+                daemon.logs()[-3000:],
+            )
         finally:
             proxy.release_stalls()
         proxy.clear()
-        image = img.tiny_image("after the stall\n")
-        img.push(plain_registry, "stalled/manifest", "v1", image)
-        assert _pull(daemon, f"{proxy.host}/stalled/manifest:v1") == image.config_digest
+        _assert_nothing_left(daemon)
+        assert _pull(daemon, f"{proxy.host}/stalled/{stalled}:v1") == image.config_digest
 
 
 def test_an_error_body_that_never_ends_is_not_read_on_and_on(make_daemon: MakeDaemon) -> None:
@@ -1048,3 +1057,58 @@ def test_an_oversized_manifest_is_invalid_argument(make_daemon: MakeDaemon) -> N
         details = error.details() or ""
         assert "manifest v1" in details and "huge/manifest" in details and "larger" in details
         _assert_nothing_left(daemon)
+
+
+def test_a_tag_moved_during_the_pull_gives_the_image_it_named_when_the_pull_began(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    """The tag is resolved once: a push to it mid-pull does not mix two images (the
+    manifest of one with the config or layers of the other)."""
+    first = img.busybox_image(labels={"tag": "first"})
+    second = img.tiny_image("second\n")
+    img.push(plain_registry, "moving/tag", "v1", first)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        proxy.add_fault(Fault("stall", digest=first.layers[0].digest, nbytes=4096, times=1))
+        daemon = make_daemon(insecure=(proxy.host,))
+        ref = f"{proxy.host}/moving/tag:v1"
+        pulled: list[str] = []
+        puller = threading.Thread(target=lambda: pulled.append(_pull(daemon, ref)))
+        puller.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not proxy.requests_for(first.layers[0].digest) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            img.push(plain_registry, "moving/tag", "v1", second)
+        finally:
+            proxy.release_stalls()
+            puller.join(60)
+        assert pulled == [first.config_digest]
+        status = _status(daemon, ref).image
+        assert status.id == first.config_digest
+        assert list(status.repo_digests) == [f"{proxy.host}/moving/tag@{first.digest}"]
+        # The next pull sees the moved tag; the first image keeps no tag.
+        assert _pull(daemon, ref) == second.config_digest
+        assert list(_status(daemon, first.config_digest).image.repo_tags) == []
+
+
+def test_a_registry_that_never_answers_is_let_go_when_the_caller_gives_up(
+    make_daemon: MakeDaemon,
+) -> None:
+    """Before its headers come there is no response to shut down: the thread sat in
+    the header read, holding the connection, for the whole progress timeout."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path == "/v2/":
+            _send(handler, 200, b"{}")
+            return
+        imitation.stopping.wait(120)
+
+    with ImitationRegistry(answer) as imitation:
+        daemon = make_daemon(insecure=(imitation.host,))  # default progress timeout: 60 s
+        port = int(imitation.host.rsplit(":", 1)[1])
+        error = _pull_error(daemon, f"{imitation.host}/silent/registry:v1", timeout=1)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 3
+        while _skiffd_connections_to(daemon, port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _skiffd_connections_to(daemon, port) == []
