@@ -3,8 +3,9 @@ fetch the missing layers in parallel, then record the image.
 
 Work is shared: two pulls of one reference wait on one pull, and a layer (by chain id)
 is fetched once however many pulls need it. A pull whose callers have all gone away
-(deadline passed, client cancelled) is cancelled, and its worker threads stop at the
-next read. Blocking work (HTTP, decompression, unpacking) runs on threads.
+(deadline passed, client cancelled) is cancelled: the connections it reads are shut
+down, so its worker threads stop at once, even in a read that waits on a silent
+registry. Blocking work (HTTP, decompression, unpacking) runs on threads.
 """
 
 from __future__ import annotations
