@@ -97,6 +97,14 @@ class RuntimeConfig:
     cgroup_driver: CgroupDriver = field(
         default="cgroupfs", metadata=_key("how pod and container cgroups are made")
     )
+    command_timeout: float = field(
+        default=30.0,
+        metadata=_key(
+            "seconds a runtime command (create, start, kill, delete) or conmon's start may "
+            "take before it is killed and the call fails",
+            _positive,
+        ),
+    )
     restrict_oom_score_adj: bool = field(
         default=True,
         metadata=_key(

@@ -262,6 +262,7 @@ class ContainerManager:
             RuntimeHandlerPaths(name, path, str(runroot / "runtimes" / name)),
             conmon,
             runroot / "containers",
+            timeout=config.command_timeout,
             observer=self.state.metrics.observe_runtime,
         )
 

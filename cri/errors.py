@@ -8,6 +8,9 @@ own exceptions carrying a ``grpc_status`` attribute with the name of a status co
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 import grpc
 
 
@@ -64,8 +67,23 @@ def clip(text: str, limit: int = 80) -> str:
 MAX_STATUS_MESSAGE = 2048
 
 
+def disk_full(exc: BaseException) -> bool:
+    """A write that found the node's disk (or quota) full, wherever it was: the client
+    can act on it (free space, then retry), so it is no bug."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return False
+
+
 def status_message(exc: BaseException) -> str:
     """The message of an error as a client gets it: never longer than the limit."""
+    if disk_full(exc) and status_of_typed(exc) is None:
+        where = getattr(exc, "filename", None)
+        place = f"writing {where}" if where else "writing"
+        message = f"{place}: no space left on the device; free some space and retry"
+        return clip(message, MAX_STATUS_MESSAGE)
     return clip(str(exc), MAX_STATUS_MESSAGE)
 
 
@@ -74,8 +92,8 @@ def not_built(rpc: str) -> Unimplemented:
     return Unimplemented(f"{rpc} is not implemented by skiff yet")
 
 
-def status_of(exc: BaseException) -> grpc.StatusCode | None:
-    """The status code for an error a client can act on, or None for a bug."""
+def status_of_typed(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code a typed error (ours, or a lower layer's) carries."""
     if isinstance(exc, SkiffError):
         return exc.code
     name = getattr(exc, "grpc_status", None)
@@ -84,3 +102,11 @@ def status_of(exc: BaseException) -> grpc.StatusCode | None:
         if isinstance(code, grpc.StatusCode):
             return code
     return None
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code for an error a client can act on, or None for a bug."""
+    typed = status_of_typed(exc)
+    if typed is None and disk_full(exc):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return typed

@@ -23,7 +23,7 @@ import grpc.aio
 
 from api.runtime.v1 import api_pb2
 from base import failpoints
-from cri.errors import clip, status_message, status_of
+from cri.errors import clip, disk_full, status_message, status_of, status_of_typed
 from cri.metrics import Metrics
 
 log = logging.getLogger("skiff.rpc")
@@ -52,8 +52,20 @@ def _short(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
 
-async def _fail(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exception) -> None:
+async def _fail(
+    context: grpc.aio.ServicerContext[Any, Any],
+    rpc: str,
+    exc: Exception,
+    ids: dict[str, str] | None = None,
+) -> None:
     code = status_of(exc)
+    if disk_full(exc) and status_of_typed(exc) is None:
+        # A write deep down found the disk full: the client learns the call and what
+        # it was about, the log where it happened.
+        log.warning("disk full", exc_info=exc, extra={"rpc": rpc, **(ids or {})})
+        about = "".join(f" {name}={value}" for name, value in (ids or {}).items())
+        message = f"{rpc}{about}: {status_message(exc)}"
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
     if code is None:
         # A bug's details stay in the log: the kubelet copies messages into pod events,
         # and an exception may quote what the client sent (a token, say).
@@ -121,7 +133,7 @@ def _wrap_unary(metrics: Metrics, rpc: str, inner: Any) -> Any:
             raise
         except Exception as exc:
             _record_call(metrics, rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
-            await _fail(context, rpc, exc)
+            await _fail(context, rpc, exc, ids)
         _record_call(metrics, rpc, start, grpc.StatusCode.OK, ids)
         return response
 
@@ -144,7 +156,7 @@ def _wrap_stream(metrics: Metrics, rpc: str, inner: Any) -> Any:
             raise
         except Exception as exc:
             _record_call(metrics, rpc, start, status_of(exc) or grpc.StatusCode.INTERNAL, ids)
-            await _fail(context, rpc, exc)
+            await _fail(context, rpc, exc, ids)
         _record_call(metrics, rpc, start, grpc.StatusCode.OK, ids)
 
     return unary_stream

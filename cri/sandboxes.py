@@ -37,7 +37,7 @@ from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFo
 from cri.request_checks import check_cgroup_parent, check_path_length
 from cri.rollback import Rollback, remove_unrecorded
 from cri.store import Record
-from network.cni import CniPlugins, PodNetworkRequest, PortMapping
+from network.cni import CniError, CniPlugins, PodNetworkRequest, PortMapping
 from network.namespaces import (
     PinnedNamespaces,
     PinRequest,
@@ -531,7 +531,10 @@ class SandboxManager:
         if network is not None and pinned.net is not None:
             request = self._network_request(sandbox)
             cni = self.cni()
-            result = await cni.add(network, request)
+            try:
+                result = await cni.add(network, request)
+            except CniError as exc:
+                raise exc.naming(_pod_named(sandbox)) from None
             sandbox.ips = list(result.ips)
             sandbox.network_name = network.name
             undo.push("network", lambda: cni.delete(network, request))
@@ -698,7 +701,10 @@ class SandboxManager:
         request = self._network_request(sandbox)
         if sandbox.netns and not namespace_alive(sandbox.netns):
             request = replace(request, netns="")
-        await self.cni().delete(None, request)
+        try:
+            await self.cni().delete(None, request)
+        except CniError as exc:
+            raise exc.naming(_pod_named(sandbox)) from None
         sandbox.network_name = ""
         sandbox.ips = []
         await self.state.store.update(sandbox.to_record())
@@ -725,3 +731,7 @@ class SandboxManager:
         self._pause_locks.pop(sandbox.id, None)
         self.creations.forget(sandbox.id)
         log.info("sandbox removed", extra={"sandbox_id": sandbox.id})
+
+
+def _pod_named(sandbox: Sandbox) -> str:
+    return f"pod {sandbox.namespace}/{sandbox.name} (sandbox {sandbox.id})"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
@@ -21,7 +20,7 @@ from isal.isal_zlib import IsalError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
-from image.registry_client import PullCancelled, RegistryUnavailable
+from image.registry_client import PullCancelled, PullWatch, RegistryUnavailable
 
 CHUNK = 1 << 20
 # What a decompressing() reader raises on a corrupt stream (gzip's bad headers and CRCs
@@ -47,7 +46,7 @@ class HashingReader(io.RawIOBase):
         self,
         source: BinaryIO,
         limit: int | None = None,
-        cancel: threading.Event | None = None,
+        cancel: PullWatch | None = None,
         on_bytes: Callable[[int], None] | None = None,
         what: str = "",
         network: bool = False,
@@ -78,7 +77,12 @@ class HashingReader(io.RawIOBase):
                 raise
             raise RegistryUnavailable(f"{self.what}: download broke off: {exc}") from None
         n = len(data)
+        if self.cancel is not None and self.cancel.is_set():
+            # The socket was shut down under this read: the pull is over.
+            raise PullCancelled(f"{self.what}: pull cancelled")
         if n:
+            if self.cancel is not None:
+                self.cancel.progressed()
             buffer[:n] = data
             self.hash.update(data)
             self.count += n

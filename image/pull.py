@@ -3,8 +3,9 @@ fetch the missing layers in parallel, then record the image.
 
 Work is shared: two pulls of one reference wait on one pull, and a layer (by chain id)
 is fetched once however many pulls need it. A pull whose callers have all gone away
-(deadline passed, client cancelled) is cancelled, and its worker threads stop at the
-next read. Blocking work (HTTP, decompression, unpacking) runs on threads.
+(deadline passed, client cancelled) is cancelled: the connections it reads are shut
+down, so its worker threads stop at once, even in a read that waits on a silent
+registry. Blocking work (HTTP, decompression, unpacking) runs on threads.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from image.layer_fetch import DECOMPRESSION_ERRORS, HashingReader, IntegrityErro
 from image.reference import Reference, ReferenceError, parse, validate_digest
 from image.registries import Endpoint, RegistriesConf
 from image.registry_client import (
+    PullWatch,
     RegistryAuthError,
     RegistryBlobMissing,
     RegistryClient,
@@ -74,6 +76,9 @@ class ManifestError(Exception):
 
 class StoreFull(Exception):
     grpc_status = "RESOURCE_EXHAUSTED"
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class StoreWriteError(Exception):
@@ -228,7 +233,7 @@ class ImagePuller:
         return await self._in_thread(fn)
 
     async def _pull(self, ref: Reference, credentials: Credentials | None) -> ImageRecord:
-        cancel = threading.Event()
+        cancel = PullWatch(self.client.progress_timeout)
         progress = _Progress(self.on_download)
         reporter = asyncio.get_running_loop().create_task(self._report(str(ref), progress))
         started = time.monotonic()
@@ -259,7 +264,7 @@ class ImagePuller:
         self,
         ref: Reference,
         credentials: Credentials | None,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> ImageRecord:
         conf = self.registries()
@@ -297,14 +302,14 @@ class ImagePuller:
         ref: Reference,
         endpoint: Endpoint,
         credentials: Credentials | None,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> ImageRecord:
         creds = self._credentials_for(endpoint, credentials)
         repo = await self._thread(lambda: self.client.repository(endpoint, creds))
         wanted = ref.digest or ref.tag
         top, top_type = await self._thread(
-            lambda: repo.manifest(wanted, ACCEPT, MAX_MANIFEST_BYTES)
+            lambda: repo.manifest(wanted, ACCEPT, MAX_MANIFEST_BYTES, cancel)
         )
         top_digest = _digest_of(top)
         if ref.digest and top_digest != ref.digest:
@@ -317,7 +322,7 @@ class ImagePuller:
         if media_type in INDEXES:
             manifest_digest = platform_manifest(top, str(ref), self.node)
             manifest, manifest_type = await self._thread(
-                lambda: repo.manifest(manifest_digest, ACCEPT, MAX_MANIFEST_BYTES)
+                lambda: repo.manifest(manifest_digest, ACCEPT, MAX_MANIFEST_BYTES, cancel)
             )
             if _digest_of(manifest) != manifest_digest:
                 raise IntegrityError(
@@ -375,7 +380,7 @@ class ImagePuller:
         chains: list[str],
         blobs: dict[str, bytes],
         repo: Repository,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> ImageRecord:
         results = await asyncio.gather(
@@ -385,7 +390,10 @@ class ImagePuller:
             )
         )
         for digest, data in blobs.items():
-            await self._thread(lambda d=digest, b=data: self.store.put_blob(d, b))  # type: ignore[misc]
+            await self._stored(
+                ref,
+                lambda d=digest, b=data: self.store.put_blob(d, b),  # type: ignore[misc]
+            )
         record = ImageRecord(
             id=config_digest,
             repo_tags=[ref.tagged] if ref.tag else [],
@@ -397,7 +405,16 @@ class ImagePuller:
             config=config,
             created_ns=time.time_ns(),
         )
-        return await self._thread(lambda: self.store.save_image(record))
+        return await self._stored(ref, lambda: self.store.save_image(record))
+
+    async def _stored(self, ref: Reference, write: Callable[[], T]) -> T:
+        """A write to the image store; a full disk is named as such, with the image."""
+        try:
+            return await self._thread(write)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise StoreFull(f"image {ref}: no space left in {self.store.root}") from None
+            raise
 
     # --- layers ------------------------------------------------------------------
 
@@ -407,7 +424,7 @@ class ImagePuller:
         desc: dict[str, Any],
         diff_id: str,
         chain_id: str,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> LayerRecord:
         existing = self.store.layer(chain_id)
@@ -441,7 +458,7 @@ class ImagePuller:
         desc: dict[str, Any],
         diff_id: str,
         chain_id: str,
-        cancel: threading.Event,
+        cancel: PullWatch,
         progress: _Progress,
     ) -> LayerRecord:
         digest = str(desc.get("digest", ""))
@@ -458,7 +475,7 @@ class ImagePuller:
                     )
                 )
             except RegistryUnavailable:
-                if attempt == attempts or cancel.is_set():
+                if attempt == attempts or cancel.is_set() or cancel.out_of_patience():
                     raise
                 log.warning(
                     "layer download failed, retrying",
@@ -474,7 +491,7 @@ class ImagePuller:
         size: int,
         diff_id: str,
         chain_id: str,
-        cancel: threading.Event,
+        cancel: PullWatch,
         on_bytes: Callable[[int], None],
     ) -> LayerRecord:
         what = f"layer {digest} from {repo.where}"
@@ -497,7 +514,7 @@ class ImagePuller:
                     plain.drain()
                     _drain(buffered)
                 except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    if exc.errno in DISK_FULL:
                         raise StoreFull(f"{what}: no space left in {self.store.root}") from None
                     if exc.errno is not None and not isinstance(exc, EOFError):
                         raise StoreWriteError(
@@ -677,7 +694,7 @@ def _media_type(data: bytes, header_type: str, what: str) -> str:
     return media_type
 
 
-def _fetch_small_blob(repo: Repository, digest: str, limit: int, cancel: threading.Event) -> bytes:
+def _fetch_small_blob(repo: Repository, digest: str, limit: int, cancel: PullWatch) -> bytes:
     response = repo.blob(digest, cancel)
     try:
         reader = HashingReader(response, limit, cancel, None, f"blob {digest}")  # type: ignore[arg-type]

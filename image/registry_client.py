@@ -15,20 +15,26 @@ to run on worker threads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
+from urllib3.response import HTTPResponse
 
 from image.auth import Credentials, header_safe
 from image.registries import Endpoint
@@ -68,6 +74,114 @@ class RegistryUnavailable(RegistryError):
 
 class PullCancelled(Exception):
     grpc_status = "CANCELLED"
+
+
+class PullWatch(threading.Event):
+    """One pull's cancel flag and its progress clock.
+
+    Set when the pull's callers are gone. Setting it shuts down the responses open under
+    it: a thread blocked on a silent registry returns at once, not at its socket
+    timeout, and holds no connection after the call ended.
+
+    The clock is the time since the pull last received a byte: a retry loop gives up
+    once that reaches the progress timeout, so retries cannot multiply the time a
+    stalled pull takes (three attempts of a stalled layer took three timeouts)."""
+
+    def __init__(self, progress_timeout: float) -> None:
+        super().__init__()
+        self.progress_timeout = progress_timeout
+        self.last_progress = time.monotonic()
+        self._open: weakref.WeakSet[urllib3.BaseHTTPResponse] = weakref.WeakSet()
+        self._open_lock = threading.Lock()
+        self.awaited = _AwaitedConnections()
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def out_of_patience(self) -> bool:
+        """True once the pull went the progress timeout without a byte."""
+        return time.monotonic() - self.last_progress >= self.progress_timeout
+
+    def watch(self, response: urllib3.BaseHTTPResponse) -> None:
+        with self._open_lock:
+            self._open.add(response)
+        if self.is_set():
+            _shut(response)
+
+    def set(self) -> None:
+        super().set()
+        with self._open_lock:
+            responses = list(self._open)
+        for response in responses:
+            _shut(response)
+        self.awaited.shut_all()
+
+
+#: The pull a thread is sending a request for, so the connection waiting for the
+#: answer's headers can be shut down when the pull is cancelled (before there is a
+#: response to shut down, a registry that accepts and never answers held the thread
+#: and the connection for the whole progress timeout).
+_requesting = threading.local()
+
+
+class _AwaitedConnections:
+    """Connections of one pull waiting for a response's headers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: set[HTTPConnection] = set()
+
+    def shut_all(self) -> None:
+        with self.lock:
+            waiting = list(self.waiting)
+        for connection in waiting:
+            _shut_socket(getattr(connection, "sock", None))
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        awaited: _AwaitedConnections | None = getattr(_requesting, "awaited", None)
+        if awaited is None:
+            return super().getresponse()
+        with awaited.lock:
+            awaited.waiting.add(self)
+        try:
+            return super().getresponse()
+        finally:
+            with awaited.lock:
+                awaited.waiting.discard(self)
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _shut_socket(sock: object) -> None:
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _shut(response: urllib3.BaseHTTPResponse) -> None:
+    # Both ways: a blocked read returns, and the connection, which the reader then
+    # releases to the pool, is over (the pool drops it) instead of held open there. A
+    # response already released has no connection (it may serve another pull now).
+    _shut_socket(getattr(response.connection, "sock", None))
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Let go of a response whose body is not wanted, without reading it: an error body
+    can be endless (reading it to reuse the connection kept a pull alive forever)."""
+    response.close()
+    response.release_conn()
 
 
 @dataclass
@@ -126,6 +240,7 @@ class RegistryClient:
                     retries=False,
                     timeout=self.timeout,
                 )
+                pool.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
                 self._pools[(host, verify)] = pool
             return pool
 
@@ -239,6 +354,8 @@ class RegistryClient:
             raise RegistryAuthError(
                 f"token server {parsed.netloc} refused the credentials for {scope} (HTTP {status})"
             )
+        if status >= 500:
+            raise RegistryUnavailable(f"token server {parsed.netloc} answered HTTP {status}")
         if status != 200:
             raise RegistryError(f"token server {parsed.netloc} answered HTTP {status}")
         try:
@@ -250,7 +367,7 @@ class RegistryClient:
         if not value:
             raise RegistryAuthError(f"token server {parsed.netloc} sent no usable token")
         if not header_safe(value):
-            raise RegistryError(
+            raise RegistryAuthError(
                 f"token server {parsed.netloc} sent a token an HTTP header cannot carry"
             )
         # Renew a little early so a token never expires in the middle of a request.
@@ -306,7 +423,7 @@ class Repository:
         self,
         url: str,
         headers: dict[str, str],
-        cancel: threading.Event | None = None,
+        cancel: PullWatch | None = None,
         stream: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         """GET with auth, redirects and retries; the caller releases the response."""
@@ -314,9 +431,22 @@ class Repository:
         while True:
             if cancel is not None and cancel.is_set():
                 raise PullCancelled(f"pull from {self.where} was cancelled")
+            _requesting.awaited = cancel.awaited if cancel is not None else None
             try:
-                response = self._get_following(url, headers, stream)
+                try:
+                    response = self._get_following(url, headers, stream)
+                finally:
+                    _requesting.awaited = None
+                if cancel is not None and cancel.is_set():
+                    _discard(response)
+                    raise PullCancelled(f"pull from {self.where} was cancelled")
             except (Urllib3Error, OSError) as exc:
+                silent = cancel is not None and cancel.out_of_patience()
+                if isinstance(exc, ReadTimeoutError) and silent:
+                    raise RegistryUnavailable(
+                        f"registry {self.endpoint.host} stopped sending: nothing came "
+                        f"for {self.client.progress_timeout:g} s"
+                    ) from None
                 # A TLS setup the registry refuses will not change on a retry.
                 if attempt >= self.client.retries or _tls_hint(str(exc)):
                     raise RegistryUnavailable(
@@ -324,10 +454,14 @@ class Repository:
                         f"{_describe_network_error(exc)}"
                     ) from None
             else:
+                if cancel is not None:
+                    cancel.progressed()
+                    cancel.watch(response)
                 if response.status < 500 or attempt >= self.client.retries:
                     return response
-                response.drain_conn()
-                response.release_conn()
+                _discard(response)
+            if cancel is not None and cancel.is_set():
+                raise PullCancelled(f"pull from {self.where} was cancelled")
             delay = self.client.backoff * (2**attempt)
             attempt += 1
             log.info(
@@ -359,8 +493,7 @@ class Repository:
             stale = self._token_key is not None and not renewed and "Authorization" in send
             if response.status == 401 and same_origin and ("Authorization" not in send or stale):
                 challenge = response.headers.get("WWW-Authenticate", "")
-                response.drain_conn()
-                response.release_conn()
+                _discard(response)
                 if not challenge:
                     raise RegistryAuthError(f"{self.where} refused access (HTTP 401)")
                 if stale and self._token_key is not None:
@@ -371,8 +504,7 @@ class Repository:
                 continue
             if response.status in REDIRECTS:
                 location = response.headers.get("Location", "")
-                response.drain_conn()
-                response.release_conn()
+                _discard(response)
                 if not location:
                     raise RegistryError(f"{self.where} sent a redirect without a location")
                 url = urllib.parse.urljoin(url, location)
@@ -380,20 +512,28 @@ class Repository:
             return response
         raise RegistryUnavailable(f"{self.where}: too many redirects")
 
-    def manifest(self, reference: str, accept: tuple[str, ...], limit: int) -> tuple[bytes, str]:
+    def manifest(
+        self, reference: str, accept: tuple[str, ...], limit: int, cancel: PullWatch | None = None
+    ) -> tuple[bytes, str]:
         """The manifest bytes and their media type (from Content-Type)."""
-        response = self.request(self._url("manifests", reference), {"Accept": ", ".join(accept)})
+        response = self.request(
+            self._url("manifests", reference), {"Accept": ", ".join(accept)}, cancel=cancel
+        )
         try:
             self._check_status(response, f"manifest {reference}")
             data = _read_limited(
-                response, limit, f"manifest {reference} from {self.where}", ManifestTooLarge
+                response,
+                limit,
+                f"manifest {reference} from {self.where}",
+                ManifestTooLarge,
+                cancel,
             )
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             return data, media_type
         finally:
             response.release_conn()
 
-    def blob(self, digest: str, cancel: threading.Event | None = None) -> urllib3.BaseHTTPResponse:
+    def blob(self, digest: str, cancel: PullWatch | None = None) -> urllib3.BaseHTTPResponse:
         response = self.request(self._url("blobs", digest), {}, cancel=cancel, stream=True)
         try:
             self._check_status(response, f"blob {digest}")
@@ -412,7 +552,7 @@ class Repository:
         if status == 200:
             return
         detail = _error_detail(response)
-        response.drain_conn()
+        _discard(response)
         if status == 404:
             raise RegistryNotFound(f"{what} not found in {self.where}{detail}")
         if status in (401, 403):
@@ -428,9 +568,22 @@ class Repository:
         raise RegistryError(f"{self.where} answered HTTP {status} for {what}{detail}")
 
 
+#: An error body is read for its error codes up to this size and for this long at most
+#: (one that trickles forever would hold the pull).
+ERROR_BODY_BYTES = 64 * 1024
+ERROR_BODY_SECONDS = 2.0
+
+
 def _error_detail(response: urllib3.BaseHTTPResponse) -> str:
     try:
-        body: Any = json.loads(response.read(64 * 1024, decode_content=True))
+        data = b""
+        until = time.monotonic() + ERROR_BODY_SECONDS
+        while len(data) < ERROR_BODY_BYTES and time.monotonic() < until:
+            chunk = response.read1(ERROR_BODY_BYTES - len(data), decode_content=True)
+            if not chunk:
+                break
+            data += chunk
+        body: Any = json.loads(data)
         errors = body.get("errors") or []
         codes = ", ".join(str(e.get("code", "")) for e in errors if isinstance(e, dict))
         return f" ({codes})" if codes else ""
@@ -447,6 +600,7 @@ def _read_limited(
     limit: int,
     what: str,
     too_large: type[RegistryError] = RegistryError,
+    cancel: PullWatch | None = None,
 ) -> bytes:
     chunks: list[bytes] = []
     total = 0
@@ -457,8 +611,12 @@ def _read_limited(
             raise RegistryUnavailable(f"{what}: the registry stopped sending") from None
         except (Urllib3Error, OSError) as exc:
             raise RegistryUnavailable(f"{what}: {_describe_network_error(exc)}") from None
+        if cancel is not None and cancel.is_set():
+            raise PullCancelled(f"{what}: pull cancelled")
         if not chunk:
             break
+        if cancel is not None:
+            cancel.progressed()
         total += len(chunk)
         if total > limit:
             raise too_large(f"{what} is larger than {limit} bytes")

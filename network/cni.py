@@ -111,6 +111,13 @@ class CniError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def naming(self, subject: str) -> CniError:
+        """This error with ``subject`` (the pod) named first: the plugins' own words
+        name the plugin and network, not whose network it was."""
+        self.message = f"{subject}: {self.message}"
+        self.args = (self.message,)
+        return self
+
 
 class CniTimeout(CniError):
     grpc_status = "DEADLINE_EXCEEDED"

@@ -313,6 +313,23 @@ def make_node(world: World) -> Iterator[MakeNode]:
         stop_node(node)
 
 
+def assert_only_the_node_pod(node: Node) -> None:
+    """Nothing of a refused or removed pod is left: record, files, pins, mounts, IP, veth."""
+    runroot = node.daemon.runroot
+    assert [p.id for p in node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items] == [
+        node.pod
+    ]
+    assert sorted(p.name for p in (runroot / "sandboxes").iterdir()) == [node.pod]
+    for kind in ("net", "ipc", "uts"):
+        assert sorted(p.name for p in (runroot / "ns" / kind).iterdir()) == [node.pod], kind
+    assert [m for m in mounts_below(node.daemon.base) if node.pod not in m] == []
+    prefix = node.world.subnet_prefix
+    allocated = [p for p in node.world.ipam_dir.rglob(prefix + "*") if p.is_file()]
+    assert len(allocated) == 1, allocated
+    veths = links_with_master(node.world.bridge)
+    assert len(veths) == 1, veths
+
+
 def _assert_no_container_leaks(node: Node) -> None:
     runtime = node.runtime
     assert list(runtime.ListContainers(pb.ListContainersRequest()).containers) == []
@@ -332,20 +349,3 @@ def _assert_no_container_leaks(node: Node) -> None:
         parent = Path("/sys/fs/cgroup/memory") / node.pod_cgroup(pod.id).lstrip("/")
         children = sorted(c.name for c in parent.iterdir() if c.is_dir()) if parent.is_dir() else []
         assert [c for c in children if c != "skiff-pause"] == [], f"cgroups left in {parent}"
-
-
-def assert_only_the_node_pod(node: Node) -> None:
-    """Nothing of a refused or removed pod is left: record, files, pins, mounts, IP, veth."""
-    runroot = node.daemon.runroot
-    assert [p.id for p in node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items] == [
-        node.pod
-    ]
-    assert sorted(p.name for p in (runroot / "sandboxes").iterdir()) == [node.pod]
-    for kind in ("net", "ipc", "uts"):
-        assert sorted(p.name for p in (runroot / "ns" / kind).iterdir()) == [node.pod], kind
-    assert [m for m in mounts_below(node.daemon.base) if node.pod not in m] == []
-    prefix = node.world.subnet_prefix
-    allocated = [p for p in node.world.ipam_dir.rglob(prefix + "*") if p.is_file()]
-    assert len(allocated) == 1, allocated
-    veths = links_with_master(node.world.bridge)
-    assert len(veths) == 1, veths

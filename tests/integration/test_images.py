@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -823,3 +824,291 @@ def test_client_certificates_from_certs_d(make_daemon: MakeDaemon) -> None:
         with_cert = make_daemon(certs_from=registry)
         registry.write_client_cert(with_cert.base / "certs.d")
         assert _pull(with_cert, ref).startswith("sha256:")
+
+
+# --- registries that misbehave in ways the real one cannot be made to ------------------
+
+
+class ImitationRegistry:
+    """A loopback HTTP/1.1 server answering each request with ``answer(handler)``, to
+    imitate a registry (or token server) misbehaving; it notes when each connection it
+    served ended, so a test can tell whether skiffd let go of it."""
+
+    def __init__(self, answer: Callable[[BaseHTTPRequestHandler], None]) -> None:
+        imitation = self
+        self.open_connections = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                answer(self)
+
+            def handle(self) -> None:
+                with imitation.lock:
+                    imitation.open_connections += 1
+                try:
+                    super().handle()
+                except OSError:
+                    pass
+                finally:
+                    with imitation.lock:
+                        imitation.open_connections -= 1
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> ImitationRegistry:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_until_let_go(self, seconds: float) -> int:
+        """The connections still open after waiting up to `seconds` for none."""
+        deadline = time.monotonic() + seconds
+        while self.open_connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.open_connections
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, **headers: str) -> None:
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _skiffd_connections_to(daemon: Skiffd, port: int) -> list[str]:
+    """skiffd's established TCP connections to a loopback port."""
+    assert daemon.proc is not None
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if f"pid={daemon.proc.pid}," in line]
+
+
+def test_a_stall_ends_the_pull_within_the_progress_timeout_whatever_the_retries(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    """pull_progress_timeout is the time a pull may go without a byte: each retry of a
+    stalled layer waited it anew (three attempts and their backoff: over 6 s for 1.5)."""
+    image = img.busybox_image(labels={"stall": "retries"})
+    img.push(plain_registry, "stall/retries", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        proxy.add_fault(Fault("stall", digest=image.layers[0].digest, nbytes=4096))
+        settings = {"pull_progress_timeout": 1.5, "pull_retries": 3}
+        daemon = make_daemon(insecure=(proxy.host,), config={"image": settings})
+        ref = f"{proxy.host}/stall/retries:v1"
+        started = time.monotonic()
+        error = _pull_error(daemon, ref, timeout=30)
+        elapsed = time.monotonic() - started
+        proxy.release_stalls()
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert "stopped sending" in (error.details() or "")
+        assert "stall/retries" in (error.details() or "")
+        assert elapsed < 4.5, f"a 1.5 s progress timeout took {elapsed:.1f} s"  # was over 6
+        _assert_nothing_left(daemon)
+        proxy.clear()
+        assert _pull(daemon, ref) == image.config_digest
+
+
+@pytest.mark.parametrize("stalled", ["manifest", "layer"])
+def test_a_stalled_fetch_is_let_go_when_the_caller_gives_up(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon, stalled: str
+) -> None:
+    """A read blocked on a silent registry held its connection (and a pull thread) for
+    the whole progress timeout after the caller's deadline had passed: the manifest
+    read took no cancel, and a layer's looked at it only between reads."""
+    image = img.tiny_image("after the stall\n")
+    img.push(plain_registry, f"stalled/{stalled}", "v1", image)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        if stalled == "manifest":
+            proxy.add_fault(Fault("stall", path=r"/manifests/v1", nbytes=0))
+        else:
+            proxy.add_fault(Fault("stall", digest=image.layers[0].digest, nbytes=10))
+        daemon = make_daemon(insecure=(proxy.host,))  # default progress timeout: 60 s
+        try:
+            error = _pull_error(daemon, f"{proxy.host}/stalled/{stalled}:v1", timeout=1)
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            deadline = time.monotonic() + 3
+            while _skiffd_connections_to(daemon, proxy.port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _skiffd_connections_to(daemon, proxy.port) == [], (
+                proxy.requests,
+                daemon.logs()[-3000:],
+            )
+        finally:
+            proxy.release_stalls()
+        proxy.clear()
+        _assert_nothing_left(daemon)
+        assert _pull(daemon, f"{proxy.host}/stalled/{stalled}:v1") == image.config_digest
+
+
+def test_an_error_body_that_never_ends_is_not_read_on_and_on(make_daemon: MakeDaemon) -> None:
+    """A 500 whose body trickles forever: skiffd read it to its end ("draining" the
+    connection for reuse), so the pull never ended and the connection stayed."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path == "/v2/":
+            _send(handler, 200, b"{}", Content_Type="application/json")
+            return
+        handler.send_response(500)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"1\r\n{\r\n")
+        while not imitation.stopping.is_set():
+            handler.wfile.write(b"1\r\n \r\n")
+            handler.wfile.flush()
+            time.sleep(0.02)
+
+    with ImitationRegistry(answer) as imitation:
+        daemon = make_daemon(insecure=(imitation.host,), config={"image": {"pull_retries": 1}})
+        ref = f"{imitation.host}/endless/error:v1"
+        error = _pull_error(daemon, ref, timeout=10)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert "HTTP 500" in (error.details() or "") and "endless/error" in (error.details() or "")
+        assert imitation.wait_until_let_go(3) == 0
+        assert daemon.images().ListImages(pb.ListImagesRequest(), timeout=5).images == []
+
+
+@pytest.mark.parametrize(
+    "token_answer",
+    [
+        (200, b"<html>not json</html>"),
+        (200, b"[1, 2]"),
+        (200, b'{"token": ""}'),
+        (200, b'{"token": "two\\nlines", "expires_in": 60}'),
+        (200, b'{"token": "x", "expires_in": "soon"}'),
+    ],
+    ids=["html", "list", "empty", "newline", "bad-expiry"],
+)
+def test_a_garbage_token_answer_is_unauthenticated(
+    make_daemon: MakeDaemon, token_answer: tuple[int, bytes]
+) -> None:
+    status, body = token_answer
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path.startswith("/token"):
+            _send(handler, status, body, Content_Type="application/json")
+            return
+        realm = f'Bearer realm="http://{imitation.host}/token",service="imitation"'
+        _send(handler, 401, b"{}", WWW_Authenticate=realm)
+
+    with ImitationRegistry(answer) as imitation:
+        daemon = make_daemon(insecure=(imitation.host,))
+        error = _pull_error(daemon, f"{imitation.host}/garbage/token:v1", timeout=20)
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+        assert f"token server {imitation.host}" in (error.details() or "")
+        assert "two" not in (error.details() or "")
+        _assert_nothing_left(daemon)
+
+
+def test_a_token_server_that_fails_is_unavailable(make_daemon: MakeDaemon) -> None:
+    """A token server answering 500 is down, not a mystery (it was UNKNOWN)."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path.startswith("/token"):
+            _send(handler, 503, b"down")
+            return
+        realm = f'Bearer realm="http://{imitation.host}/token",service="imitation"'
+        _send(handler, 401, b"{}", WWW_Authenticate=realm)
+
+    with ImitationRegistry(answer) as imitation:
+        daemon = make_daemon(insecure=(imitation.host,))
+        error = _pull_error(daemon, f"{imitation.host}/down/token:v1", timeout=20)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert f"token server {imitation.host}" in (error.details() or "")
+        assert "HTTP 503" in (error.details() or "")
+
+
+def test_an_oversized_manifest_is_invalid_argument(make_daemon: MakeDaemon) -> None:
+    huge = b'{"schemaVersion": 2, "pad": "' + b"x" * (5 << 20) + b'"}'
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path == "/v2/":
+            _send(handler, 200, b"{}")
+            return
+        _send(handler, 200, huge, Content_Type="application/vnd.oci.image.manifest.v1+json")
+
+    with ImitationRegistry(answer) as imitation:
+        daemon = make_daemon(insecure=(imitation.host,))
+        error = _pull_error(daemon, f"{imitation.host}/huge/manifest:v1", timeout=20)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        details = error.details() or ""
+        assert "manifest v1" in details and "huge/manifest" in details and "larger" in details
+        _assert_nothing_left(daemon)
+
+
+def test_a_tag_moved_during_the_pull_gives_the_image_it_named_when_the_pull_began(
+    plain_registry: TestRegistry, make_daemon: MakeDaemon
+) -> None:
+    """The tag is resolved once: a push to it mid-pull does not mix two images (the
+    manifest of one with the config or layers of the other)."""
+    first = img.busybox_image(labels={"tag": "first"})
+    second = img.tiny_image("second\n")
+    img.push(plain_registry, "moving/tag", "v1", first)
+    with FaultyProxy.for_registry(plain_registry) as proxy:
+        proxy.add_fault(Fault("stall", digest=first.layers[0].digest, nbytes=4096, times=1))
+        daemon = make_daemon(insecure=(proxy.host,))
+        ref = f"{proxy.host}/moving/tag:v1"
+        pulled: list[str] = []
+        puller = threading.Thread(target=lambda: pulled.append(_pull(daemon, ref)))
+        puller.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not proxy.requests_for(first.layers[0].digest) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            img.push(plain_registry, "moving/tag", "v1", second)
+        finally:
+            proxy.release_stalls()
+            puller.join(60)
+        assert pulled == [first.config_digest]
+        status = _status(daemon, ref).image
+        assert status.id == first.config_digest
+        assert list(status.repo_digests) == [f"{proxy.host}/moving/tag@{first.digest}"]
+        # The next pull sees the moved tag; the first image keeps no tag.
+        assert _pull(daemon, ref) == second.config_digest
+        assert list(_status(daemon, first.config_digest).image.repo_tags) == []
+
+
+def test_a_registry_that_never_answers_is_let_go_when_the_caller_gives_up(
+    make_daemon: MakeDaemon,
+) -> None:
+    """Before its headers come there is no response to shut down: the thread sat in
+    the header read, holding the connection, for the whole progress timeout."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path == "/v2/":
+            _send(handler, 200, b"{}")
+            return
+        imitation.stopping.wait(120)
+
+    with ImitationRegistry(answer) as imitation:
+        daemon = make_daemon(insecure=(imitation.host,))  # default progress timeout: 60 s
+        port = int(imitation.host.rsplit(":", 1)[1])
+        error = _pull_error(daemon, f"{imitation.host}/silent/registry:v1", timeout=1)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 3
+        while _skiffd_connections_to(daemon, port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _skiffd_connections_to(daemon, port) == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 
@@ -77,3 +78,21 @@ def test_an_internal_error_tells_the_client_an_id_not_the_exception(
     assert error_id is not None, message
     (record,) = [r for r in caplog.records if r.getMessage() == "internal error"]
     assert getattr(record, "error_id", None) == error_id.group(1)
+
+
+def test_a_full_disk_anywhere_is_resource_exhausted_naming_the_file() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device", "/var/lib/skiff/x/config.json")
+    assert status_of(full) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_of(OSError(errno.EDQUOT, "Disk quota exceeded")) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert status_message(full) == (
+        "writing /var/lib/skiff/x/config.json: no space left on the device; "
+        "free some space and retry"
+    )
+    assert status_of(OSError(errno.EIO, "I/O error")) is None  # a bug, or worse: INTERNAL
+
+    class Typed(OSError):
+        grpc_status = "INVALID_ARGUMENT"
+
+    assert status_of(Typed(errno.ENOSPC, "typed")) == grpc.StatusCode.INVALID_ARGUMENT

@@ -24,7 +24,7 @@ from image.pull import (
     platform_manifest,
 )
 from image.registries import RegistriesConf
-from image.registry_client import RegistryClient, Repository
+from image.registry_client import PullWatch, RegistryClient, Repository
 from image.store import ImageStore
 
 NODE = Platform("linux", "amd64")
@@ -136,7 +136,7 @@ def test_a_layer_whose_gzip_data_is_corrupt_is_data_loss(tmp_path: Path) -> None
                 len(CORRUPT_GZIP),
                 DIGEST,
                 DIGEST,
-                threading.Event(),
+                PullWatch(60),
                 lambda _count: None,
             )
     finally:
