@@ -5,14 +5,17 @@ left behind in between."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from api.runtime.v1 import api_pb2 as pb
 from tests.integration.netns import links_with_master
 from tests.integration.nodes import Node
-from tests.integration.skiffd import mounts_below, processes_mentioning
+from tests.integration.skiffd import mounts_below, processes_mentioning, rmdir_when_empty
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Files that change with every start of skiffd, not with what it holds.
@@ -27,6 +30,26 @@ def cgroup_dirs(top: str) -> list[str]:
         if tree.is_dir():
             found += [str(d) for d in [tree, *tree.rglob("*")] if d.is_dir()]
     return sorted(found)
+
+
+def remove_cgroups(top: str) -> list[str]:
+    """Test clean-up: remove `top` and its cgroups in every hierarchy, killing what still
+    runs in them first. Returns those processes' command lines (a leak to report)."""
+    found: dict[int, str] = {}
+    for directory in cgroup_dirs(top):
+        procs = Path(directory) / "cgroup.procs"
+        for text in procs.read_text().split() if procs.exists() else []:
+            try:
+                cmdline = Path(f"/proc/{text}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            found[int(text)] = f"{text} {cmdline.decode(errors='replace').strip()} in {directory}"
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for directory in reversed(cgroup_dirs(top)):
+        rmdir_when_empty(Path(directory))
+    return sorted(found.values())
 
 
 def _files_under(root: Path, depth: int = 4) -> list[str]:
@@ -69,6 +92,17 @@ def snapshot(node: Node, cgroup_top: str) -> dict[str, list[str]]:
         ),
         "images": sorted(i.id for i in images.ListImages(pb.ListImagesRequest()).images),
     }
+
+
+def changes(before: dict[str, list[str]], after: dict[str, list[str]]) -> dict[str, str]:
+    """What is new in `after`, and what went, by kind: empty when nothing changed."""
+    found = {}
+    for kind, was in before.items():
+        new = sorted(set(after[kind]) - set(was))
+        gone = sorted(set(was) - set(after[kind]))
+        if new or gone:
+            found[kind] = f"new {new}, gone {gone}"
+    return found
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import pytest
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from tests.integration import images as img
-from tests.integration.node_state import Kept, cgroup_dirs, snapshot
+from tests.integration.node_state import Kept, changes, remove_cgroups, snapshot
 from tests.integration.nodes import MakeNode, Node, World, container_config, sandbox_config
 from tests.integration.skiffd import pid_alive
 
@@ -327,8 +327,8 @@ def matrix_run(world: World, make_node: MakeNode) -> Iterator[Run]:
     img.push(world.registry, repository, "v1", image)
     top = f"/skiff-fpm-{secrets.token_hex(3)}"
     yield Run(node=node, cgroup_top=top, pull_image=f"{world.registry.host}/{repository}:v1")
-    for directory in reversed(cgroup_dirs(top)):
-        Path(directory).rmdir()
+    left = remove_cgroups(top)
+    assert left == [], f"processes left in the test's cgroups: {left}"
 
 
 def _points_of(run: Run, scenario: Scenario) -> list[str]:
@@ -358,7 +358,7 @@ def test_a_death_at_every_durable_step_is_survived(matrix_run: Run, scenario: Sc
     points = _points_of(run, scenario)
     assert points, f"{scenario.rpc} passed no failpoint"
     keep.remove_the_rest(node)
-    assert snapshot(node, run.cgroup_top) == baseline
+    assert not changes(baseline, snapshot(node, run.cgroup_top))
 
     for round_, point in enumerate(points):
         run.round, run.pods, run.containers = round_, {}, {}
@@ -379,4 +379,5 @@ def test_a_death_at_every_durable_step_is_survived(matrix_run: Run, scenario: Sc
         assert json.loads(node.status(bystander, verbose=True).info["info"])["pid"] == bystander_pid
 
         keep.remove_the_rest(node)
-        assert snapshot(node, run.cgroup_top) == baseline, f"left behind after a death at {point}"
+        left = changes(baseline, snapshot(node, run.cgroup_top))
+        assert not left, f"left behind after a death at {point}: {left}"

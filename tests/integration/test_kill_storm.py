@@ -21,13 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.integration.node_state import Kept, cgroup_dirs, snapshot
+from tests.integration.node_state import Kept, changes, ids_in, remove_cgroups, snapshot
 from tests.integration.nodes import MakeNode, Node, container_config, sandbox_config
 from tests.integration.skiffd import pid_alive
 
@@ -39,6 +40,28 @@ ROUNDS = int(os.environ.get("SKIFF_STORM_ROUNDS", "5"))
 WORKERS = 3
 
 
+@dataclass(frozen=True)
+class Process:
+    """A process by pid and start time: with pods churning, pids come round again."""
+
+    pid: int
+    start_time: str
+
+    @classmethod
+    def of(cls, pid: int) -> Process:
+        return cls(pid, _start_time(pid))
+
+    def alive(self) -> bool:
+        return _start_time(self.pid) == self.start_time
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 @dataclass
 class Told:
     """What skiffd answered its clients, and what was in flight when it died."""
@@ -47,7 +70,7 @@ class Told:
     pods: set[str] = field(default_factory=set)
     containers: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
-    pids: dict[str, int] = field(default_factory=dict)  # container -> pid when started
+    processes: dict[str, Process] = field(default_factory=dict)  # container -> its process
     removing: set[str] = field(default_factory=set)  # a removal was sent
     stopped_pods: set[str] = field(default_factory=set)  # answered: NOTREADY for good
 
@@ -120,7 +143,7 @@ class Worker(threading.Thread):
                     pb.ContainerStatusRequest(container_id=cid, verbose=True),
                 )
                 with told.lock:
-                    told.pids[cid] = json.loads(status.info["info"])["pid"]
+                    told.processes[cid] = Process.of(json.loads(status.info["info"])["pid"])
                 _call(
                     runtime.ExecSync, pb.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=5)
                 )
@@ -161,7 +184,7 @@ def _check_against_what_was_told(node: Node, told: Told) -> None:
         assert len(container_names) == len(set(container_names)), "a container name twice"
         for pod_id in told.stopped_pods & set(pods):
             assert pods[pod_id].state == pb.PodSandboxState.SANDBOX_NOTREADY, pod_id
-        pids = dict(told.pids)
+        processes = dict(told.processes)
     for cid, container in containers.items():
         info = json.loads(
             runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True)).info[
@@ -171,10 +194,10 @@ def _check_against_what_was_told(node: Node, told: Told) -> None:
         pid = info.get("pid") or 0
         if container.state == pb.ContainerState.CONTAINER_RUNNING:
             assert pid and pid_alive(pid), f"container {cid} is RUNNING with no process"
-            if cid in pids:
-                assert pid == pids[cid], f"container {cid} changed its pid"
-        elif container.state == pb.ContainerState.CONTAINER_EXITED and cid in pids:
-            assert not pid_alive(pids[cid]), f"container {cid} is EXITED but its process runs"
+            if cid in processes:
+                assert Process.of(pid) == processes[cid], f"container {cid} changed its process"
+        elif container.state == pb.ContainerState.CONTAINER_EXITED and cid in processes:
+            assert not processes[cid].alive(), f"container {cid} is EXITED but its process runs"
     for pod_id, pod in pods.items():
         status = runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
         if pod.state == pb.PodSandboxState.SANDBOX_READY:
@@ -183,13 +206,19 @@ def _check_against_what_was_told(node: Node, told: Told) -> None:
             assert status.status.network.ip == "", f"stopped pod {pod_id} still has an IP"
 
 
+def _log_of(node: Node, ids: set[str]) -> str:
+    """skiffd's log lines (of every run) that name one of `ids`: what happened to them."""
+    lines = [line for line in node.daemon.logs().splitlines() if any(i in line for i in ids)]
+    return "skiffd's log of them:\n" + "\n".join(lines[-60:])
+
+
 @pytest.fixture
 def storm_node(make_node: MakeNode) -> Iterator[tuple[Node, str]]:
     node = make_node()
     top = f"/skiff-storm-{secrets.token_hex(3)}"
     yield node, top
-    for directory in reversed(cgroup_dirs(top)):
-        os.rmdir(directory)
+    left = remove_cgroups(top)
+    assert left == [], f"processes left in the test's cgroups: {left}"
 
 
 def test_kill_storms_lose_no_answer_and_leak_nothing(storm_node: tuple[Node, str]) -> None:
@@ -223,6 +252,8 @@ def test_kill_storms_lose_no_answer_and_leak_nothing(storm_node: tuple[Node, str
             _check_against_what_was_told(node, told)
             assert json.loads(node.status(bystander, verbose=True).info["info"])["pid"] == pid
         except AssertionError as exc:
-            raise AssertionError(f"seed {seed}, after kill {round_ + 1}: {exc}") from exc
+            story = _log_of(node, ids_in(str(exc)))
+            raise AssertionError(f"seed {seed}, after kill {round_ + 1}: {exc}\n{story}") from exc
     keep.remove_the_rest(node)
-    assert snapshot(node, top) == baseline, f"seed {seed}: left behind after the storm"
+    left = changes(baseline, snapshot(node, top))
+    assert not left, f"seed {seed}: left behind after the storm: {left}"
