@@ -293,6 +293,9 @@ class SandboxManager:
                     extra={"sandbox_id": sandbox.id},
                 )
                 await self._release_network(sandbox)
+        unfinished = await asyncio.to_thread(self.cni().remove_unfinished_writes)
+        if unfinished:
+            log.warning("removed unfinished CNI cache writes", extra={"files": unfinished})
         await self._remove_unrecorded()
 
     async def _remove_unrecorded(self) -> None:

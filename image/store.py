@@ -75,10 +75,13 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[-1]
 
 
+TEMP_PREFIX = ".tmp-"
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write-temp, fsync, rename, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -121,6 +124,10 @@ class ImageStore:
             directory.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
+        for directory in (self.blobs, self.images_dir):
+            # What a write cut short by a death left before its rename (write_atomic).
+            for unfinished in directory.glob(f"{TEMP_PREFIX}*"):
+                unfinished.unlink(missing_ok=True)
         for path in self.images_dir.glob("*.json"):
             try:
                 raw = json.loads(path.read_bytes())

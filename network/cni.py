@@ -865,6 +865,19 @@ class CniPlugins:
 
     # ---- cache
 
+    def remove_unfinished_writes(self) -> list[str]:
+        """The temp files of cache writes cut short by a death before their rename: no
+        entry is in them that its final file does not have. Call at start."""
+        try:
+            names = os.listdir(self.cache_dir)
+        except FileNotFoundError:
+            return []
+        unfinished = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
+        for name in unfinished:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.cache_dir / name)
+        return unfinished
+
     def _cache_path(self, network: str, container_id: str, ifname: str) -> Path:
         if not network or "/" in network or "\0" in network or network.startswith("."):
             raise CniError(f"CNI network name {network!r} cannot name a cache file")

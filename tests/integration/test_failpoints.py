@@ -271,3 +271,26 @@ def test_pod_network_teardown_outlives_the_callers_deadline(make_node: MakeNode)
         assert marker.read_text().splitlines() == ["started", "finished"]
     finally:
         shutil.rmtree(plugins, ignore_errors=True)
+
+
+def test_writes_cut_short_before_their_rename_are_removed_at_start(make_node: MakeNode) -> None:
+    """A death between a temp file's write and its rename (the kill -9 storm hit one in
+    the CNI cache) leaves the temp file: skiffd removes them at start, and keeps the
+    finished files beside them."""
+    node = make_node()
+    node.daemon.kill()
+    root = node.daemon.root
+    cache_entries = sorted(p.name for p in (root / "cni-cache").iterdir())
+    assert cache_entries, "the node's pod has a CNI cache entry"
+    unfinished = [
+        root / "cni-cache" / f".{cache_entries[0]}.{'0' * 32}.tmp",
+        root / "blobs" / "sha256" / ".tmp-cut-short",
+        root / "images" / ".tmp-cut-short",
+    ]
+    for path in unfinished:
+        path.write_text("{")
+    node.daemon.start()
+    assert [p for p in unfinished if p.exists()] == []
+    assert sorted(p.name for p in (root / "cni-cache").iterdir()) == cache_entries
+    status = node.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod))
+    assert status.status.network.ip != ""
