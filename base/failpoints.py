@@ -30,6 +30,8 @@ log = logging.getLogger("skiff.failpoints")
 
 ENV = "SKIFF_FAILPOINTS"
 TRACE_ENV = "SKIFF_FAILPOINTS_TRACE"
+#: The operation of skiffd's start: reconciling its records with what is really there.
+STARTUP = "Startup"
 
 #: Every kind of durable step, and what is real once it is taken.
 STEPS: dict[str, str] = {

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc.aio
 
+from base import failpoints
 from cri import config as config_mod
 from cri import log as log_mod
 from cri import package_version
@@ -208,8 +209,9 @@ class Daemon:
         sandboxes.stop_containers = containers.stop_all
         sandboxes.remove_containers = containers.remove_all
         images.in_use = containers.images_in_use
-        await sandboxes.load()
-        await containers.load()
+        with failpoints.operation(failpoints.STARTUP):  # a death while recovering, too
+            await sandboxes.load()
+            await containers.load()
         try:
             containers.start_watching()
         except ExitWatchError as exc:

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     log_mod.configure(cfg.log_level, cfg.log_format)
     try:
-        failpoints.arm_from_environment(CRI_RPCS)
+        failpoints.arm_from_environment(CRI_RPCS | {failpoints.STARTUP})
     except failpoints.UnknownFailpoint as exc:
         print(f"skiffd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

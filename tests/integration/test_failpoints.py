@@ -294,3 +294,25 @@ def test_writes_cut_short_before_their_rename_are_removed_at_start(make_node: Ma
     assert sorted(p.name for p in (root / "cni-cache").iterdir()) == cache_entries
     status = node.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod))
     assert status.status.network.ip != ""
+
+
+def test_a_death_while_finishing_a_cut_short_stop_is_recovered_from_too(
+    make_node: MakeNode,
+) -> None:
+    """skiffd dies during StopPodSandbox before the CNI DEL, then again while it finishes
+    that DEL at start: the third start still leaves a stopped pod without an IP."""
+    node = make_node()
+    node.run("app", command=["sleep", "1000"])
+    _restart_armed(node, "StopPodSandbox/after-sandbox-record-update")
+    stop = pb.StopPodSandboxRequest(pod_sandbox_id=node.pod)
+    _dies(lambda: node.runtime.StopPodSandbox(stop, timeout=30))
+    node.daemon.wait_killed()
+    node.daemon.start(wait=False, failpoints=("Startup/after-cni-del",))
+    node.daemon.wait_killed()
+    assert "finishing the network teardown of a stop cut short" in node.daemon.logs()
+    node.daemon.start()
+    status = node.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=node.pod))
+    assert status.status.state == pb.PodSandboxState.SANDBOX_NOTREADY
+    assert status.status.network.ip == ""
+    assert _allocations(node, node.pod) == []
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=node.pod), timeout=30)
