@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -60,8 +61,12 @@ exec "{real}" "$@"
 
 #: skiffd's runtime command timeout in these tests: a hang is past it in a second.
 COMMAND_TIMEOUT = 2.0
-#: How long a hung wrapper sleeps: an odd number, to find the ones left behind.
-HANG_SECONDS = 7717
+
+
+def hang_seconds() -> int:
+    """How long a hung wrapper sleeps: a number of the test's own, to find the ones it
+    left behind (tests on the other pytest worker hang theirs at the same time)."""
+    return 100_000 + secrets.randbelow(900_000)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class Faulty:
     """Wrapper scripts for runc and conmon, and the switch of their fault."""
 
     directory: Path
+    hang_seconds: int
 
     @property
     def runc(self) -> Path:
@@ -93,6 +99,7 @@ class Faulty:
 @pytest.fixture
 def faulty() -> Iterator[Faulty]:
     directory = Path(tempfile.mkdtemp(prefix="skiff-faulty-", dir="/tmp"))
+    hang = hang_seconds()
     try:
         for program in ("runc", "conmon"):
             real = shutil.which(program)
@@ -102,11 +109,11 @@ def faulty() -> Iterator[Faulty]:
                 fault=directory / f"{program}.fault",
                 hits=directory / f"{program}.hits",
                 real=real,
-                hang_seconds=HANG_SECONDS,
+                hang_seconds=hang,
             )
             (directory / program).write_text(script)
             (directory / program).chmod(0o755)
-        yield Faulty(directory)
+        yield Faulty(directory, hang)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -124,7 +131,7 @@ def _no_wrapped_processes(node: Node, faulty: Faulty) -> list[int]:
     """Wrappers of a failed call still running, or hung ones (their sleep)."""
     daemon_pid = node.daemon.proc.pid if node.daemon.proc else 0
     wrappers = processes_mentioning(f"sh {faulty.directory}/")
-    hung = processes_mentioning(f"sleep {HANG_SECONDS}")
+    hung = processes_mentioning(f"sleep {faulty.hang_seconds}")
     return [p for p in wrappers + hung if p != daemon_pid]
 
 
@@ -253,7 +260,7 @@ DEL)
   esac ;;
 VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
 esac
-""".replace("HANG_SECONDS", str(HANG_SECONDS))
+"""
 
 CNI_TIMEOUT = 2.0
 
@@ -262,6 +269,7 @@ CNI_TIMEOUT = 2.0
 class FaultyNetwork:
     node: Node
     fault: Path
+    hang_seconds: int
 
     def set(self, how: str) -> None:
         self.fault.write_text(how)
@@ -275,7 +283,9 @@ def cni_plugins_dir() -> Iterator[Path]:
     """The faulty plugin's directory; it outlives the node (whose pods need it to go)."""
     plugins = Path(tempfile.mkdtemp(prefix="skiff-cni-faulty-", dir="/tmp"))
     try:
-        (plugins / "faultcni").write_text(FAULTY_PLUGIN)
+        hang = hang_seconds()
+        (plugins / "hang-seconds").write_text(str(hang))
+        (plugins / "faultcni").write_text(FAULTY_PLUGIN.replace("HANG_SECONDS", str(hang)))
         (plugins / "faultcni").chmod(0o755)
         yield plugins
     finally:
@@ -297,7 +307,7 @@ def faulty_network(cni_plugins_dir: Path, make_node: MakeNode) -> FaultyNetwork:
     deadline = time.monotonic() + 10
     while "config reloaded" not in node.daemon.logs() and time.monotonic() < deadline:
         time.sleep(0.05)
-    return FaultyNetwork(node, fault)
+    return FaultyNetwork(node, fault, int((cni_plugins_dir / "hang-seconds").read_text()))
 
 
 def _run_pod(node: Node, name: str) -> str:
@@ -306,10 +316,8 @@ def _run_pod(node: Node, name: str) -> str:
     return node.runtime.RunPodSandbox(request, timeout=30).pod_sandbox_id
 
 
-def _pod_processes(node: Node) -> list[int]:
-    daemon_pid = node.daemon.proc.pid if node.daemon.proc else 0
-    hung = processes_mentioning(f"sleep {HANG_SECONDS}")
-    return [p for p in hung if p != daemon_pid]
+def _hung_plugins(network: FaultyNetwork) -> list[int]:
+    return processes_mentioning(f"sleep {network.hang_seconds}")
 
 
 @pytest.mark.parametrize(
@@ -331,7 +339,7 @@ def test_run_pod_sandbox_when_the_cni_add_fails_or_hangs(
     assert "pod default/victim" in details, details
     assert elapsed < CNI_TIMEOUT * 4, f"RunPodSandbox took {elapsed:.1f} s"
     assert_only_the_node_pod(node)
-    assert _pod_processes(node) == []
+    assert _hung_plugins(faulty_network) == []
     pod = _run_pod(node, "victim")
     node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=30)
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
