@@ -12,6 +12,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from api.runtime.v1 import api_pb2 as pb
 from tests.integration.netns import links_with_master
 from tests.integration.nodes import Node
@@ -30,6 +32,18 @@ def cgroup_dirs(top: str) -> list[str]:
         if tree.is_dir():
             found += [str(d) for d in [tree, *tree.rglob("*")] if d.is_dir()]
     return sorted(found)
+
+
+def remove_pods(node: Node) -> None:
+    """Test clean-up, before the test's cgroups go: every pod the node's skiffd (if it
+    still runs) has, with their containers and pause processes."""
+    daemon = node.daemon
+    if daemon.proc is None or daemon.proc.poll() is not None:
+        return
+    runtime = node.runtime
+    for pod in runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
+        with contextlib.suppress(grpc.RpcError):
+            runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
 
 
 def remove_cgroups(top: str) -> list[str]:

@@ -28,7 +28,14 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.integration.node_state import Kept, changes, ids_in, remove_cgroups, snapshot
+from tests.integration.node_state import (
+    Kept,
+    changes,
+    ids_in,
+    remove_cgroups,
+    remove_pods,
+    snapshot,
+)
 from tests.integration.nodes import MakeNode, Node, container_config, sandbox_config
 from tests.integration.skiffd import pid_alive
 
@@ -217,6 +224,7 @@ def storm_node(make_node: MakeNode) -> Iterator[tuple[Node, str]]:
     node = make_node()
     top = f"/skiff-storm-{secrets.token_hex(3)}"
     yield node, top
+    remove_pods(node)
     left = remove_cgroups(top)
     assert left == [], f"processes left in the test's cgroups: {left}"
 
