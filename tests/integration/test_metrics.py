@@ -65,6 +65,7 @@ def test_rpcs_pulls_pods_and_containers_move_the_metrics(make_node: MakeNode) ->
     assert value(before, "skiff_layers_stored") >= 1
     assert value(before, "skiff_layers_stored_bytes") > 0
     assert value(before, "skiff_pod_sandboxes", state="ready") == 1
+    assert value(before, "skiff_asyncio_tasks") >= 1  # the scrape's own, at least
     add = {"plugin": "bridge", "command": "ADD"}
     assert value(before, "skiff_cni_plugin_duration_seconds_count", **add) == 1
     assert value(before, "skiff_cni_plugin_duration_seconds_sum", **add) > 0
