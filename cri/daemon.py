@@ -218,6 +218,7 @@ class Daemon:
         metrics.watch(images.store, sandboxes, containers)
         metrics.watch_loop(asyncio.get_running_loop())
         stats = StatsManager(sandboxes, containers, Path(cfg.root), image_dir=images.store.layers)
+        stats.watch_events(state.events)
         server = grpc.aio.server(
             interceptors=[CallInterceptor(metrics)],
             options=[

@@ -83,8 +83,7 @@ def test_kubelet_shaped_load_does_not_grow(
             if (h / "skiff" / f"pod-{pod_id[:12]}").exists()
         ]
         assert left == [], f"pod {pod_id} cgroups left in {left}"
-    load.stats()
-    after = load.sample()
+    after = load.sample()  # no stats call since: skiffd let go of their cgroups by itself
     assert after.fds <= idle.fds + IDLE_MARGINS["fds"], f"{idle}\n{after}\n{open_files(load.pid)}"
     assert after.tasks <= idle.tasks + IDLE_MARGINS["tasks"], (idle, after)
 
