@@ -47,6 +47,7 @@ READER = "trap 'exit 0' TERM; while true; do cat /etc/hostname >/dev/null; sleep
 class SoakPod:
     name: str
     id: str
+    slot: int
     log_dir: Path
     containers: dict[str, str]  # name -> id
     # Held while a probe or a rotation acts on the pod, and by its removal: the load
@@ -126,7 +127,9 @@ class SoakLoad:
 
     # --- pods --------------------------------------------------------------------------
 
-    def run_pod(self) -> SoakPod:
+    def run_pod(self, slot: int) -> SoakPod:
+        """A pod in `slot`: its replacements keep its shape, so between churn cycles
+        the node holds the same containers."""
         self.generation += 1
         name = f"soak-{self.generation}"
         log_dir = self.node.log_dir.parent / name
@@ -135,13 +138,13 @@ class SoakLoad:
         ).pod_sandbox_id
         self.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
         commands = {"writer": WRITER, "sleeper": SLEEPER}
-        if self.generation % 2:
+        if slot % 2:
             commands["reader"] = READER
         containers = {}
         for cname, script in commands.items():
             containers[cname] = self.node.create(cname, pod=pod_id, command=["sh", "-c", script])
             self.node.start(containers[cname])
-        return SoakPod(name, pod_id, log_dir, containers)
+        return SoakPod(name, pod_id, slot, log_dir, containers)
 
     def remove_pod(self, pod: SoakPod) -> None:
         """As the kubelet takes a pod away: stop and remove each container, then stop
@@ -164,7 +167,7 @@ class SoakLoad:
 
     def fill(self) -> None:
         while len(self.pods) < self.pod_count:
-            self.pods.append(self.run_pod())
+            self.pods.append(self.run_pod(len(self.pods)))
 
     def remove_all(self) -> None:
         for pod in list(self.pods):
@@ -293,13 +296,16 @@ class SoakLoad:
                 self.pods = self.pods[per_cycle:]
             for pod in doomed:
                 self.remove_pod(pod)
-            for _ in doomed:
+            for gone in doomed:
                 if self.stop.is_set():
                     return
-                pod = self.run_pod()
+                pod = self.run_pod(gone.slot)
                 with self.pods_lock:
                     self.pods.append(pod)
             self.counts["replaced"] += len(doomed)
+            # skiffd keeps the cgroup files of what a stats call read open: after one,
+            # the same pods and containers hold the same descriptors, cycle after cycle.
+            self.stats()
             self.between_cycles.append(self.sample())
 
         self._every(CHURN_SECONDS, cycle)
@@ -371,10 +377,10 @@ def table(
         ms = [m for at, m in latencies if start <= at < stop]
         rows.append(
             f"{f'{start:.0f}-{stop:.0f}':>11}"
-            f" {_span([s.rss_kib / 1024 for s in here], '.1f'):>13}"
-            f" {_span([s.fds for s in here], 'd'):>9}"
-            f" {_span([s.threads for s in here], 'd'):>9}"
-            f" {_span([s.tasks for s in here], 'd'):>9}"
+            f" {span([s.rss_kib / 1024 for s in here], '.1f'):>13}"
+            f" {span([s.fds for s in here], 'd'):>9}"
+            f" {span([s.threads for s in here], 'd'):>9}"
+            f" {span([s.tasks for s in here], 'd'):>9}"
             f" {(f'{statistics.median(ms):.1f}' if ms else '-'):>11}"
             f" {(f'{percentile(ms, 0.99):.1f}' if ms else '-'):>8}"
         )
@@ -382,7 +388,8 @@ def table(
     return "\n".join(rows)
 
 
-def _span(values: Sequence[float], spec: str) -> str:
+def span(values: Sequence[float], spec: str) -> str:
+    """ "low-high" of the values in `spec` format, one figure when they are all one."""
     if not values:
         return "-"
     low, high = min(values), max(values)

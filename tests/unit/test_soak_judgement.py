@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.integration.soak import Limits, Margin, Sample, growth, percentile, table
 
-FDS = Limits(peak=Margin(8), floor=Margin(2))
+FDS = Limits(peak=Margin(8), floor=Margin(2))  # tighter than the soak's, for round figures
 
 
 def test_noise_around_a_steady_state_passes() -> None:
