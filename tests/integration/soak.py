@@ -15,16 +15,15 @@ import os
 import statistics
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.runtime.v1 import api_pb2 as pb
 from tests.integration.nodes import Node, sandbox_config
+from tests.integration.test_metrics import scrape_url, value
 
 RELIST_SECONDS = 1.0
 STATS_SECONDS = 10.0
@@ -90,16 +89,6 @@ def open_files(pid: int) -> dict[str, int]:
         kind = target.split(":[", 1)[0] if target.startswith(("socket:", "pipe:")) else target
         kinds[kind] = kinds.get(kind, 0) + 1
     return dict(sorted(kinds.items(), key=lambda item: -item[1]))
-
-
-def scrape_gauge(url: str, name: str) -> float:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    raise AssertionError(f"{name} is not among skiffd's metrics at {url}")
 
 
 class SoakLoad:
@@ -191,7 +180,8 @@ class SoakLoad:
         return time.monotonic() - self.started
 
     def sample(self) -> Sample:
-        tasks = int(scrape_gauge(self.metrics_url, "skiff_asyncio_tasks"))
+        tasks = int(value(scrape_url(self.metrics_url), "skiff_asyncio_tasks"))
+        assert tasks > 0, f"no skiff_asyncio_tasks at {self.metrics_url}"
         return process_sample(self.pid, tasks, self.now())
 
     def finish(self) -> None:

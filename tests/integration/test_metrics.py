@@ -32,7 +32,11 @@ def metrics_url(daemon: Skiffd) -> str:
 
 
 def scrape(daemon: Skiffd) -> Samples:
-    with urllib.request.urlopen(metrics_url(daemon), timeout=10) as response:
+    return scrape_url(metrics_url(daemon))
+
+
+def scrape_url(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
