@@ -218,7 +218,9 @@ class Daemon:
             raise StartupError(f"cannot watch for container exits: {exc}") from None
         started.callback(containers.stop_watching)
         metrics.watch(images.store, sandboxes, containers)
+        metrics.watch_loop(asyncio.get_running_loop())
         stats = StatsManager(sandboxes, containers, Path(cfg.root), image_dir=images.store.layers)
+        stats.watch_events(state.events)
         server = grpc.aio.server(
             interceptors=[CallInterceptor(metrics)],
             options=[

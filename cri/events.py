@@ -31,6 +31,8 @@ DELETED = "deleted"
 
 #: describe(kind, object id, sandbox id, time in ns) -> the message sent to subscribers.
 Describe = Callable[[str, str, str, int], Any]
+#: listener(kind, object id, sandbox id): a part of the daemon told of each change.
+Listener = Callable[[str, str, str], None]
 
 
 class Subscription:
@@ -72,6 +74,12 @@ class EventBus:
         self.capacity = capacity
         self.describe: Describe | None = None
         self._subscribers: list[Subscription] = []
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener` on the event loop with each event as it is published, before
+        any subscriber sees it; it must not block, and what it raises is logged."""
+        self._listeners.append(listener)
 
     def subscribers(self) -> int:
         return len(self._subscribers)
@@ -88,6 +96,11 @@ class EventBus:
             log.info("event subscriber left", extra={"subscribers": len(self._subscribers)})
 
     def publish(self, kind: str, object_id: str, sandbox_id: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(kind, object_id, sandbox_id)
+            except Exception:
+                log.exception("event listener failed", extra={"container_id": object_id})
         if not self._subscribers or self.describe is None:
             return
         try:

@@ -197,6 +197,11 @@ class Metrics:
         self.registry.register(ImageStoreCollector(images))
         self.registry.register(ObjectStateCollector(sandboxes, containers))
 
+    def watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count the daemon loop's asyncio tasks at each scrape: a count that keeps
+        growing under a steady load is a task leak."""
+        self.registry.register(EventLoopCollector(loop))
+
 
 def failure_code(error: BaseException) -> str:
     """The gRPC status code name a failed call ends with (INTERNAL for a bug)."""
@@ -262,6 +267,26 @@ class ObjectStateCollector(Collector):
         _add_by_state(pods, SANDBOX_STATES, sandboxes)
         _add_by_state(ctrs, CONTAINER_STATES, containers)
         return (pods, ctrs)
+
+
+class EventLoopCollector(Collector):
+    """The tasks alive on the daemon's event loop (RPCs in flight, watchers, sessions)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return (self._family(),)
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            _name("asyncio_tasks"), "Tasks alive on skiffd's event loop, finished ones not."
+        )
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = self._family()
+        family.add_metric([], len(asyncio.all_tasks(self.loop)))
+        return (family,)
 
 
 def _add_by_state(

@@ -28,7 +28,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cri import events
 from cri.containers import RUNNING, Container, ContainerManager
+from cri.events import EventBus
 from cri.sandboxes import READY, Sandbox, SandboxManager
 from network.netstats import (
     InterfaceCounters,
@@ -307,9 +309,23 @@ class StatsManager:
         self.layers = WritableLayers(
             root / "containers", containers.select, layer_interval, image_dir
         )
+        self._forget_scheduled = False
 
     def start(self) -> None:
         self.layers.start()
+
+    def watch_events(self, bus: EventBus) -> None:
+        """Let go of a container's or a pod's cgroup files as soon as it stops or goes:
+        held, skiffd would keep descriptors of removed cgroups (and the kernel its
+        objects behind them) until some later unfiltered stats list, if one comes."""
+        bus.listen(self._on_event)
+
+    def _on_event(self, kind: str, object_id: str, sandbox_id: str) -> None:
+        # Once per turn of the loop however many stop at once; by then the change that
+        # published the event is recorded in the managers.
+        if kind in (events.STOPPED, events.DELETED) and not self._forget_scheduled:
+            self._forget_scheduled = True
+            asyncio.get_running_loop().call_soon(self._forget_gone)
 
     def stop(self) -> None:
         self.layers.stop()
@@ -337,7 +353,7 @@ class StatsManager:
         found = await self.containers.select(id_prefix, RUNNING, pod_prefix, labels)
         samples = await self._container_samples(found)
         if not id_prefix and not pod_prefix and not labels:
-            await self._forget_gone()
+            self._forget_gone()
         return samples
 
     async def _container_samples(
@@ -385,16 +401,19 @@ class StatsManager:
             out[key] = (usage, counts)
         return out
 
-    async def _forget_gone(self) -> None:
+    def _forget_gone(self) -> None:
         """Drop what is kept for containers and pods that are gone or stopped (after an
-        unfiltered list, which sees them all)."""
-        containers = await self.containers.select()
+        unfiltered list, which sees them all, and when one stops or goes)."""
+        self._forget_scheduled = False
+        containers = self.containers.everything()
         pods = self.sandboxes.select()
         keys = {f"container/{c.id}" for c in containers}
         keys.update(f"pod/{s.id}" for s in pods)
         self.rates.keep_only(keys)
-        # The cgroup files kept open: only those of running containers and of pods.
-        live = {p.cgroup_parent for p in pods if p.cgroup_parent.startswith("/")}
+        # The cgroup files kept open: only those of running containers and ready pods.
+        live = {
+            p.cgroup_parent for p in pods if p.state == READY and p.cgroup_parent.startswith("/")
+        }
         for c in containers:
             path = self.cgroup_path(c) if c.state == RUNNING else None
             if path is not None:
@@ -413,7 +432,7 @@ class StatsManager:
         found = self.sandboxes.select(id_prefix, READY, labels)
         samples = await self._pod_samples(found, detailed)
         if not id_prefix and not labels:
-            await self._forget_gone()
+            self._forget_gone()
         return samples
 
     async def _pod_samples(self, pods: list[Sandbox], detailed: bool) -> list[PodSample]:

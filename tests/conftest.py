@@ -1,5 +1,5 @@
 """Scheduling of the suites under pytest-xdist (``--dist loadgroup``), and what the
-end-to-end suites report at the end of a run."""
+end-to-end and soak suites report at the end of a run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_critest import summary_path
+from tests.summaries import SUITES, summary_path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,8 +27,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # the controller prints it, once
-    summary = summary_path()
-    if summary.exists():
-        terminalreporter.write_sep("=", "critest")
-        terminalreporter.write_line(summary.read_text().strip())
-        summary.unlink()
+    for suite in SUITES:
+        summary = summary_path(suite)
+        if summary.exists():
+            terminalreporter.write_sep("=", suite)
+            terminalreporter.write_line(summary.read_text().strip())
+            summary.unlink()

@@ -9,7 +9,6 @@ pytest run.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -35,6 +34,7 @@ from tests.integration.skiffd import (
     short_tempdir,
     unmount_below,
 )
+from tests.summaries import summary_path
 
 EXPECTED = Path(__file__).with_name("critest-expected.yaml")
 CNI_BIN = "/usr/lib/cni"
@@ -110,12 +110,6 @@ def judge(results: list[SpecResult], expected: list[Expected]) -> list[str]:
                 f" the list says {entry.count}"
             )
     return problems
-
-
-def summary_path() -> Path:
-    # The pytest process that prints the summary: this one, or xdist's controller.
-    controller = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
-    return Path("/tmp") / f"skiff-critest-summary-{controller}"
 
 
 def _conflist(bridge: str, subnet: str, ipam_dir: Path) -> dict[str, Any]:
@@ -235,5 +229,5 @@ def test_critest(critest_skiffd: Skiffd) -> None:
         f" {counts['skipped']} skipped"
         + (" (every skip listed in critest-expected.yaml)" if not problems else "")
     )
-    summary_path().write_text(line + "\n")
+    summary_path("critest").write_text(line + "\n")
     assert problems == [], line + "\n\n" + "\n\n".join(problems)

@@ -32,7 +32,11 @@ def metrics_url(daemon: Skiffd) -> str:
 
 
 def scrape(daemon: Skiffd) -> Samples:
-    with urllib.request.urlopen(metrics_url(daemon), timeout=10) as response:
+    return scrape_url(metrics_url(daemon))
+
+
+def scrape_url(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
@@ -65,6 +69,7 @@ def test_rpcs_pulls_pods_and_containers_move_the_metrics(make_node: MakeNode) ->
     assert value(before, "skiff_layers_stored") >= 1
     assert value(before, "skiff_layers_stored_bytes") > 0
     assert value(before, "skiff_pod_sandboxes", state="ready") == 1
+    assert value(before, "skiff_asyncio_tasks") >= 1  # the scrape's own, at least
     add = {"plugin": "bridge", "command": "ADD"}
     assert value(before, "skiff_cni_plugin_duration_seconds_count", **add) == 1
     assert value(before, "skiff_cni_plugin_duration_seconds_sum", **add) > 0

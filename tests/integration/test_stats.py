@@ -19,6 +19,7 @@ from api.runtime.v1 import api_pb2 as pb
 from runtime.cgroups import cgroup_version
 from runtime.oci_spec import host_facts
 from tests.integration.nodes import MakeNode, Node, sandbox_config
+from tests.integration.soak import open_files
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -500,3 +501,29 @@ def test_metric_descriptors_and_pod_metrics_agree(make_node: MakeNode) -> None:
         for m in response.pod_sandbox_metrics
     ]
     assert streamed == [node.pod]
+
+
+def test_the_cgroup_files_of_removed_containers_and_pods_are_let_go(make_node: MakeNode) -> None:
+    # Stats read cgroup files through descriptors kept open; kept past the removal
+    # they would hold on to removed cgroups until some later unfiltered stats list.
+    node = make_node()
+    assert node.daemon.proc is not None
+    skiffd = node.daemon.proc.pid
+    pod = node.runtime.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=sandbox_config("let-go", node.log_dir.parent / "let-go")),
+        timeout=30,
+    ).pod_sandbox_id
+    cid = node.run("idle", pod=pod, command=IDLE)
+    _container_stats(node, cid)
+    _pod_stats(node, pod)
+
+    def held(marker: str) -> list[str]:
+        return [path for path in open_files(skiffd) if marker in path]
+
+    assert held(f"skiff-{cid[:12]}") != [] and held(f"pod-{pod[:12]}") != []
+    node.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    node.remove(cid)
+    assert held(f"skiff-{cid[:12]}") == []
+    node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    assert held(f"pod-{pod[:12]}") == []

@@ -81,3 +81,17 @@ def test_an_event_that_cannot_be_built_drops_subscribers_not_the_call() -> None:
             await subscription.next()
 
     asyncio.run(main())
+
+
+def test_listeners_hear_every_event_without_subscribers_and_their_errors_stay_theirs() -> None:
+    bus = EventBus()  # nothing to describe events with: no subscriber could get them
+    heard: list[tuple[str, str, str]] = []
+
+    def broken(kind: str, object_id: str, sandbox_id: str) -> None:
+        raise RuntimeError("listener bug")
+
+    bus.listen(broken)
+    bus.listen(lambda *event: heard.append(event))
+    bus.publish(STOPPED, "c1", "p1")
+    bus.publish(CREATED, "c2", "p1")
+    assert heard == [(STOPPED, "c1", "p1"), (CREATED, "c2", "p1")]

@@ -185,6 +185,21 @@ def test_images_and_layers_stored_are_read_from_the_store(tmp_path: Path) -> Non
     assert value(samples, "skiff_layers_stored_bytes") == len("base") + len("t1") + len("t2")
 
 
+def test_the_loops_tasks_are_counted_at_each_scrape() -> None:
+    async def scrapes() -> tuple[float, float, float]:
+        metrics = Metrics()
+        metrics.watch_loop(asyncio.get_running_loop())
+        alone = value(scrape(metrics), "skiff_asyncio_tasks")  # this coroutine's task
+        release = asyncio.Event()
+        waiting = [asyncio.create_task(release.wait()) for _ in range(3)]
+        busy = value(scrape(metrics), "skiff_asyncio_tasks")
+        release.set()
+        await asyncio.gather(*waiting)
+        return alone, busy, value(scrape(metrics), "skiff_asyncio_tasks")
+
+    assert asyncio.run(scrapes()) == (1, 4, 1)
+
+
 def test_known_states_are_the_managers_states() -> None:
     assert set(SANDBOX_STATES) == {sandboxes.READY, sandboxes.NOTREADY}
     assert set(CONTAINER_STATES) == {containers.CREATED, containers.RUNNING, containers.EXITED}
