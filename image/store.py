@@ -32,17 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from base import failpoints
+from base.errors import FailedPrecondition, NotFound
 from image.reference import looks_like_image_id
 
 log = logging.getLogger("skiff.image.store")
 
 
-class ImageNotFound(Exception):
-    grpc_status = "NOT_FOUND"
+class ImageNotFound(NotFound):
+    pass
 
 
-class ImageInUse(Exception):
-    grpc_status = "FAILED_PRECONDITION"
+class ImageInUse(FailedPrecondition):
+    pass
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from base import failpoints
+from base.errors import DeadlineExceeded, Unknown
 from network.cni_config import CniNetwork, find_plugin
 
 log = logging.getLogger("skiff.cni")
@@ -87,10 +88,8 @@ class PodNetworkResult:
     raw: Mapping[str, Any]  # the final result JSON
 
 
-class CniError(Exception):
+class CniError(Unknown):
     """A CNI operation failed; the message names the plugin, network and command."""
-
-    grpc_status = "UNKNOWN"
 
     def __init__(
         self,
@@ -119,8 +118,8 @@ class CniError(Exception):
         return self
 
 
-class CniTimeout(CniError):
-    grpc_status = "DEADLINE_EXCEEDED"
+class CniTimeout(DeadlineExceeded, CniError):
+    pass
 
 
 # --------------------------------------------------------------------------- pure logic

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from base import failpoints
+from base.errors import InvalidArgument
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 HOST_HOSTS = Path("/etc/hosts")
@@ -23,8 +24,8 @@ HOST_HOSTS = Path("/etc/hosts")
 MAX_LINE = 4096
 
 
-class PodFileError(ValueError):
-    grpc_status = "INVALID_ARGUMENT"
+class PodFileError(InvalidArgument, ValueError):
+    pass
 
 
 @dataclass(frozen=True)

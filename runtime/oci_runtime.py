@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from base import failpoints
+from base.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
 from runtime import conmon
 from runtime.cgroups import CgroupError, Cgroupfs
 
@@ -86,22 +87,20 @@ class ExecResult:
     timed_out: bool
 
 
-class OciRuntimeError(Exception):
-    grpc_status = "UNKNOWN"
+class OciRuntimeError(Unknown):
+    pass
 
 
-class ContainerNotFound(OciRuntimeError):
-    grpc_status = "NOT_FOUND"
+class ContainerNotFound(NotFound, OciRuntimeError):
+    pass
 
 
-class ResourcesRefused(OciRuntimeError):
+class ResourcesRefused(FailedPrecondition, OciRuntimeError):
     """The container cannot take the resources asked for, as it is now."""
 
-    grpc_status = "FAILED_PRECONDITION"
 
-
-class ContainerExists(OciRuntimeError):
-    grpc_status = "ALREADY_EXISTS"
+class ContainerExists(AlreadyExists, OciRuntimeError):
+    pass
 
 
 def _text(data: bytes) -> str:
