@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from base import failpoints
 from base.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
+from base.files import write_atomic
 from runtime import conmon
 from runtime.cgroups import CgroupError, Cgroupfs
 
@@ -286,7 +287,7 @@ class OciRuntime:
                 "memory_cgroup": memory_cgroup,
                 "handler": self.handler.name,
             }
-            await asyncio.to_thread(_write_atomic, state / _META, json.dumps(meta).encode())
+            await asyncio.to_thread(write_atomic, state / _META, json.dumps(meta).encode())
         except BaseException:
             await asyncio.shield(
                 self._remove(
@@ -769,7 +770,7 @@ class OciRuntime:
         directory = state if state.is_dir() else Path(self.handler.runtime_root)
         file = directory / f"resources-{uuid.uuid4().hex[:12]}.json"
         try:
-            await asyncio.to_thread(_write_atomic, file, json.dumps(resources).encode())
+            await asyncio.to_thread(write_atomic, file, json.dumps(resources).encode())
             rc, out, err = await self._run(
                 ["update", f"--resources={file}", container_id], what=what
             )
@@ -856,15 +857,6 @@ def _process_group(pid: int) -> int | None:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[2]) if len(fields) > 2 else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
