@@ -46,7 +46,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = 
                 os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # the first failure is the one to report
             tmp.unlink()
         raise
     if durable:
