@@ -33,7 +33,7 @@ from typing import Any
 
 from base import failpoints
 from base.errors import FailedPrecondition, NotFound
-from base.files import fsync_directory, remove_unfinished, write_atomic
+from base.files import fsync_directory, is_unfinished, remove_unfinished, write_atomic
 from image.reference import looks_like_image_id
 
 log = logging.getLogger("skiff.image.store")
@@ -145,7 +145,8 @@ class ImageStore:
             wanted_blobs.update(self._blobs_of(image))
         wanted_blobs.update(self._holds)
         for blob in self.blobs.iterdir():
-            if f"sha256:{blob.name}" not in wanted_blobs:
+            # A blob being written by a pull (its temp file) is that pull's to finish.
+            if f"sha256:{blob.name}" not in wanted_blobs and not is_unfinished(blob.name):
                 with contextlib.suppress(FileNotFoundError):
                     blob.unlink()
                     failpoints.step("blob-remove")
