@@ -1102,7 +1102,8 @@ def _unmount_volumes(container_dir: Path) -> None:
 def _write_bundle(bundle: Path, oci: Mapping[str, Any]) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
     # Under /run: no fsync. Mode 0644, as the plain write before it made it.
-    write_atomic(bundle / "config.json", json.dumps(oci).encode(), mode=0o644, durable=False)
+    # Private: it holds the environment, credentials and all.
+    write_atomic(bundle / "config.json", json.dumps(oci).encode(), mode=0o600, durable=False)
     failpoints.step("file-write")
 
 
