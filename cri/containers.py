@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from base import failpoints
+from base.files import write_atomic
 from base.trees import remove_tree
 from cri import events
 from cri.creations import Creations
@@ -1100,7 +1101,9 @@ def _unmount_volumes(container_dir: Path) -> None:
 
 def _write_bundle(bundle: Path, oci: Mapping[str, Any]) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
-    (bundle / "config.json").write_text(json.dumps(oci))
+    # Under /run: no fsync. Mode 0644, as the plain write before it made it.
+    # Private: it holds the environment, credentials and all.
+    write_atomic(bundle / "config.json", json.dumps(oci).encode(), mode=0o600, durable=False)
     failpoints.step("file-write")
 
 

@@ -1,9 +1,8 @@
 """Typed errors of the daemon and their gRPC status codes.
 
-Servicers and managers raise these; one interceptor turns them into a gRPC status. The
-lower layers (image/, runtime/, network/) cannot import this module, so they raise their
-own exceptions carrying a ``grpc_status`` attribute with the name of a status code
-(e.g. ``"NOT_FOUND"``); `status_of` understands both.
+Every layer raises the error kinds of base/errors.py (cri/ itself raises them directly:
+they are re-exported here); one interceptor turns them into a gRPC status. This module
+alone knows which kind is which status code.
 """
 
 from __future__ import annotations
@@ -13,47 +12,67 @@ import sqlite3
 
 import grpc
 
+from base.errors import (
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SkiffError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+    kind_of,
+)
 
-class SkiffError(Exception):
-    """An error a client can act on; the message names the object and the problem."""
+__all__ = [
+    "MAX_STATUS_MESSAGE",
+    "AlreadyExists",
+    "Cancelled",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "SkiffError",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "clip",
+    "disk_full",
+    "not_built",
+    "status_message",
+    "status_of",
+    "status_of_typed",
+]
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-
-
-class InvalidArgument(SkiffError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(SkiffError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExists(SkiffError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class FailedPrecondition(SkiffError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class ResourceExhausted(SkiffError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class DeadlineExceeded(SkiffError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class Unavailable(SkiffError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class Unimplemented(SkiffError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
-class Internal(SkiffError):
-    code = grpc.StatusCode.INTERNAL
+#: The gRPC status code of each error kind.
+STATUS_CODES: dict[type[SkiffError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    Internal: grpc.StatusCode.INTERNAL,
+    Unknown: grpc.StatusCode.UNKNOWN,
+}
 
 
 def clip(text: str, limit: int = 80) -> str:
@@ -93,15 +112,9 @@ def not_built(rpc: str) -> Unimplemented:
 
 
 def status_of_typed(exc: BaseException) -> grpc.StatusCode | None:
-    """The status code a typed error (ours, or a lower layer's) carries."""
-    if isinstance(exc, SkiffError):
-        return exc.code
-    name = getattr(exc, "grpc_status", None)
-    if isinstance(name, str):
-        code = getattr(grpc.StatusCode, name, None)
-        if isinstance(code, grpc.StatusCode):
-            return code
-    return None
+    """The status code of an error's kind (base/errors.py), wherever it was raised."""
+    kind = kind_of(type(exc))
+    return STATUS_CODES[kind] if kind is not None else None
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode | None:

@@ -1,8 +1,8 @@
 """The one place where errors become gRPC statuses, and where every call is logged and
 counted.
 
-Servicers raise typed errors (cri.errors, or a lower layer's error with a
-``grpc_status``); this interceptor aborts the call with that code and the error's
+Servicers raise typed errors (the kinds of base/errors.py, which cri.errors maps to
+status codes); this interceptor aborts the call with that code and the error's
 message. Anything else is a bug: the client gets INTERNAL naming the RPC, the log gets
 the traceback. Each call is logged at debug level with its method, duration, status
 and the ids it carried; request bodies are never logged (they can hold credentials).

@@ -13,15 +13,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class AuthFileError(ValueError):
-    grpc_status = "FAILED_PRECONDITION"
+from base.errors import FailedPrecondition, InvalidArgument
 
 
-class InvalidAuthConfig(ValueError):
+class AuthFileError(FailedPrecondition, ValueError):
+    pass
+
+
+class InvalidAuthConfig(InvalidArgument, ValueError):
     """The credentials a PullImage request carries are malformed (the client's fault)."""
-
-    grpc_status = "INVALID_ARGUMENT"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from isal.isal_zlib import IsalError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
+from base.errors import DataLoss
 from image.registry_client import PullCancelled, PullWatch, RegistryUnavailable
 
 CHUNK = 1 << 20
@@ -35,8 +36,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class IntegrityError(Exception):
-    grpc_status = "DATA_LOSS"
+class IntegrityError(DataLoss):
+    pass
 
 
 class HashingReader(io.RawIOBase):

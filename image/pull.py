@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
+from base.errors import FailedPrecondition, Internal, ResourceExhausted
 from image.auth import Credentials, lookup_auth_file
 from image.layer_fetch import DECOMPRESSION_ERRORS, HashingReader, IntegrityError, decompressing
 from image.reference import Reference, ReferenceError, parse, validate_digest
@@ -70,19 +71,19 @@ _UNREADABLE_LAYER: tuple[type[Exception], ...] = (
 T = TypeVar("T")
 
 
-class ManifestError(Exception):
-    grpc_status = "FAILED_PRECONDITION"
+class ManifestError(FailedPrecondition):
+    pass
 
 
-class StoreFull(Exception):
-    grpc_status = "RESOURCE_EXHAUSTED"
+class StoreFull(ResourceExhausted):
+    pass
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class StoreWriteError(Exception):
-    grpc_status = "INTERNAL"
+class StoreWriteError(Internal):
+    pass
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from base.errors import InvalidArgument
+
 DOCKER_HUB = "docker.io"
 DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255
@@ -25,8 +27,8 @@ _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _SHA256_HEX = re.compile(r"^[a-f0-9]{64}$")
 
 
-class ReferenceError(ValueError):
-    grpc_status = "INVALID_ARGUMENT"
+class ReferenceError(InvalidArgument, ValueError):
+    pass
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from base.errors import FailedPrecondition, PermissionDenied
 from image.reference import DOCKER_HUB, Reference, ReferenceError, parse
 
 # The registry API host behind docker.io names.
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
 
 
-class RegistriesConfError(ValueError):
-    grpc_status = "FAILED_PRECONDITION"
+class RegistriesConfError(FailedPrecondition, ValueError):
+    pass
 
 
-class BlockedError(Exception):
-    grpc_status = "PERMISSION_DENIED"
+class BlockedError(PermissionDenied):
+    pass
 
 
 @dataclass(frozen=True)

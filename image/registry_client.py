@@ -36,6 +36,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.response import HTTPResponse
 
+from base.errors import Cancelled, InvalidArgument, NotFound, Unauthenticated, Unavailable, Unknown
 from image.auth import Credentials, header_safe
 from image.registries import Endpoint
 
@@ -46,34 +47,32 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 
 
-class RegistryError(Exception):
-    grpc_status = "UNKNOWN"
+class RegistryError(Unknown):
+    pass
 
 
-class RegistryNotFound(RegistryError):
-    grpc_status = "NOT_FOUND"
+class RegistryNotFound(NotFound, RegistryError):
+    pass
 
 
 class RegistryBlobMissing(RegistryNotFound):
     """The registry has the manifest but not a blob it names: a broken image there."""
 
 
-class ManifestTooLarge(RegistryError):
+class ManifestTooLarge(InvalidArgument, RegistryError):
     """A manifest past the size skiff reads: no image skiff can pull."""
 
-    grpc_status = "INVALID_ARGUMENT"
+
+class RegistryAuthError(Unauthenticated, RegistryError):
+    pass
 
 
-class RegistryAuthError(RegistryError):
-    grpc_status = "UNAUTHENTICATED"
+class RegistryUnavailable(Unavailable, RegistryError):
+    pass
 
 
-class RegistryUnavailable(RegistryError):
-    grpc_status = "UNAVAILABLE"
-
-
-class PullCancelled(Exception):
-    grpc_status = "CANCELLED"
+class PullCancelled(Cancelled):
+    pass
 
 
 class PullWatch(threading.Event):

@@ -32,17 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from base import failpoints
+from base.errors import FailedPrecondition, NotFound
+from base.files import fsync_directory, is_unfinished, remove_unfinished, write_atomic
 from image.reference import looks_like_image_id
 
 log = logging.getLogger("skiff.image.store")
 
 
-class ImageNotFound(Exception):
-    grpc_status = "NOT_FOUND"
+class ImageNotFound(NotFound):
+    pass
 
 
-class ImageInUse(Exception):
-    grpc_status = "FAILED_PRECONDITION"
+class ImageInUse(FailedPrecondition):
+    pass
 
 
 @dataclass(frozen=True)
@@ -75,34 +77,6 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[-1]
 
 
-TEMP_PREFIX = ".tmp-"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write-temp, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -125,9 +99,7 @@ class ImageStore:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
         for directory in (self.blobs, self.images_dir):
-            # What a write cut short by a death left before its rename (write_atomic).
-            for unfinished in directory.glob(f"{TEMP_PREFIX}*"):
-                unfinished.unlink(missing_ok=True)
+            remove_unfinished(directory)  # writes cut short by a death before their rename
         for path in self.images_dir.glob("*.json"):
             try:
                 raw = json.loads(path.read_bytes())
@@ -173,7 +145,8 @@ class ImageStore:
             wanted_blobs.update(self._blobs_of(image))
         wanted_blobs.update(self._holds)
         for blob in self.blobs.iterdir():
-            if f"sha256:{blob.name}" not in wanted_blobs:
+            # A blob being written by a pull (its temp file) is that pull's to finish.
+            if f"sha256:{blob.name}" not in wanted_blobs and not is_unfinished(blob.name):
                 with contextlib.suppress(FileNotFoundError):
                     blob.unlink()
                     failpoints.step("blob-remove")
@@ -221,7 +194,7 @@ class ImageStore:
                 return
             os.rename(work_dir, target)
             self._layers[record.chain_id] = record
-        fsync_dir(self.layers)
+        fsync_directory(self.layers)
         failpoints.step("layer-commit")
 
     def _delete_layer(self, chain_id: str) -> None:
@@ -300,7 +273,7 @@ class ImageStore:
                     "used by a container; remove the container first"
                 )
             os.unlink(self.images_dir / f"{_hex(current.id)}.json")
-            fsync_dir(self.images_dir)
+            fsync_directory(self.images_dir)
             failpoints.step("image-record-remove")
             del self._images[current.id]
             self._collect_garbage()

@@ -36,6 +36,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO, Self
 
+from base.errors import InvalidArgument
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -71,10 +73,8 @@ class UnpackStats:
     inodes: int  # filesystem objects created; hardlinks add no inode and are not counted
 
 
-class UnsafeLayerError(Exception):
+class UnsafeLayerError(InvalidArgument):
     """The layer is malformed or tries to write outside its root."""
-
-    grpc_status = "INVALID_ARGUMENT"
 
 
 class MalformedLayerError(UnsafeLayerError):

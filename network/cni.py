@@ -28,13 +28,14 @@ import os
 import re
 import signal
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from base import failpoints
+from base.errors import DeadlineExceeded, Unknown
+from base.files import fsync_directory, remove_unfinished, write_atomic
 from network.cni_config import CniNetwork, find_plugin
 
 log = logging.getLogger("skiff.cni")
@@ -87,10 +88,8 @@ class PodNetworkResult:
     raw: Mapping[str, Any]  # the final result JSON
 
 
-class CniError(Exception):
+class CniError(Unknown):
     """A CNI operation failed; the message names the plugin, network and command."""
-
-    grpc_status = "UNKNOWN"
 
     def __init__(
         self,
@@ -119,8 +118,8 @@ class CniError(Exception):
         return self
 
 
-class CniTimeout(CniError):
-    grpc_status = "DEADLINE_EXCEEDED"
+class CniTimeout(DeadlineExceeded, CniError):
+    pass
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -345,18 +344,7 @@ def _is_live_netns(path: str) -> bool:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, data)
 
 
 def _remove_durably(path: Path) -> None:
@@ -364,15 +352,7 @@ def _remove_durably(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 @dataclass(frozen=True)
@@ -868,15 +848,7 @@ class CniPlugins:
     def remove_unfinished_writes(self) -> list[str]:
         """The temp files of cache writes cut short by a death before their rename: no
         entry is in them that its final file does not have. Call at start."""
-        try:
-            names = os.listdir(self.cache_dir)
-        except FileNotFoundError:
-            return []
-        unfinished = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
-        for name in unfinished:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.cache_dir / name)
-        return unfinished
+        return remove_unfinished(self.cache_dir)
 
     def _cache_path(self, network: str, container_id: str, ifname: str) -> Path:
         if not network or "/" in network or "\0" in network or network.startswith("."):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from base import failpoints
+from base.errors import Internal, InvalidArgument
 
 T = TypeVar("T")
 
@@ -94,12 +95,12 @@ class PinnedNamespaces:
         return [p for p in (self.net, self.ipc, self.uts) if p]
 
 
-class NamespaceError(Exception):
-    grpc_status = "INTERNAL"
+class NamespaceError(Internal):
+    pass
 
 
-class InvalidSysctl(Exception):
-    grpc_status = "INVALID_ARGUMENT"
+class InvalidSysctl(InvalidArgument):
+    pass
 
 
 # --- sysctl names -----------------------------------------------------------------------

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from base.errors import Unavailable
+
 CLONE_NEWNET = 0x40000000
 _WORKERS = 4
 _SELF_NETNS = "/proc/thread-self/ns/net"
@@ -38,10 +40,8 @@ _libc.setns.restype = ctypes.c_int
 T = TypeVar("T")
 
 
-class NetnsThreadError(Exception):
+class NetnsThreadError(Unavailable):
     """The worker thread could not be returned to the host namespace."""
-
-    grpc_status = "UNAVAILABLE"
 
 
 class _Pool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from base.errors import Internal
 from network.netns_thread import NetnsThreadError, run_in_each_netns
 
 _NET_DEV = "/proc/thread-self/net/dev"
@@ -18,8 +19,8 @@ LOOPBACK = "lo"
 DEFAULT_INTERFACE = "eth0"
 
 
-class NetStatsError(Exception):
-    grpc_status = "INTERNAL"
+class NetStatsError(Internal):
+    pass
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ are atomic (temp file + rename) so a container never sees half a file.
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from base import failpoints
+from base.errors import InvalidArgument
+from base.files import write_atomic
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 HOST_HOSTS = Path("/etc/hosts")
@@ -23,8 +23,8 @@ HOST_HOSTS = Path("/etc/hosts")
 MAX_LINE = 4096
 
 
-class PodFileError(ValueError):
-    grpc_status = "INVALID_ARGUMENT"
+class PodFileError(InvalidArgument, ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,7 @@ def hosts_file(hostname: str, ips: Sequence[str], host_network: bool) -> str:
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write one of the pod's files (under /run: no fsync, they die with the machine)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode(), mode=mode, durable=False)
     failpoints.step("file-write")

@@ -19,11 +19,12 @@ import ipaddress
 import os
 import socket
 
+from base.errors import Unavailable
 from network.netns_thread import NetnsThreadError, run_in_netns
 
 
-class PortForwardError(Exception):
-    grpc_status = "UNAVAILABLE"
+class PortForwardError(Unavailable):
+    pass
 
 
 async def _new_socket(netns_path: str, family: int) -> socket.socket:

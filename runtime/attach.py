@@ -49,6 +49,7 @@ import termios
 from pathlib import Path
 from types import TracebackType
 
+from base.errors import FailedPrecondition, NotFound
 from runtime import conmon
 from runtime.oci_runtime import OciRuntime, OciRuntimeError
 
@@ -64,12 +65,12 @@ _CTL_DRAIN = 1.0  # how long a resize waits for conmon to empty its ctl fifo
 _CTL_POLL = 0.005
 
 
-class AttachError(Exception):
-    grpc_status = "FAILED_PRECONDITION"
+class AttachError(FailedPrecondition):
+    pass
 
 
-class AttachContainerNotFound(AttachError):
-    grpc_status = "NOT_FOUND"
+class AttachContainerNotFound(NotFound, AttachError):
+    pass
 
 
 class AttachSession:

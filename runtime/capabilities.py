@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from base.errors import InvalidArgument
+
 #: Every capability the kernel knows, by bit number (include/uapi/linux/capability.h).
 #: A name past the end of this table is unknown to us and refused; a name here that
 #: the running kernel lacks is simply not in the host's bounding set.
@@ -82,8 +84,8 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
 _ALL = "ALL"
 
 
-class UnknownCapability(ValueError):
-    grpc_status = "INVALID_ARGUMENT"
+class UnknownCapability(InvalidArgument, ValueError):
+    pass
 
 
 def decode_mask(mask: int) -> frozenset[str]:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from base import failpoints
+from base.errors import Internal, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,16 @@ _UNIFIED_REFUSED = frozenset(
 )
 
 
-class CgroupError(Exception):
-    grpc_status = "INTERNAL"
+class CgroupError(Internal):
+    pass
 
 
-class InvalidResources(CgroupError):
-    grpc_status = "INVALID_ARGUMENT"
+class InvalidResources(InvalidArgument, CgroupError):
+    pass
 
 
-class CgroupNotFound(CgroupError):
-    grpc_status = "NOT_FOUND"
+class CgroupNotFound(NotFound, CgroupError):
+    pass
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from base.errors import NotFound, Unknown
 from runtime import conmon
 from runtime.oci_runtime import OciRuntime, OciRuntimeError
 
@@ -88,12 +89,12 @@ class ExecOptions:
     stdin: bool = False
 
 
-class ExecError(Exception):
-    grpc_status = "UNKNOWN"
+class ExecError(Unknown):
+    pass
 
 
-class ExecContainerNotFound(ExecError):
-    grpc_status = "NOT_FOUND"
+class ExecContainerNotFound(NotFound, ExecError):
+    pass
 
 
 class _PipeReader:

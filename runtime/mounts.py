@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from base import failpoints
+from base.errors import Internal
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -27,8 +28,8 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
-class MountError(OSError):
-    grpc_status = "INTERNAL"
+class MountError(Internal, OSError):
+    pass
 
 
 def mount_tmpfs(target: Path, size_bytes: int, mode: int = 0o1777) -> None:

@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from base import failpoints
+from base.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
+from base.files import write_atomic
 from runtime import conmon
 from runtime.cgroups import CgroupError, Cgroupfs
 
@@ -86,22 +88,20 @@ class ExecResult:
     timed_out: bool
 
 
-class OciRuntimeError(Exception):
-    grpc_status = "UNKNOWN"
+class OciRuntimeError(Unknown):
+    pass
 
 
-class ContainerNotFound(OciRuntimeError):
-    grpc_status = "NOT_FOUND"
+class ContainerNotFound(NotFound, OciRuntimeError):
+    pass
 
 
-class ResourcesRefused(OciRuntimeError):
+class ResourcesRefused(FailedPrecondition, OciRuntimeError):
     """The container cannot take the resources asked for, as it is now."""
 
-    grpc_status = "FAILED_PRECONDITION"
 
-
-class ContainerExists(OciRuntimeError):
-    grpc_status = "ALREADY_EXISTS"
+class ContainerExists(AlreadyExists, OciRuntimeError):
+    pass
 
 
 def _text(data: bytes) -> str:
@@ -287,7 +287,7 @@ class OciRuntime:
                 "memory_cgroup": memory_cgroup,
                 "handler": self.handler.name,
             }
-            await asyncio.to_thread(_write_atomic, state / _META, json.dumps(meta).encode())
+            await asyncio.to_thread(write_atomic, state / _META, json.dumps(meta).encode())
         except BaseException:
             await asyncio.shield(
                 self._remove(
@@ -770,7 +770,7 @@ class OciRuntime:
         directory = state if state.is_dir() else Path(self.handler.runtime_root)
         file = directory / f"resources-{uuid.uuid4().hex[:12]}.json"
         try:
-            await asyncio.to_thread(_write_atomic, file, json.dumps(resources).encode())
+            await asyncio.to_thread(write_atomic, file, json.dumps(resources).encode())
             rc, out, err = await self._run(
                 ["update", f"--resources={file}", container_id], what=what
             )
@@ -857,15 +857,6 @@ def _process_group(pid: int) -> int | None:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[2]) if len(fields) > 2 else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _identity(path: str) -> tuple[int, int] | None:

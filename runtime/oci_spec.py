@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from base.errors import InvalidArgument
 from runtime.capabilities import UnknownCapability, effective_capabilities, host_bounding_set
 from runtime.cgroups import (
     DEFAULT_ROOT,
@@ -93,8 +94,8 @@ _SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "mqueue", "fd", ".udev", ".lxc", ".
 _SKIPPED_DEV_FILES = frozenset({"console", "ptmx"})
 
 
-class SpecError(ValueError):
-    grpc_status = "INVALID_ARGUMENT"
+class SpecError(InvalidArgument, ValueError):
+    pass
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from base import failpoints
+from base.errors import Internal
 from runtime.pause_process import PAUSE_MARKER
 
 T = TypeVar("T")
@@ -58,8 +59,8 @@ class PauseProcess:
         return f"/proc/{self.pid}/ns/pid"
 
 
-class PauseError(Exception):
-    grpc_status = "INTERNAL"
+class PauseError(Internal):
+    pass
 
 
 # --- identity -------------------------------------------------------------------------------

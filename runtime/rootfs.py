@@ -52,13 +52,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from base import failpoints
+from base.errors import Internal
 from base.trees import remove_tree
 
 __all__ = ["Rootfs", "RootfsError", "mount_rootfs", "rootfs_usage", "unmount_rootfs"]
 
 
-class RootfsError(Exception):
-    grpc_status = "INTERNAL"
+class RootfsError(Internal):
+    pass
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from base.errors import Internal, InvalidArgument
+
 #: The RuntimeDefault profile, found next to the code (the repository's layout; skiff
 #: is installed in place, "pip install -e").
 DEFAULT_PROFILE_PATH = Path(__file__).resolve().parents[1] / "deploy" / "seccomp" / "default.json"
@@ -135,16 +137,12 @@ CAPABILITY_SYSCALLS: Mapping[str, tuple[str, ...]] = {
 _ALLOW = "SCMP_ACT_ALLOW"
 
 
-class SeccompError(Exception):
-    """A profile that cannot be used. INVALID_ARGUMENT when the client named it
-    (Localhost); INTERNAL when skiff's own default profile is missing or broken."""
+class SeccompError(InvalidArgument):
+    """A profile the client named (Localhost) that cannot be used."""
 
-    grpc_status = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, grpc_status: str | None = None) -> None:
-        super().__init__(message)
-        if grpc_status is not None:
-            self.grpc_status = grpc_status
+class DefaultProfileBroken(Internal, SeccompError):
+    """skiff's own RuntimeDefault profile is missing or broken: the installation is."""
 
 
 def load_profile(
@@ -159,15 +157,14 @@ def load_profile(
         return None
     if kind == RUNTIME_DEFAULT:
         if not default_path.is_file():
-            raise SeccompError(
+            raise DefaultProfileBroken(
                 f"skiff's RuntimeDefault seccomp profile {default_path} is missing: the "
-                "installation is incomplete (it ships as deploy/seccomp/default.json)",
-                grpc_status="INTERNAL",
+                "installation is incomplete (it ships as deploy/seccomp/default.json)"
             )
         try:
             return _read_profile(default_path)
         except SeccompError as exc:
-            raise SeccompError(str(exc), grpc_status="INTERNAL") from exc
+            raise DefaultProfileBroken(str(exc)) from exc
     if kind == LOCALHOST:
         if not localhost_path:
             raise SeccompError("seccomp profile type Localhost needs a localhost_ref (a file)")

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.errors import InvalidArgument
+
 __all__ = ["ResolvedUser", "UserError", "resolve_user"]
 
 PASSWD = "/etc/passwd"
@@ -43,8 +45,8 @@ _MAX_SYMLINKS = 40
 _MAX_ID = 2**32 - 2
 
 
-class UserError(Exception):
-    grpc_status = "INVALID_ARGUMENT"
+class UserError(InvalidArgument):
+    pass
 
 
 @dataclass(frozen=True)

@@ -874,3 +874,12 @@ def test_a_program_the_image_does_not_have_is_a_precondition_naming_it(
     assert f"program {program!r} cannot be run" in details
     assert "'lost'" in details
     _assert_no_container_leaks(node)
+
+
+def test_the_bundle_config_holding_the_environment_is_for_root_only(make_node: MakeNode) -> None:
+    node = make_node()
+    cid = node.create("secretive", command=["true"], envs={"TOKEN": "s3cr3t"})
+    config = node.daemon.root / "containers" / cid / "bundle" / "config.json"
+    assert "s3cr3t" in config.read_text()
+    assert config.stat().st_mode & 0o777 == 0o600
+    node.remove(cid)

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
+from base.files import temp_path
 from tests.integration.nodes import CNI_BIN, MakeNode, Node, sandbox_config
 
 
@@ -282,10 +283,10 @@ def test_writes_cut_short_before_their_rename_are_removed_at_start(make_node: Ma
     root = node.daemon.root
     cache_entries = sorted(p.name for p in (root / "cni-cache").iterdir())
     assert cache_entries, "the node's pod has a CNI cache entry"
-    unfinished = [
-        root / "cni-cache" / f".{cache_entries[0]}.{'0' * 32}.tmp",
-        root / "blobs" / "sha256" / ".tmp-cut-short",
-        root / "images" / ".tmp-cut-short",
+    unfinished = [  # named as base/files.py names the temp files of its writes
+        temp_path(root / "cni-cache" / cache_entries[0]),
+        temp_path(root / "blobs" / "sha256" / ("0" * 64)),
+        temp_path(root / "images" / f"{'0' * 64}.json"),
     ]
     for path in unfinished:
         path.write_text("{")

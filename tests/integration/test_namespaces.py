@@ -19,8 +19,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from network import namespaces
 from network.namespaces import (
     InvalidSysctl,
@@ -223,7 +225,7 @@ def test_value_the_kernel_refuses_leaves_nothing(pin_dir: Path) -> None:
     message = str(caught.value)
     assert "net.ipv4.ip_unprivileged_port_start" in message
     assert "EINVAL" in message
-    assert caught.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(caught.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert host_sysctl("net/ipv4/ip_unprivileged_port_start") == port_start
     assert_nothing_left(pin_dir)
 

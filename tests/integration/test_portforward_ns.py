@@ -16,8 +16,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from network import netns_thread
 from network.portforward import PortForwardError, open_in_netns
 from tests.integration import netns
@@ -162,7 +164,7 @@ def test_closed_port_and_bad_targets(ns: Netns) -> None:
         # Nothing listens in a fresh namespace: refused on 127.0.0.1 and on ::1.
         with pytest.raises(PortForwardError, match="refused") as caught:
             await open_in_netns(ns.path, 1)
-        assert caught.value.grpc_status == "UNAVAILABLE"
+        assert status_of(caught.value) == grpc.StatusCode.UNAVAILABLE
         assert "127.0.0.1:1" in str(caught.value)
         with pytest.raises(PortForwardError, match="refused"):
             await open_in_netns(ns.path, 1, host="127.0.0.1")

@@ -6,8 +6,10 @@ import base64
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from image.auth import (
     ANONYMOUS,
     AuthFileError,
@@ -43,7 +45,7 @@ def test_malformed_request_auth_is_the_clients_fault(
 ) -> None:
     with pytest.raises(InvalidAuthConfig, match=problem) as err:
         from_request(*fields)
-    assert err.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(err.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert "alice" not in str(err.value) and "s3cret" not in str(err.value)
 
 

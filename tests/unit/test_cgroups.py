@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from runtime import cgroups
 from runtime.cgroups import (
     CgroupError,
@@ -346,7 +348,7 @@ def test_invalid_resources_are_refused_before_anything_is_made(
 ) -> None:
     with pytest.raises(InvalidResources, match=message) as caught:
         v2.create("/kubepods/pod1", resources)
-    assert caught.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(caught.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert not (v2.root / "kubepods").exists()
     assert _text(v2.root / "cgroup.subtree_control") == ""
 

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from network.cni import (
     CniError,
     CniPlugins,
@@ -363,7 +365,7 @@ def test_second_plugin_failing_rolls_the_whole_chain_back(fakes: Fakes) -> None:
         asyncio.run(plugins.add(network, _request()))
     assert str(caught.value) == "CNI plugin b (network fakenet) failed on ADD: boom: from b"
     assert caught.value.code == 100
-    assert caught.value.grpc_status == "UNKNOWN"
+    assert status_of(caught.value) == grpc.StatusCode.UNKNOWN
     assert fakes.steps() == [("ADD", "a"), ("ADD", "b"), ("DEL", "c"), ("DEL", "b"), ("DEL", "a")]
     a_result = fakes.calls()[1]["conf"]["prevResult"]
     assert all(c["conf"]["prevResult"] == a_result for c in fakes.calls()[2:])
@@ -507,7 +509,7 @@ def test_hanging_plugin_times_out_is_killed_and_rolled_back(fakes: Fakes) -> Non
     with pytest.raises(CniTimeout) as caught:
         asyncio.run(plugins.add(network, _request()))
     assert time.monotonic() - started < 10
-    assert caught.value.grpc_status == "DEADLINE_EXCEEDED"
+    assert status_of(caught.value) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "CNI plugin slow (network fakenet) timed out on ADD after 0.5s" in str(caught.value)
     pid = _wait_for_call(fakes, "ADD", "slow")["pid"]
     assert not _alive(pid)

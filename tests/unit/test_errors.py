@@ -20,8 +20,8 @@ from cri.errors import (
 from cri.interceptor import _fail
 
 
-class LowerLayerMissing(Exception):
-    grpc_status = "NOT_FOUND"
+class LowerLayerMissing(LookupError, NotFound):
+    """A lower layer's error: its own family, and the kind it names among its bases."""
 
 
 def test_status_codes() -> None:
@@ -29,7 +29,7 @@ def test_status_codes() -> None:
     assert status_of(InvalidArgument("bad")) == grpc.StatusCode.INVALID_ARGUMENT
     assert status_of(not_built("Exec")) == grpc.StatusCode.UNIMPLEMENTED
     assert "Exec" in str(not_built("Exec"))
-    # Lower layers cannot import cri/: they name the status instead.
+    # Lower layers cannot import cri/: they subclass the kinds of base/errors.py.
     assert status_of(LowerLayerMissing("layer gone")) == grpc.StatusCode.NOT_FOUND
     # Anything else is a bug, not a client error.
     assert status_of(KeyError("x")) is None
@@ -92,7 +92,7 @@ def test_a_full_disk_anywhere_is_resource_exhausted_naming_the_file() -> None:
     )
     assert status_of(OSError(errno.EIO, "I/O error")) is None  # a bug, or worse: INTERNAL
 
-    class Typed(OSError):
-        grpc_status = "INVALID_ARGUMENT"
+    class Typed(InvalidArgument, OSError):
+        pass
 
     assert status_of(Typed(errno.ENOSPC, "typed")) == grpc.StatusCode.INVALID_ARGUMENT

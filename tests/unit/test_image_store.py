@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from base.files import temp_path
 from image.pull import chain_ids
 from image.store import ImageInUse, ImageRecord, ImageStore, LayerRecord
 
@@ -144,3 +145,15 @@ def test_find_by_id_prefix(store: ImageStore) -> None:
     assert store.find(hex_id[:12], []) == image
     assert store.find(image.id, []) == image
     assert store.find("sha256:" + "0" * 64, []) is None
+
+
+def test_a_blob_being_written_survives_another_images_removal(store: ImageStore) -> None:
+    """A RemoveImage's garbage collection during a pull: the pull's blob, still a temp
+    file, is not the collector's to delete (the pull failed INTERNAL at its rename)."""
+    _layer(store, _digest("l"))
+    image = store.save_image(_image("gone", [_digest("l")], ["docker.io/library/gone:1"]))
+    _done(store, _digest("l"))
+    being_written = temp_path(store.blobs / _digest("next").split(":")[1])
+    being_written.write_bytes(b"half a blob")
+    assert store.remove(image, None, set())
+    assert being_written.exists()

@@ -93,7 +93,7 @@ def test_pulls_count_successes_bytes_durations_and_failures_by_code() -> None:
 
 def test_failure_codes() -> None:
     assert failure_code(NotFound("x")) == "NOT_FOUND"
-    assert failure_code(ImageNotFound("x")) == "NOT_FOUND"  # a lower layer's grpc_status
+    assert failure_code(ImageNotFound("x")) == "NOT_FOUND"  # a lower layer's error kind
     assert failure_code(asyncio.CancelledError()) == "CANCELLED"
     assert failure_code(ValueError("a bug")) == "INTERNAL"
 

@@ -8,8 +8,10 @@ import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from network import pin
 from network.namespaces import (
     InvalidSysctl,
@@ -74,7 +76,7 @@ def test_other_sysctls_are_refused_naming_them(name: str, why: str) -> None:
         validate_sysctls({name: "1"}, host_network=False, host_ipc=False)
     assert name in str(caught.value)
     assert why in str(caught.value)
-    assert caught.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(caught.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from runtime.capabilities import (
     ALL_CAPABILITIES,
     CAPABILITY_NUMBERS,
@@ -177,7 +179,7 @@ def test_unknown_names_are_refused(add: list[str], drop: list[str]) -> None:
     with pytest.raises(UnknownCapability, match="unknown capability") as info:
         effective_capabilities(False, add, drop, BOUNDING)
     assert (add + drop)[0] in str(info.value)
-    assert info.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert isinstance(info.value, ValueError)
     with pytest.raises(UnknownCapability):
         effective_capabilities(True, add, drop, BOUNDING)
@@ -216,7 +218,7 @@ def test_unknown_capability_is_a_spec_error() -> None:
     spec = container(security=secure(capabilities_add=("CAP_TELEPORT",)))
     with pytest.raises(SpecError, match="CAP_TELEPORT") as info:
         build_spec(spec, HOST_FACTS)
-    assert info.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_nofile_limit_follows_the_host() -> None:
@@ -283,7 +285,7 @@ def test_missing_default_profile_fails_clearly(tmp_path: Path) -> None:
     host = replace(HOST_FACTS, seccomp_default_path=tmp_path / "gone.json")
     with pytest.raises(SeccompError, match=r"gone\.json") as info:
         build_spec(container(), host)
-    assert info.value.grpc_status == "INTERNAL"
+    assert status_of(info.value) == grpc.StatusCode.INTERNAL
 
 
 def test_readonly_rootfs_and_no_new_privileges() -> None:
@@ -510,7 +512,7 @@ def test_unified_passes_through_on_v2_and_is_refused_on_v1() -> None:
 def test_invalid_resources_are_a_spec_error() -> None:
     with pytest.raises(SpecError, match="cpu_shares") as info:
         build_spec(container(resources=CgroupResources(cpu_shares=1)), HOST_FACTS)
-    assert info.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # ---- devices ------------------------------------------------------------------------
@@ -547,7 +549,7 @@ def test_missing_device_is_refused_naming_it() -> None:
     spec = container(devices=(DeviceSpec("/dev/gpu0", "/dev/no-such-gpu0"),))
     with pytest.raises(SpecError, match="/dev/no-such-gpu0") as info:
         build_spec(spec, HOST_FACTS)
-    assert info.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from runtime.seccomp import (
     ALWAYS_DENIED,
     CAPABILITY_SYSCALLS,
@@ -270,13 +272,13 @@ def test_bad_localhost_profile_is_refused_naming_the_file(
     with pytest.raises(SeccompError, match=message) as info:
         load_profile("localhost", str(file), DEFAULT_PROFILE_PATH)
     assert str(file) in str(info.value)
-    assert info.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_localhost_profile_must_exist_and_be_absolute(tmp_path: Path) -> None:
     with pytest.raises(SeccompError, match="does not exist") as info:
         load_profile("localhost", str(tmp_path / "nope.json"), DEFAULT_PROFILE_PATH)
-    assert info.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(SeccompError, match="absolute"):
         load_profile("localhost", "profiles/p.json", DEFAULT_PROFILE_PATH)
     with pytest.raises(SeccompError, match="localhost_ref"):
@@ -286,7 +288,7 @@ def test_localhost_profile_must_exist_and_be_absolute(tmp_path: Path) -> None:
 def test_missing_default_profile_is_an_internal_error(tmp_path: Path) -> None:
     with pytest.raises(SeccompError, match="installation is incomplete") as info:
         load_profile("runtime/default", "", tmp_path / "default.json")
-    assert info.value.grpc_status == "INTERNAL"
+    assert status_of(info.value) == grpc.StatusCode.INTERNAL
 
 
 def test_broken_default_profile_is_an_internal_error(tmp_path: Path) -> None:
@@ -294,7 +296,7 @@ def test_broken_default_profile_is_an_internal_error(tmp_path: Path) -> None:
     file.write_text("{}")
     with pytest.raises(SeccompError, match="defaultAction") as info:
         load_profile("runtime/default", "", file)
-    assert info.value.grpc_status == "INTERNAL"
+    assert status_of(info.value) == grpc.StatusCode.INTERNAL
 
 
 def test_unknown_kind_is_refused() -> None:
@@ -323,4 +325,4 @@ def test_a_profile_too_big_or_too_deep_is_refused(tmp_path: Path) -> None:
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(SeccompError, match="nested too deeply") as err:
         load_profile("localhost", str(deep), DEFAULT_PROFILE_PATH)
-    assert err.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(err.value) == grpc.StatusCode.INVALID_ARGUMENT

@@ -16,8 +16,10 @@ import tracemalloc
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from image.unpack import UnpackStats, UnsafeLayerError, _next_member, unpack_layer
 
 if TYPE_CHECKING:
@@ -578,7 +580,7 @@ def test_refused_entries_stop_the_unpack(
     with pytest.raises(UnsafeLayerError) as caught:
         unpack(data, dest)
     assert message in str(caught.value)
-    assert caught.value.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(caught.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert (dest / "before").read_bytes() == b"b"
     assert not (dest / "after").exists()
     # Nothing reached the directories beside the layer.

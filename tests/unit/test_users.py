@@ -7,8 +7,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 
+from cri.errors import status_of
 from runtime.users import MAX_FILE_BYTES, ResolvedUser, UserError, resolve_user
 
 PASSWD = """\
@@ -137,7 +139,7 @@ def test_unknown_group_names_group_and_file(root: Path) -> None:
 
 
 def test_error_is_invalid_argument() -> None:
-    assert UserError.grpc_status == "INVALID_ARGUMENT"
+    assert status_of(UserError("no such user")) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_out_of_range_uid_string_is_taken_as_a_name(root: Path) -> None:
