@@ -26,7 +26,7 @@ from typing import Any
 from base import failpoints
 from base.files import write_atomic
 from base.trees import remove_tree
-from cri import events
+from cri import events, pod_cgroups
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import (
@@ -336,7 +336,9 @@ class ContainerManager:
         for sandbox in self.sandboxes.select():
             # Deleting takes what is there: a conmon cgroup cut short may exist in only
             # some of the v1 hierarchies.
-            await self._delete_conmon_cgroup(self.conmon_cgroup_path(sandbox, container_id))
+            await self._delete_conmon_cgroup(
+                pod_cgroups.conmon(sandbox.cgroup_parent, container_id)
+            )
         await asyncio.to_thread(_unmount_volumes, container_dir)
         await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
         await asyncio.to_thread(remove_tree, container_dir)
@@ -643,7 +645,7 @@ class ContainerManager:
             tty=request.tty,
             stdin=request.stdin,
             config=dict(request.config_json),
-            conmon_cgroup=self.conmon_cgroup_path(sandbox, container_id),
+            conmon_cgroup=pod_cgroups.conmon(sandbox.cgroup_parent, container_id),
         )
 
     def _spec(
@@ -709,7 +711,7 @@ class ContainerManager:
             mounts=self._mounts(request, sandbox, rootfs),
             devices=request.devices,
             namespaces=namespaces,
-            cgroups_path=self.cgroup_path(sandbox, container.id),
+            cgroups_path=pod_cgroups.container(sandbox.cgroup_parent, container.id),
             resources=request.resources,
             oom_score_adj=request.oom_score_adj,
             security=request.security,
@@ -776,18 +778,6 @@ class ContainerManager:
         else:
             namespaces["pid"] = NEW
         return namespaces
-
-    def cgroup_path(self, sandbox: Sandbox, container_id: str) -> str:
-        return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-{container_id[:12]}"
-
-    @staticmethod
-    def conmon_cgroup_path(sandbox: Sandbox, container_id: str) -> str:
-        """conmon is the pod's overhead, so it is accounted to the pod, in a leaf of its
-        own (cgroup v2 allows processes only in leaves). Pods whose parent is not a
-        cgroupfs path (none, or a systemd slice) keep conmon where skiffd is."""
-        if not sandbox.cgroup_parent.startswith("/"):
-            return ""
-        return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-conmon-{container_id[:12]}"
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from base import failpoints
 from base.trees import remove_tree
-from cri import events
+from cri import events, pod_cgroups
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
@@ -63,21 +63,9 @@ log = logging.getLogger("skiff.sandbox")
 
 READY = "ready"
 NOTREADY = "notready"
-#: Where the cgroups of pods that name no cgroup parent go (crictl's, mostly).
-DEFAULT_CGROUP_ROOT = "/skiff"
 #: In a pod's files directory: the cgroups RunPodSandbox is about to make (its own and
 #: the missing ancestors, outermost first), one per line.
 CGROUP_INTENT_FILE = "cgroup-made"
-
-
-def default_cgroup_parent(sandbox_id: str) -> str:
-    return f"{DEFAULT_CGROUP_ROOT}/pod-{sandbox_id[:12]}"
-
-
-def _cgroup_chain(path: str) -> list[str]:
-    """Every ancestor of a cgroup path and the path itself, outermost first."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    return ["/" + "/".join(parts[: n + 1]) for n in range(len(parts))]
 
 
 def _read_text(path: Path) -> str | None:
@@ -85,12 +73,6 @@ def _read_text(path: Path) -> str | None:
         return path.read_text()
     except FileNotFoundError:
         return None
-
-
-def _pause_cgroup(sandbox: Sandbox) -> str:
-    """The pause process's own leaf: on cgroup v2 a cgroup with children holds no
-    processes, so it cannot sit in the pod cgroup itself."""
-    return f"{sandbox.cgroup_parent.rstrip('/')}/skiff-pause"
 
 
 MAX_NAME = 253
@@ -326,7 +308,7 @@ class SandboxManager:
         # Only cgroups of skiff's own making (named before they were made): one that was
         # there already is the kubelet's.
         intent = await asyncio.to_thread(_read_text, files_dir / CGROUP_INTENT_FILE)
-        made = intent.split() if intent else [default_cgroup_parent(sandbox_id)]
+        made = intent.split() if intent else [pod_cgroups.default_parent(sandbox_id)]
         await asyncio.to_thread(remove_tree, files_dir)
         await self._delete_cgroups(made[-1], made[:-1], sandbox_id)
 
@@ -491,8 +473,8 @@ class SandboxManager:
         failpoints.step("directory-make")
         undo.push("files", lambda: asyncio.to_thread(remove_tree, files_dir))
 
-        # Every pod gets a cgroup: the kubelet's, or one of ours under DEFAULT_CGROUP_ROOT.
-        sandbox.cgroup_parent = spec.cgroup_parent or default_cgroup_parent(sandbox.id)
+        # Every pod gets a cgroup: the kubelet's, or one of ours under pod_cgroups.DEFAULT_ROOT.
+        sandbox.cgroup_parent = spec.cgroup_parent or pod_cgroups.default_parent(sandbox.id)
         missing = await asyncio.to_thread(self._missing_cgroups, sandbox.cgroup_parent)
         if missing:
             # Named before they are made: a skiffd that dies before the record is written
@@ -542,9 +524,8 @@ class SandboxManager:
             sandbox.network_name = network.name
             undo.push("network", lambda: cni.delete(network, request))
 
-        write_file(
-            files_dir / "hosts", hosts_file(sandbox.hostname, sandbox.ips, spec.host_network)
-        )
+        hosts = hosts_file(sandbox.hostname, sandbox.ips, spec.host_network)
+        await asyncio.to_thread(write_file, files_dir / "hosts", hosts)
 
     async def _make_log_directory(self, spec: SandboxSpec, undo: Rollback) -> None:
         """The pod's log directory, made if missing; a failed run takes back the
@@ -579,8 +560,8 @@ class SandboxManager:
                 raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
             pause = await start_pause(sandbox.id)
             sandbox.pause_pid, sandbox.pause_start_time = pause.pid, pause.start_time
+            pause_cgroup = pod_cgroups.pause(sandbox.cgroup_parent)
             try:
-                pause_cgroup = _pause_cgroup(sandbox)
                 await asyncio.to_thread(self.cgroups.create, pause_cgroup)
                 await asyncio.to_thread(self.cgroups.attach, pause_cgroup, pause.pid)
                 await self.state.store.update(sandbox.to_record())
@@ -588,7 +569,7 @@ class SandboxManager:
                 await stop_pause(pause)
                 sandbox.pause_pid = sandbox.pause_start_time = 0
                 with contextlib.suppress(CgroupError):
-                    await asyncio.to_thread(self.cgroups.delete, _pause_cgroup(sandbox))
+                    await asyncio.to_thread(self.cgroups.delete, pause_cgroup)
                 raise
             log.info(
                 "pod PID namespace started", extra={"sandbox_id": sandbox.id, "pid": pause.pid}
@@ -597,13 +578,13 @@ class SandboxManager:
 
     def _missing_cgroups(self, path: str) -> list[str]:
         """`path` and those of its ancestors that are not there yet, outermost first."""
-        return [cgroup for cgroup in _cgroup_chain(path) if not self.cgroups.exists(cgroup)]
+        return [cgroup for cgroup in pod_cgroups.chain(path) if not self.cgroups.exists(cgroup)]
 
     def _ancestors_of_ours(self, path: str, missing: list[str]) -> list[str]:
         """The ancestors of `path` that skiff made: now, or for a pod still here (the
         last pod to go takes an ancestor its pods share)."""
         ours = set(missing) | {a for pod in self._sandboxes.values() for a in pod.cgroup_ancestors}
-        return [a for a in _cgroup_chain(path)[:-1] if a in ours]
+        return [a for a in pod_cgroups.chain(path)[:-1] if a in ours]
 
     async def _delete_cgroup(self, sandbox: Sandbox) -> None:
         await self._delete_cgroups(sandbox.cgroup_parent, sandbox.cgroup_ancestors, sandbox.id)
@@ -611,8 +592,8 @@ class SandboxManager:
     async def _delete_cgroups(self, cgroup: str, ancestors: list[str], sandbox_id: str) -> None:
         """The pod's cgroup, then the ancestors made for it that nothing else uses now."""
         await asyncio.to_thread(self.cgroups.delete, cgroup)
-        if cgroup == default_cgroup_parent(sandbox_id):
-            ancestors = [DEFAULT_CGROUP_ROOT]  # shared by pods: it goes with the last one
+        if cgroup == pod_cgroups.default_parent(sandbox_id):
+            ancestors = [pod_cgroups.DEFAULT_ROOT]  # shared by pods: it goes with the last one
         for ancestor in reversed(ancestors):
             if not await asyncio.to_thread(self.cgroups.remove_if_unused, ancestor):
                 break  # another pod's cgroup keeps it, and so every one above it
@@ -663,7 +644,7 @@ class SandboxManager:
         pause = sandbox.pause
         if pause is not None:
             await stop_pause(pause)
-            await asyncio.to_thread(self.cgroups.delete, _pause_cgroup(sandbox))
+            await asyncio.to_thread(self.cgroups.delete, pod_cgroups.pause(sandbox.cgroup_parent))
             sandbox.pause_pid = sandbox.pause_start_time = 0
             await self.state.store.update(sandbox.to_record())
         # NOTREADY is recorded before the network goes: a skiffd that dies during the

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cri import events
+from cri import events, pod_cgroups
 from cri.containers import RUNNING, Container, ContainerManager
 from cri.events import EventBus
 from cri.sandboxes import READY, Sandbox, SandboxManager
@@ -339,7 +339,7 @@ class StatsManager:
         sandbox = self.sandboxes.by_id(container.sandbox_id)
         if sandbox is None:
             return None
-        path = self.containers.cgroup_path(sandbox, container.id)
+        path = pod_cgroups.container(sandbox.cgroup_parent, container.id)
         return path if path.startswith("/") else None
 
     async def container(self, container_id: str) -> ContainerSample:
