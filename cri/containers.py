@@ -462,17 +462,22 @@ class ContainerManager:
         request = _with_sandbox_id(request, sandbox.id)
         await self._check_recursive_read_only(request, sandbox)
         name = f"{sandbox.id}/{request.name}/{request.attempt}"
-        if self.creations.pending(name) is None:
-            handed = self.creations.take_undelivered(name)
-            if handed is not None and handed in self._containers:
-                return handed
+
+        def taken() -> Exception | None:
             existing = self.state.store.get_by_name("container", name)
-            if existing is not None:
-                raise AlreadyExists(
-                    f"container name {request.name!r} (attempt {request.attempt}) in pod "
-                    f"{sandbox.id} is reserved by container {existing.id}"
-                )
-        return await self.creations.run(name, lambda: self._create(request, sandbox))
+            if existing is None:
+                return None
+            return AlreadyExists(
+                f"container name {request.name!r} (attempt {request.attempt}) in pod "
+                f"{sandbox.id} is reserved by container {existing.id}"
+            )
+
+        return await self.creations.run(
+            name,
+            lambda: self._create(request, sandbox),
+            alive=self._containers.__contains__,
+            taken=taken,
+        )
 
     async def _check_recursive_read_only(self, request: ContainerRequest, sandbox: Sandbox) -> None:
         for mount in request.mounts:

@@ -22,15 +22,9 @@ class Creations:
         self._running: dict[str, asyncio.Task[str]] = {}
         self._undelivered: dict[str, str] = {}
 
-    def pending(self, name: str) -> asyncio.Task[str] | None:
-        return self._running.get(name)
-
     def running_under(self, prefix: str) -> list[asyncio.Task[str]]:
         """The creations in progress whose names start with `prefix`."""
         return [task for name, task in self._running.items() if name.startswith(prefix)]
-
-    def take_undelivered(self, name: str) -> str | None:
-        return self._undelivered.pop(name, None)
 
     def forget(self, object_id: str) -> None:
         """The object is gone: a late retry must not be handed its id."""
@@ -38,16 +32,28 @@ class Creations:
             if known == object_id:
                 del self._undelivered[name]
 
-    async def run(self, name: str, create: Callable[[], Coroutine[Any, Any, str]]) -> str:
-        """Join the creation of `name`, hand over its unseen result, or start it."""
+    async def run(
+        self,
+        name: str,
+        create: Callable[[], Coroutine[Any, Any, str]],
+        *,
+        alive: Callable[[str], bool],
+        taken: Callable[[], Exception | None],
+    ) -> str:
+        """Join the creation of `name`, hand over its unseen result (while that object
+        is `alive`), refuse a name another object holds (`taken` says how), or start
+        the creation."""
         running = self._running.get(name)
         if running is not None:
             log.info(f"joining a {self.kind} creation in progress", extra={"object": name})
             return await asyncio.shield(running)
         undelivered = self._undelivered.pop(name, None)
-        if undelivered is not None:
+        if undelivered is not None and alive(undelivered):
             log.info(f"handing a finished {self.kind} to the retry", extra={"id": undelivered})
             return undelivered
+        refusal = taken()
+        if refusal is not None:
+            raise refusal
         task = asyncio.get_running_loop().create_task(create())
         self._running[name] = task
         task.add_done_callback(lambda _t: self._running.pop(name, None))

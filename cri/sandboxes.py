@@ -388,17 +388,19 @@ class SandboxManager:
     async def run(self, spec: SandboxSpec) -> str:
         self.validate(spec)
         name = spec.reserved_name
-        if self.creations.pending(name) is None:
-            handed = self.creations.take_undelivered(name)
-            if handed is not None and handed in self._sandboxes:
-                return handed
+
+        def taken() -> Exception | None:
             existing = self.state.store.get_by_name("sandbox", name)
-            if existing is not None:
-                raise AlreadyExists(
-                    f"pod sandbox name {name!r} is reserved by sandbox {existing.id}; "
-                    "remove it first or use a new attempt number"
-                )
-        return await self.creations.run(name, lambda: self._create(spec))
+            if existing is None:
+                return None
+            return AlreadyExists(
+                f"pod sandbox name {name!r} is reserved by sandbox {existing.id}; "
+                "remove it first or use a new attempt number"
+            )
+
+        return await self.creations.run(
+            name, lambda: self._create(spec), alive=self._sandboxes.__contains__, taken=taken
+        )
 
     async def _create(self, spec: SandboxSpec) -> str:
         sandbox_id = secrets.token_hex(32)
