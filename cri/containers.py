@@ -37,7 +37,7 @@ from cri.errors import (
     NotFound,
     clip,
 )
-from cri.request_checks import check_argv, check_path_length
+from cri.request_checks import check_argv, check_metadata_size, check_path_length
 from cri.rollback import Rollback, remove_unrecorded
 from cri.runtime_status import supports_recursive_read_only
 from cri.sandboxes import READY, Sandbox, SandboxManager, make_directory, remove_if_empty
@@ -1012,6 +1012,7 @@ def _validate(request: ContainerRequest) -> None:
         # conmon takes the log as <driver>:<path>.
         raise InvalidArgument(f"{what}: log_path {clip(log_path)!r} must not contain ':'")
     check_path_length(log_path, f"{what}: log_path")
+    check_metadata_size(request.labels, request.annotations, what)
     check_argv([*request.command, *request.args], f"{what}: command and args")
     check_path_length(request.working_dir, f"{what}: working_dir")
     for device in request.devices:

@@ -5,7 +5,7 @@ would otherwise fail late, with UNKNOWN or INTERNAL)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cri.errors import InvalidArgument, clip
 
@@ -13,6 +13,10 @@ from cri.errors import InvalidArgument, clip
 #: arguments and environment together under ARG_MAX; half of it is left to the latter.
 MAX_ARG_BYTES = 128 * 1024
 MAX_ARGV_BYTES = 1024 * 1024
+#: What a pod's or container's labels, and its annotations, may take: Kubernetes' own
+#: limit for an object's annotations. Every List answer carries them, and the kubelet
+#: reads answers of at most 16 MiB.
+MAX_METADATA_BYTES = 256 * 1024
 #: A path's limits: PATH_MAX bytes in all (with the NUL), NAME_MAX per component.
 PATH_MAX = 4096
 NAME_MAX = 255
@@ -70,3 +74,18 @@ def check_cgroup_parent(path: str, what: str) -> None:
                 f"{what}: cgroup_parent {clip(path)!r} names {part!r}, a cgroup control file"
             )
     check_path_length(path, f"{what}: cgroup_parent")
+
+
+def check_metadata_size(
+    labels: Mapping[str, str], annotations: Mapping[str, str], what: str
+) -> None:
+    """Labels and annotations of a size Kubernetes allows, each map in all."""
+    for field, values in (("labels", labels), ("annotations", annotations)):
+        size = sum(len(k.encode(errors="surrogateescape")) for k in values) + sum(
+            len(v.encode(errors="surrogateescape")) for v in values.values()
+        )
+        if size > MAX_METADATA_BYTES:
+            raise InvalidArgument(
+                f"{what}: {field} take {size} bytes; at most {MAX_METADATA_BYTES} (Kubernetes' "
+                "own limit: every List answer carries them)"
+            )

@@ -34,7 +34,7 @@ from cri import events, pod_cgroups
 from cri.creations import Creations
 from cri.daemon_state import DaemonState
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
-from cri.request_checks import check_cgroup_parent, check_path_length
+from cri.request_checks import check_cgroup_parent, check_metadata_size, check_path_length
 from cri.rollback import Rollback, remove_unrecorded
 from cri.store import Record
 from network.cni import CniError, CniPlugins, PodNetworkRequest, PortMapping
@@ -357,6 +357,7 @@ class SandboxManager:
         check_metadata_value(spec.name, "name", pod)
         check_metadata_value(spec.namespace, "namespace", pod)
         check_metadata_value(spec.uid, "uid", pod)
+        check_metadata_size(spec.labels, spec.annotations, f"pod {pod}")
         handler = spec.runtime_handler or self.config.runtime.default_handler
         if handler not in self.config.runtime.handlers:
             raise InvalidArgument(

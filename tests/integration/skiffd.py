@@ -22,6 +22,7 @@ import yaml
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
+from cri.daemon import MAX_MESSAGE_BYTES
 
 SKIFFD = str(Path(sys.executable).parent / "skiffd")
 START_TIMEOUT = 20.0
@@ -125,7 +126,11 @@ class Skiffd:
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(f"unix://{self.socket}")
+            # What the kubelet reads (its CRI client's limit), not gRPC's default 4 MiB.
+            self._channel = grpc.insecure_channel(
+                f"unix://{self.socket}",
+                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            )
         return self._channel
 
     def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:

@@ -192,6 +192,9 @@ def test_bad_pods_are_refused_and_leave_nothing(make_node: MakeNode) -> None:
         (pb.DNSConfig(searches=["a\0b"]), "searches"),
     ):
         refused(_pod_config(node, "dns", dns_config=dns), "dns_config", what)
+    # Every ListPodSandbox answer carries them: Kubernetes' 256 KiB at most.
+    refused(_pod_config(node, "big", annotations={"a": "x" * 300_000}), "annotations take")
+    refused(_pod_config(node, "big", labels={"a": "x" * 300_000}), "labels take")
     # Name, namespace and uid go into CNI_ARGS (key=value;key=value) and logs.
     for field, value in (("name", "a;b"), ("name", "x=y"), ("namespace", "a\nb"), ("uid", "u\0")):
         config = _pod_config(node, "meta", hostname="meta")
@@ -328,6 +331,9 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
     refused("noprog", "'noprog'", "program to run is empty", command=[""])
     refused("noprog", "'noprog'", "program to run is empty", command=[], args=["", "x"])
     refused("argnul", "args", "NUL", command=["echo"], args=["a\0b"])
+    # Every ListContainers answer carries them: Kubernetes' 256 KiB at most.
+    refused("big", "'big'", "annotations take", annotations={"a": "x" * 300_000})
+    refused("big", "'big'", "labels take", labels={f"l{i}": "v" * 1000 for i in range(300)})
     refused("cwdnul", "working_dir", "NUL", working_dir="/a\0b")
     refused("envnul", "environment variable 'A'", envs={"A": "x\0y"})
     refused("envkey", "environment variable 'A=B'", envs={"A=B": "x"})

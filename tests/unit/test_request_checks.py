@@ -7,8 +7,10 @@ import pytest
 from cri.errors import InvalidArgument
 from cri.request_checks import (
     MAX_ARG_BYTES,
+    MAX_METADATA_BYTES,
     check_argv,
     check_cgroup_parent,
+    check_metadata_size,
     check_path_length,
 )
 
@@ -59,3 +61,12 @@ def test_path_limits() -> None:
         check_path_length("/" + "n" * 256, "log")
     with pytest.raises(InvalidArgument, match="4095 bytes"):
         check_path_length("/d" * 2048, "log")
+
+
+def test_labels_and_annotations_of_the_size_kubernetes_allows() -> None:
+    check_metadata_size({"app": "web"}, {"note": "x" * (MAX_METADATA_BYTES - 4)}, "pod 'p'")
+    with pytest.raises(InvalidArgument, match=r"pod 'p': annotations take 262145 bytes"):
+        check_metadata_size({}, {"note": "x" * (MAX_METADATA_BYTES - 3)}, "pod 'p'")
+    many = {f"k{i}": "v" * 1000 for i in range(300)}
+    with pytest.raises(InvalidArgument, match=r"container 'c': labels take \d+ bytes"):
+        check_metadata_size(many, {}, "container 'c'")
