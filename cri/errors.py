@@ -50,6 +50,7 @@ __all__ = [
     "Unknown",
     "clip",
     "disk_full",
+    "fit_status",
     "not_built",
     "status_message",
     "status_of",
@@ -80,10 +81,31 @@ def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-#: The longest status message sent. gRPC carries it in the trailers, which clients cap
-#: (8 KiB by default): a longer one reaches the client as RESOURCE_EXHAUSTED instead
-#: of the real code, so a message quoting a client's 10 KB value must be cut.
+#: The longest status message sent, in bytes on the wire. gRPC carries it in the
+#: trailers, which clients cap (8 KiB by default): a longer one reaches the client as
+#: RESOURCE_EXHAUSTED instead of the real code, so a message quoting a client's 10 KB
+#: value must be cut.
 MAX_STATUS_MESSAGE = 2048
+
+
+def _wire_size(char: str) -> int:
+    """What a character of a status message takes in the trailer: gRPC percent-encodes
+    every byte outside printable ASCII (and '%'), so 'é' takes 6 and '😀' 12."""
+    if " " <= char <= "~" and char != "%":
+        return 1
+    return 3 * len(char.encode(errors="replace"))
+
+
+def fit_status(text: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """`text`, cut so that it takes at most `limit` bytes on the wire."""
+    sizes = [_wire_size(c) for c in text]
+    if sum(sizes) <= limit:
+        return text
+    budget, end = limit - 3, 0
+    while end < len(text) and budget >= sizes[end]:
+        budget -= sizes[end]
+        end += 1
+    return text[:end] + "..."
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -102,8 +124,8 @@ def status_message(exc: BaseException) -> str:
         where = getattr(exc, "filename", None)
         place = f"writing {where}" if where else "writing"
         message = f"{place}: no space left on the device; free some space and retry"
-        return clip(message, MAX_STATUS_MESSAGE)
-    return clip(str(exc), MAX_STATUS_MESSAGE)
+        return fit_status(message)
+    return fit_status(str(exc))
 
 
 def not_built(rpc: str) -> Unimplemented:

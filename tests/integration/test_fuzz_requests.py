@@ -27,7 +27,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.daemon import MAX_MESSAGE_BYTES
-from cri.errors import MAX_STATUS_MESSAGE
+from cri.errors import fit_status
 from image.reference import ReferenceError, parse
 from tests.integration.nodes import (
     Node,
@@ -236,7 +236,7 @@ def _call(method: MethodDescriptor, request: Message, targets: Targets) -> grpc.
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             assert request.ByteSize() > MAX_MESSAGE_BYTES, summary
         assert details, f"no message: {summary}"
-        assert len(details) <= MAX_STATUS_MESSAGE, summary
+        assert len(fit_status(details)) == len(details), summary
         return code
     return grpc.StatusCode.OK
 

@@ -16,7 +16,7 @@ import grpc
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc
 from cri.containers import EXEC_SYNC_MAX_OUTPUT
-from cri.errors import MAX_STATUS_MESSAGE
+from cri.errors import fit_status
 from runtime.cgroups import hugepage_sizes
 from tests.integration.nodes import (
     MakeNode,
@@ -48,7 +48,7 @@ def _expect(call: Callable[..., Any], request: Any, code: grpc.StatusCode, *word
     err = _error(call, request)
     details = err.details() or ""
     assert err.code() == code, f"{type(request).__name__}: {err.code()} {details[:300]}"
-    assert len(details) <= MAX_STATUS_MESSAGE
+    assert len(fit_status(details)) == len(details)
     for word in words:
         assert word in details, f"{word!r} not in {details[:300]!r}"
     return details
