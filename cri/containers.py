@@ -957,6 +957,9 @@ class ContainerManager:
         container = await self.get(id_or_prefix)
         if container.state not in (CREATED, RUNNING):
             raise FailedPrecondition(f"container {container.id} is {container.state}")
+        # A limit the update leaves out stays as it is.
+        memory_now = (container.resources or {}).get("memory_limit")
+        _check_swap(resources, resources.memory_limit or memory_now, f"container {container.id}")
         oci = await self._build_spec(
             ContainerSpec(id=container.id, rootfs="/", args=("true",), resources=resources)
         )
@@ -1013,6 +1016,8 @@ def _validate(request: ContainerRequest) -> None:
         raise InvalidArgument(f"{what}: log_path {clip(log_path)!r} must not contain ':'")
     check_path_length(log_path, f"{what}: log_path")
     check_metadata_size(request.labels, request.annotations, what)
+    if request.resources is not None:
+        _check_swap(request.resources, request.resources.memory_limit, what)
     check_argv([*request.command, *request.args], f"{what}: command and args")
     check_path_length(request.working_dir, f"{what}: working_dir")
     for device in request.devices:
@@ -1078,6 +1083,17 @@ def _rootfs_propagation(mounts: tuple[CriMount, ...]) -> str:
     if "slave" in kinds:
         return "rslave"
     return ""
+
+
+def _check_swap(resources: CgroupResources, memory_limit: int | None, what: str) -> None:
+    """Memory plus swap is taken only with a memory limit to add it to: runc refuses it
+    otherwise, after the fact (UNKNOWN; found by generated requests)."""
+    swap = resources.memory_swap
+    if swap is not None and swap != -1 and memory_limit in (None, -1):
+        raise InvalidArgument(
+            f"{what}: memory_swap_limit_in_bytes {swap} needs a memory limit "
+            "(memory_limit_in_bytes), and there is none"
+        )
 
 
 def _program_unrunnable(message: str, program: str) -> bool:

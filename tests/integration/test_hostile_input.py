@@ -331,6 +331,10 @@ def test_bad_containers_are_refused_and_leave_nothing(make_node: MakeNode) -> No
     refused("noprog", "'noprog'", "program to run is empty", command=[""])
     refused("noprog", "'noprog'", "program to run is empty", command=[], args=["", "x"])
     refused("argnul", "args", "NUL", command=["echo"], args=["a\0b"])
+    swap_only = pb.LinuxContainerResources(memory_swap_limit_in_bytes=64 << 20)
+    refused(
+        "swap", "'swap'", "needs a memory limit", linux=pb.LinuxContainerConfig(resources=swap_only)
+    )
     # Every ListContainers answer carries them: Kubernetes' 256 KiB at most.
     refused("big", "'big'", "annotations take", annotations={"a": "x" * 300_000})
     refused("big", "'big'", "labels take", labels={f"l{i}": "v" * 1000 for i in range(300)})
@@ -433,6 +437,8 @@ def test_exec_and_lifecycle_calls_in_the_wrong_state(make_node: MakeNode) -> Non
     for resources, problem in (
         (pb.LinuxContainerResources(cpu_quota=2**62), "cpu_quota"),
         (pb.LinuxContainerResources(cpuset_cpus="0-999999"), "cpuset_cpus"),
+        # The container has no memory limit for swap to add to (was UNKNOWN from runc).
+        (pb.LinuxContainerResources(memory_swap_limit_in_bytes=1), "needs a memory limit"),
     ):
         update = pb.UpdateContainerResourcesRequest(container_id=cid, linux=resources)
         _expect(rt.UpdateContainerResources, update, INVALID, problem)
