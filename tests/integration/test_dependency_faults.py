@@ -135,6 +135,15 @@ def _no_wrapped_processes(node: Node, faulty: Faulty) -> list[int]:
     return [p for p in wrappers + hung if p != daemon_pid]
 
 
+def _refused_naming(error: grpc.RpcError, *words: str) -> str:
+    """A failure the client can read: a real code (not INTERNAL, not OK) and a message
+    with every one of `words`. Returns the message."""
+    details = error.details() or ""
+    assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
+    assert all(word in details for word in words), details
+    return details
+
+
 def _healthy(node: Node) -> None:
     node.runtime.Version(pb.VersionRequest(), timeout=5)
     assert node.runtime.Status(pb.StatusRequest(), timeout=5).status.conditions
@@ -162,10 +171,7 @@ def test_create_container_with_a_faulty_runtime(
     elapsed = time.monotonic() - started
     faulty.clear()
     assert faulty.hits(program), f"the {program} fault was never reached"
-    details = error.details() or ""
-    assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
-    assert "creating container" in details, details
-    assert said in details
+    _refused_naming(error, "creating container", said)
     assert elapsed < COMMAND_TIMEOUT * 4, f"CreateContainer took {elapsed:.1f} s"
     _assert_no_container_leaks(node)
     assert _no_wrapped_processes(node, faulty) == []
@@ -184,9 +190,7 @@ def test_start_container_with_a_faulty_runtime(
     with pytest.raises(grpc.RpcError) as err:
         node.start(container)
     faulty.clear()
-    details = err.value.details() or ""
-    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
-    assert container in details and "start" in details, details
+    _refused_naming(err.value, container, "start")
     assert _no_wrapped_processes(node, faulty) == []
     _healthy(node)
     # Whatever state the failed start left, the container can be removed and made anew.
@@ -203,9 +207,7 @@ def test_stop_container_when_runc_kill_hangs(faulty: Faulty, make_node: MakeNode
     stop = pb.StopContainerRequest(container_id=container, timeout=1)
     with pytest.raises(grpc.RpcError) as err:
         node.runtime.StopContainer(stop, timeout=30)
-    details = err.value.details() or ""
-    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
-    assert container in details and "kill" in details, details
+    _refused_naming(err.value, container, "kill")
     assert _no_wrapped_processes(node, faulty) == []
     _healthy(node)
     faulty.clear()
@@ -225,9 +227,7 @@ def test_remove_container_when_runc_delete_fails(
     faulty.set("runc", "delete", how)
     with pytest.raises(grpc.RpcError) as err:
         node.remove(container)
-    details = err.value.details() or ""
-    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
-    assert container in details and "delete" in details, details
+    _refused_naming(err.value, container, "delete")
     assert _no_wrapped_processes(node, faulty) == []
     _healthy(node)
     # Still listed: the kubelet retries a remove that failed.
@@ -333,10 +333,7 @@ def test_run_pod_sandbox_when_the_cni_add_fails_or_hangs(
         _run_pod(node, "victim")
     elapsed = time.monotonic() - started
     faulty_network.clear()
-    details = err.value.details() or ""
-    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
-    assert "faultcni" in details and said in details, details
-    assert "pod default/victim" in details, details
+    _refused_naming(err.value, "faultcni", said, "pod default/victim")
     assert elapsed < CNI_TIMEOUT * 4, f"RunPodSandbox took {elapsed:.1f} s"
     assert_only_the_node_pod(node)
     assert _hung_plugins(faulty_network) == []
@@ -355,9 +352,7 @@ def test_a_pod_whose_cni_del_fails_is_reported_then_removable(
     stop = pb.StopPodSandboxRequest(pod_sandbox_id=pod)
     with pytest.raises(grpc.RpcError) as err:
         node.runtime.StopPodSandbox(stop, timeout=30)
-    details = err.value.details() or ""
-    assert err.value.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.OK), details
-    assert pod in details and "injected DEL failure" in details, details
+    _refused_naming(err.value, pod, "injected DEL failure")
     node.runtime.Version(pb.VersionRequest(), timeout=5)
     faulty_network.clear()
     node.runtime.StopPodSandbox(stop, timeout=30)
