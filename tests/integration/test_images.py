@@ -885,6 +885,21 @@ class ImitationRegistry:
         return self.open_connections
 
 
+def _behind_token_server(status: int, body: bytes, **headers: str) -> ImitationRegistry:
+    """A registry that sends every client to its token server, which answers `status`
+    with `body`."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path.startswith("/token"):
+            _send(handler, status, body, **headers)
+            return
+        realm = f'Bearer realm="http://{registry.host}/token",service="imitation"'
+        _send(handler, 401, b"{}", WWW_Authenticate=realm)
+
+    registry = ImitationRegistry(answer)
+    return registry
+
+
 def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, **headers: str) -> None:
     handler.send_response(status)
     for name, value in headers.items():
@@ -1006,15 +1021,7 @@ def test_a_garbage_token_answer_is_unauthenticated(
     make_daemon: MakeDaemon, token_answer: tuple[int, bytes]
 ) -> None:
     status, body = token_answer
-
-    def answer(handler: BaseHTTPRequestHandler) -> None:
-        if handler.path.startswith("/token"):
-            _send(handler, status, body, Content_Type="application/json")
-            return
-        realm = f'Bearer realm="http://{imitation.host}/token",service="imitation"'
-        _send(handler, 401, b"{}", WWW_Authenticate=realm)
-
-    with ImitationRegistry(answer) as imitation:
+    with _behind_token_server(status, body, Content_Type="application/json") as imitation:
         daemon = make_daemon(insecure=(imitation.host,))
         error = _pull_error(daemon, f"{imitation.host}/garbage/token:v1", timeout=20)
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
@@ -1025,15 +1032,7 @@ def test_a_garbage_token_answer_is_unauthenticated(
 
 def test_a_token_server_that_fails_is_unavailable(make_daemon: MakeDaemon) -> None:
     """A token server answering 500 is down, not a mystery (it was UNKNOWN)."""
-
-    def answer(handler: BaseHTTPRequestHandler) -> None:
-        if handler.path.startswith("/token"):
-            _send(handler, 503, b"down")
-            return
-        realm = f'Bearer realm="http://{imitation.host}/token",service="imitation"'
-        _send(handler, 401, b"{}", WWW_Authenticate=realm)
-
-    with ImitationRegistry(answer) as imitation:
+    with _behind_token_server(503, b"down") as imitation:
         daemon = make_daemon(insecure=(imitation.host,))
         error = _pull_error(daemon, f"{imitation.host}/down/token:v1", timeout=20)
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
