@@ -597,9 +597,21 @@ class SandboxManager:
         await asyncio.to_thread(self.cgroups.delete, cgroup)
         if cgroup == pod_cgroups.default_parent(sandbox_id):
             ancestors = [pod_cgroups.DEFAULT_ROOT]  # shared by pods: it goes with the last one
-        for ancestor in reversed(ancestors):
-            if not await asyncio.to_thread(self.cgroups.remove_if_unused, ancestor):
-                break  # another pod's cgroup keeps it, and so every one above it
+        for depth in range(len(ancestors) - 1, -1, -1):
+            if not await asyncio.to_thread(self.cgroups.remove_if_unused, ancestors[depth]):
+                # Another pod's cgroup keeps it, and so every one above it: the pods
+                # below take them over, to go with the last of them (a pod cut short by
+                # skiffd's death made them, and no record said so).
+                await self._hand_over(ancestors[: depth + 1], sandbox_id)
+                break
+
+    async def _hand_over(self, kept: list[str], leaving: str) -> None:
+        for pod in self._sandboxes.values():
+            chain = pod_cgroups.chain(pod.cgroup_parent)[:-1]
+            owned = set(pod.cgroup_ancestors) | {a for a in kept if a in chain}
+            if pod.id != leaving and owned != set(pod.cgroup_ancestors):
+                pod.cgroup_ancestors = [a for a in chain if a in owned]
+                await self.state.store.update(pod.to_record())
 
     async def update_resources(
         self,

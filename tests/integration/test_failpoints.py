@@ -317,3 +317,42 @@ def test_a_death_while_finishing_a_cut_short_stop_is_recovered_from_too(
     assert status.status.network.ip == ""
     assert _allocations(node, node.pod) == []
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=node.pod), timeout=30)
+
+
+def test_a_parent_made_by_a_cut_short_pod_goes_with_the_pods_that_kept_it(
+    make_node: MakeNode,
+) -> None:
+    """A RunPodSandbox cut short made /top for its pod while another pod's run found
+    /top there already: at start the leftover's /top is still in use, and the pod using
+    it takes it over (it was left for good; found by a kill -9 storm)."""
+    node = make_node()
+    top = f"/skiff-cut-{secrets.token_hex(3)}"
+    for directory in _v1_paths(top):
+        directory.mkdir()
+    try:
+        config = sandbox_config("stays", node.log_dir.parent / "stays")
+        config.linux.cgroup_parent = f"{top}/stays"
+        stays = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30)
+        node.daemon.kill()
+        # What the cut-short pod left: its files directory naming what it made.
+        lost = node.daemon.runroot / "sandboxes" / secrets.token_hex(32)
+        lost.mkdir()
+        (lost / "cgroup-made").write_text(f"{top}\n{top}/lost\n")
+        for directory in _v1_paths(f"{top}/lost"):
+            directory.mkdir()
+        node.daemon.start()
+        assert _v1_dirs(f"{top}/lost") == []
+        assert _v1_dirs(top) != [], "still the other pod's parent"
+        remove = pb.RemovePodSandboxRequest(pod_sandbox_id=stays.pod_sandbox_id)
+        node.runtime.RemovePodSandbox(remove, timeout=30)
+        assert _v1_dirs(top) == []
+    finally:
+        for path in sorted(
+            (d for p in ("stays", "lost", "") for d in _v1_dirs(f"{top}/{p}")),
+            key=lambda d: -len(str(d)),
+        ):
+            path.rmdir()
+
+
+def _v1_paths(cgroup: str) -> list[Path]:
+    return [h / cgroup.lstrip("/") for h in Path("/sys/fs/cgroup").iterdir() if h.name != "unified"]
