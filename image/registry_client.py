@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import logging
+import queue
 import re
 import socket
 import ssl
@@ -45,6 +46,9 @@ log = logging.getLogger("skiff.image.registry")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+#: What a registry answers to /v2/ (the spec's 200, or 401 to ask for credentials); a
+#: TLS server sent plain HTTP answers 400 at best.
+_REGISTRY_ANSWERS = (200, 401)
 
 
 class RegistryError(Unknown):
@@ -189,6 +193,59 @@ class _Token:
     expires: float
 
 
+class _Ping:
+    """One GET /v2/ to a registry, over TLS or plain HTTP, that another thread can call
+    off at any point (in the TLS handshake too)."""
+
+    def __init__(self, host: str, scheme: str, timeout: float, tls: ssl.SSLContext | None) -> None:
+        self.host = host
+        self.scheme = scheme
+        self.timeout = timeout
+        self.tls = tls
+        self.status: int | None = None
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._called_off = False
+
+    def run(self, answers: queue.SimpleQueue[_Ping]) -> None:
+        try:
+            self.status = self._ask()
+        except (OSError, ValueError):
+            self.status = None
+        answers.put(self)
+
+    def call_off(self) -> None:
+        with self._lock:
+            self._called_off = True
+            sock = self._sock
+        _shut_socket(sock)
+
+    def _ask(self) -> int | None:
+        address = urllib.parse.urlsplit(f"//{self.host}")
+        hostname = address.hostname or ""
+        port = address.port or (443 if self.tls else 80)
+        # The TLS socket takes over the connection's descriptor before its handshake;
+        # a duplicate of it stays in hand to shut the connection down meanwhile.
+        with (
+            socket.create_connection((hostname, port), timeout=self.timeout) as connection,
+            connection.dup() as handle,
+        ):
+            with self._lock:
+                if self._called_off:
+                    return None
+                self._sock = handle
+            stream = connection
+            if self.tls:
+                stream = self.tls.wrap_socket(connection, server_hostname=hostname)
+            request = f"GET /v2/ HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
+            with stream, stream.makefile("rb") as answer:
+                stream.sendall(request.encode())
+                status_line = answer.readline(256).split()
+            if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+                return None
+            return int(status_line[1])
+
+
 class RegistryClient:
     """Shared by all pulls: connection pools, TLS settings and tokens per registry."""
 
@@ -202,6 +259,7 @@ class RegistryClient:
     ) -> None:
         self.certs_dir = certs_dir
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=progress_timeout)
+        self.connect_timeout = connect_timeout
         self.progress_timeout = progress_timeout
         self.retries = retries
         self.backoff = backoff
@@ -250,19 +308,30 @@ class RegistryClient:
             known = self._schemes.get(endpoint.api_host)
         if known:
             return known
-        scheme = "http"
-        try:
-            pool = self._pool(endpoint.api_host, verify=False)
-            response = pool.request(
-                "GET", f"https://{endpoint.api_host}/v2/", redirect=False, preload_content=True
-            )
-            if response.status < 500:
-                scheme = "https"
-        except Urllib3Error:
-            scheme = "http"
+        scheme = self._probe_scheme(endpoint.api_host)
         with self._lock:
             self._schemes[endpoint.api_host] = scheme
         return scheme
+
+    def _probe_scheme(self, host: str) -> str:
+        """HTTPS when the registry speaks TLS, else plain HTTP. Both are asked at once:
+        a plain-HTTP server handed a TLS hello may wait for a line that never comes,
+        for the whole connect timeout, while its plain answer to /v2/ settles it."""
+        tls = _Ping(host, "https", self.connect_timeout, self._tls_context(host, verify=False))
+        plain = _Ping(host, "http", self.connect_timeout, None)
+        answers: queue.SimpleQueue[_Ping] = queue.SimpleQueue()
+        for ping in (tls, plain):
+            threading.Thread(
+                target=ping.run, args=(answers,), name=f"skiff-ping-{ping.scheme}", daemon=True
+            ).start()
+        while True:
+            ping = answers.get()
+            if ping is tls:
+                plain.call_off()
+                return "https" if tls.status is not None and tls.status < 500 else "http"
+            if plain.status in _REGISTRY_ANSWERS:
+                tls.call_off()
+                return "http"
 
     def clear_tokens(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -832,11 +833,17 @@ def test_client_certificates_from_certs_d(make_daemon: MakeDaemon) -> None:
 class ImitationRegistry:
     """A loopback HTTP/1.1 server answering each request with ``answer(handler)``, to
     imitate a registry (or token server) misbehaving; it notes when each connection it
-    served ended, so a test can tell whether skiffd let go of it."""
+    served ended, so a test can tell whether skiffd let go of it. With
+    ``hold_tls_hellos`` it never answers a TLS hello, as a plain-HTTP server waiting for
+    the rest of a request line does; the connection ends when the client ends it."""
 
-    def __init__(self, answer: Callable[[BaseHTTPRequestHandler], None]) -> None:
+    def __init__(
+        self, answer: Callable[[BaseHTTPRequestHandler], None], *, hold_tls_hellos: bool = False
+    ) -> None:
         imitation = self
         self.open_connections = 0
+        self.tls_hellos_held = 0
+        self.tls_hellos_let_go = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -850,6 +857,12 @@ class ImitationRegistry:
                 with imitation.lock:
                     imitation.open_connections += 1
                 try:
+                    if hold_tls_hellos and self.connection.recv(1, socket.MSG_PEEK) == b"\x16":
+                        imitation.tls_hellos_held += 1
+                        while self.connection.recv(4096):
+                            pass
+                        imitation.tls_hellos_let_go += 1
+                        return
                     super().handle()
                 except OSError:
                     pass
@@ -1074,9 +1087,10 @@ def test_a_tag_moved_during_the_pull_gives_the_image_it_named_when_the_pull_bega
         puller = threading.Thread(target=lambda: pulled.append(_pull(daemon, ref)))
         puller.start()
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while not proxy.requests_for(first.layers[0].digest) and time.monotonic() < deadline:
                 time.sleep(0.02)
+            assert proxy.requests_for(first.layers[0].digest), "the pull never asked for a layer"
             img.push(plain_registry, "moving/tag", "v1", second)
         finally:
             proxy.release_stalls()
@@ -1088,6 +1102,32 @@ def test_a_tag_moved_during_the_pull_gives_the_image_it_named_when_the_pull_bega
         # The next pull sees the moved tag; the first image keeps no tag.
         assert _pull(daemon, ref) == second.config_digest
         assert list(_status(daemon, first.config_digest).image.repo_tags) == []
+
+
+def test_an_insecure_registry_in_plain_http_is_used_without_waiting_for_its_tls_answer(
+    make_daemon: MakeDaemon,
+) -> None:
+    """An insecure registry is asked over TLS and plain HTTP at once. Asked over TLS
+    first, a plain-HTTP server that took the hello for the start of a request line held
+    every first pull for the connect timeout (10 s), and a test relying on pull timing
+    failed now and then."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.path == "/v2/":
+            _send(handler, 200, b"{}")
+            return
+        _send(handler, 404, b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "no"}]}')
+
+    with ImitationRegistry(answer, hold_tls_hellos=True) as imitation:
+        daemon = make_daemon(insecure=(imitation.host,))
+        error = _pull_error(daemon, f"{imitation.host}/plain/only:v1", timeout=5)
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+        # The TLS attempt was made, and called off rather than left to its timeout.
+        assert imitation.tls_hellos_held == 1
+        deadline = time.monotonic() + 3
+        while imitation.tls_hellos_let_go < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert imitation.tls_hellos_let_go == 1
 
 
 def test_a_registry_that_never_answers_is_let_go_when_the_caller_gives_up(
