@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
+from tests.integration.netns import wait_gone
 from tests.integration.nodes import MakeNode, _assert_no_container_leaks
 from tests.integration.skiffd import mounts_below, short_tempdir
 
@@ -391,6 +392,9 @@ def test_updating_a_container_that_just_stopped_is_a_precondition(make_node: Mak
         cid = node.run(f"brief-{round_}", command=["sleep", "1000"])
         pid = json.loads(node.status(cid, verbose=True).info["info"])["pid"]
         os.kill(pid, signal.SIGKILL)
+        # Under load the signal may not have taken effect when kill returns, and
+        # resizing a container still running is allowed.
+        assert wait_gone(pid), f"container {cid} (pid {pid}) outlived SIGKILL"
         request = pb.UpdateContainerResourcesRequest(container_id=cid, linux=resources)
         with pytest.raises(grpc.RpcError) as err:
             node.runtime.UpdateContainerResources(request, timeout=30)
