@@ -19,10 +19,10 @@ Plain data in and out; the servicer turns it into protobuf.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from cri.stats import ContainerSample, FilesystemCapacity, PodSample
 from runtime.cgroup_stats import device_name
+from runtime.cgroups import CgroupResources
 
 BASE_LABELS = ("container", "id", "image", "name", "namespace", "pod")
 POD_CONTAINER = "POD"
@@ -339,13 +339,13 @@ def container_metrics(
         out.add("container_fs_limit_bytes", fs.capacity_bytes)
         out.add("container_fs_inodes_total", fs.inodes)
         out.add("container_fs_inodes_free", fs.inodes_free)
-    resources: dict[str, Any] = c.resources or {}
-    out.add("container_spec_cpu_period", resources.get("cpu_period") or DEFAULT_CPU_PERIOD_US)
-    quota = resources.get("cpu_quota")
+    resources = c.resources or CgroupResources()
+    out.add("container_spec_cpu_period", resources.cpu_period or DEFAULT_CPU_PERIOD_US)
+    quota = resources.cpu_quota
     out.add("container_spec_cpu_quota", quota if quota and quota > 0 else None)
-    out.add("container_spec_cpu_shares", resources.get("cpu_shares") or DEFAULT_CPU_SHARES)
-    limit = resources.get("memory_limit")
+    out.add("container_spec_cpu_shares", resources.cpu_shares or DEFAULT_CPU_SHARES)
+    limit = resources.memory_limit
     out.add("container_spec_memory_limit_bytes", limit if limit and limit > 0 else 0)
-    swap = resources.get("memory_swap")
+    swap = resources.memory_swap
     out.add("container_spec_memory_swap_limit_bytes", swap if swap and swap > 0 else 0)
     return out.values

@@ -89,3 +89,10 @@ def check_metadata_size(
                 f"{what}: {field} take {size} bytes; at most {MAX_METADATA_BYTES} (Kubernetes' "
                 "own limit: every List answer carries them)"
             )
+
+
+def check_command(command: Sequence[str]) -> None:
+    """An exec's command: a program to run, and arguments exec(2) can take."""
+    if not command or not command[0]:
+        raise InvalidArgument("cmd must not be empty: name the program to run")
+    check_argv(command, "cmd")

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cri import events, pod_cgroups
-from cri.containers import RUNNING, Container, ContainerManager
+from cri.container_record import RUNNING, Container
+from cri.containers import ContainerManager
 from cri.events import EventBus
 from cri.sandboxes import READY, Sandbox, SandboxManager
 from network.netstats import (

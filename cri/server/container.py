@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import posixpath
 import signal as signals
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -11,21 +10,15 @@ from dataclasses import asdict
 from google.protobuf.json_format import MessageToDict
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.containers import (
-    CREATED,
-    EXITED,
-    RUNNING,
-    Container,
-    ContainerManager,
-    ContainerRequest,
-    CriMount,
-)
+from cri.container_plan import ContainerRequest, PidMode
+from cri.container_record import CREATED, EXITED, RUNNING, Container, CriMount, Propagation
+from cri.containers import ContainerManager
 from cri.errors import InvalidArgument, clip
 from cri.server.common import Context, batches
 from cri.server.convert import known, refuse_user_namespaces, resources
 from runtime.container_spec import DeviceSpec, SecuritySpec
 
-_PROPAGATION = {
+_PROPAGATION: dict[pb.MountPropagation.ValueType, Propagation] = {
     pb.MountPropagation.PROPAGATION_PRIVATE: "private",
     pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER: "slave",
     pb.MountPropagation.PROPAGATION_BIDIRECTIONAL: "shared",
@@ -58,51 +51,24 @@ def _seccomp(ctx: pb.LinuxContainerSecurityContext) -> tuple[str, str]:
     return "unconfined", ""
 
 
-def _check_strings(config: pb.ContainerConfig, what: str) -> None:
-    """What becomes an exec argument, an environment entry or a path cannot hold a NUL
-    byte (runc would fail late, after the rootfs was made); an environment key is
-    one name, without '='."""
-    for field, values in (
-        ("command", config.command),
-        ("args", config.args),
-        ("working_dir", [config.working_dir]),
-    ):
-        for value in values:
-            if "\0" in value:
-                raise InvalidArgument(f"{what}: {field} {clip(value)!r} contains a NUL byte")
-    for env in config.envs:
-        if not env.key or "=" in env.key or "\0" in env.key or b"\0" in env.value:
-            raise InvalidArgument(
-                f"{what}: environment variable {clip(env.key)!r} must have a name without "
-                "'=' and no NUL byte in its name or value"
-            )
-    ctx = config.linux.security_context
-    for field, paths in (
-        ("masked_paths", ctx.masked_paths),
-        ("readonly_paths", ctx.readonly_paths),
-    ):
-        for path in paths:
-            if not path.startswith("/") or "\0" in path:
-                raise InvalidArgument(
-                    f"{what}: {field} entry {clip(path)!r} must be an absolute path"
-                )
-            if posixpath.normpath(path) in ("/", "/proc"):
-                # Hiding the root or /proc takes away what the runtime itself needs.
-                raise InvalidArgument(f"{what}: {field} cannot cover {path!r}")
+_PID_MODES: dict[int, PidMode] = {
+    pb.NamespaceMode.POD: "pod",
+    pb.NamespaceMode.CONTAINER: "container",
+    pb.NamespaceMode.NODE: "node",
+    pb.NamespaceMode.TARGET: "target",
+}
 
 
-def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
-    config = request.config
-    what = f"container {clip(config.metadata.name)!r}"
+def _check_enums(config: pb.ContainerConfig, what: str) -> None:
+    """Enum values this CRI version does not define are refused by name, not read as
+    their defaults."""
     ctx = config.linux.security_context
     for profile in ("seccomp", "apparmor"):
         if ctx.HasField(profile):
             kind = getattr(ctx, profile).profile_type
             known(pb.SecurityProfile.ProfileType, kind, f"{what}: {profile}.profile_type")
-    seccomp_kind, seccomp_path = _seccomp(ctx)
-    ns = ctx.namespace_options
-    refuse_user_namespaces(ns, what)
-    known(pb.NamespaceMode, ns.pid, f"{what}: namespace_options.pid")
+    refuse_user_namespaces(ctx.namespace_options, what)
+    known(pb.NamespaceMode, ctx.namespace_options.pid, f"{what}: namespace_options.pid")
     known(pb.Signal, config.stop_signal, f"{what}: stop_signal")
     for mount in config.mounts:
         known(
@@ -110,28 +76,54 @@ def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
             mount.propagation,
             f"{what}: mount at {clip(mount.container_path)!r}: propagation",
         )
-    _check_strings(config, what)
-    pid_mode = {
-        pb.NamespaceMode.POD: "pod",
-        pb.NamespaceMode.CONTAINER: "container",
-        pb.NamespaceMode.NODE: "node",
-        pb.NamespaceMode.TARGET: "target",
-    }[ns.pid]
-    apparmor = ""
+
+
+def _apparmor_localhost(ctx: pb.LinuxContainerSecurityContext) -> str:
     if (
         ctx.HasField("apparmor")
         and ctx.apparmor.profile_type == pb.SecurityProfile.ProfileType.Localhost
     ):
-        apparmor = ctx.apparmor.localhost_ref or "localhost"
-    elif ctx.apparmor_profile.startswith("localhost/"):
-        apparmor = ctx.apparmor_profile
-    linux_resources = None
-    oom_score_adj = None
-    if config.linux.HasField("resources"):
-        linux_resources = resources(config.linux.resources)
-        oom_score_adj = config.linux.resources.oom_score_adj
+        return ctx.apparmor.localhost_ref or "localhost"
+    if ctx.apparmor_profile.startswith("localhost/"):
+        return ctx.apparmor_profile
+    return ""
+
+
+def _security(ctx: pb.LinuxContainerSecurityContext) -> SecuritySpec:
+    seccomp_kind, seccomp_path = _seccomp(ctx)
+    return SecuritySpec(
+        privileged=ctx.privileged,
+        capabilities_add=tuple(ctx.capabilities.add_capabilities),
+        capabilities_drop=tuple(ctx.capabilities.drop_capabilities),
+        no_new_privileges=ctx.no_new_privs,
+        readonly_rootfs=ctx.readonly_rootfs,
+        seccomp=seccomp_kind,  # type: ignore[arg-type]
+        seccomp_profile_path=seccomp_path,
+        masked_paths=tuple(ctx.masked_paths) or None,
+        readonly_paths=tuple(ctx.readonly_paths) or None,
+    )
+
+
+def _mount(m: pb.Mount) -> CriMount:
+    return CriMount(
+        m.container_path,
+        m.host_path,
+        m.readonly,
+        _PROPAGATION.get(m.propagation, "private"),
+        m.recursive_read_only,
+        m.image.image,
+        m.image_sub_path,
+    )
+
+
+def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
+    """The request as plain data; its values are checked by `check_request`."""
+    config = request.config
+    _check_enums(config, f"container {clip(config.metadata.name)!r}")
     if not config.HasField("metadata"):
         raise InvalidArgument("config.metadata is required")
+    ctx = config.linux.security_context
+    has_resources = config.linux.HasField("resources")
     return ContainerRequest(
         sandbox_id=request.pod_sandbox_id,
         name=config.metadata.name,
@@ -142,18 +134,7 @@ def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
         args=tuple(config.args),
         working_dir=config.working_dir,
         envs=tuple((e.key, e.value.decode(errors="surrogateescape")) for e in config.envs),
-        mounts=tuple(
-            CriMount(
-                m.container_path,
-                m.host_path,
-                m.readonly,
-                _PROPAGATION.get(m.propagation, "private"),
-                m.recursive_read_only,
-                m.image.image,
-                m.image_sub_path,
-            )
-            for m in config.mounts
-        ),
+        mounts=tuple(_mount(m) for m in config.mounts),
         devices=tuple(
             DeviceSpec(d.container_path, d.host_path, d.permissions or "rwm")
             for d in config.devices
@@ -164,28 +145,18 @@ def request_from(request: pb.CreateContainerRequest) -> ContainerRequest:
         stdin=config.stdin,
         stdin_once=config.stdin_once,
         tty=config.tty,
-        resources=linux_resources,
-        oom_score_adj=oom_score_adj,
-        security=SecuritySpec(
-            privileged=ctx.privileged,
-            capabilities_add=tuple(ctx.capabilities.add_capabilities),
-            capabilities_drop=tuple(ctx.capabilities.drop_capabilities),
-            no_new_privileges=ctx.no_new_privs,
-            readonly_rootfs=ctx.readonly_rootfs,
-            seccomp=seccomp_kind,  # type: ignore[arg-type]
-            seccomp_profile_path=seccomp_path,
-            masked_paths=tuple(ctx.masked_paths) or None,
-            readonly_paths=tuple(ctx.readonly_paths) or None,
-        ),
+        resources=resources(config.linux.resources) if has_resources else None,
+        oom_score_adj=config.linux.resources.oom_score_adj if has_resources else None,
+        security=_security(ctx),
         run_as_user=ctx.run_as_user.value if ctx.HasField("run_as_user") else None,
         run_as_username=ctx.run_as_username,
         run_as_group=ctx.run_as_group.value if ctx.HasField("run_as_group") else None,
         supplemental_groups=tuple(ctx.supplemental_groups),
         strict_supplemental_groups=ctx.supplemental_groups_policy
         == pb.SupplementalGroupsPolicy.Strict,
-        pid_mode=pid_mode,
-        pid_target=ns.target_id,
-        apparmor_localhost=apparmor,
+        pid_mode=_PID_MODES[ctx.namespace_options.pid],
+        pid_target=ctx.namespace_options.target_id,
+        apparmor_localhost=_apparmor_localhost(ctx),
         stop_signal=_signal(config.stop_signal),
         config_json=MessageToDict(config, preserving_proto_field_name=True),
     )
@@ -221,6 +192,20 @@ def container_to_proto(c: Container) -> pb.Container:
     )
 
 
+def _mount_to_proto(m: CriMount) -> pb.Mount:
+    return pb.Mount(
+        container_path=m.container_path,
+        host_path=m.host_path,
+        readonly=m.readonly,
+        recursive_read_only=m.recursive_read_only,
+        propagation=_PROPAGATION_BACK.get(m.propagation, pb.MountPropagation.PROPAGATION_PRIVATE),
+        image=pb.ImageSpec(image=m.volume_image, image_ref=m.volume_image_id)
+        if m.volume_image_id
+        else None,
+        image_sub_path=m.image_sub_path,
+    )
+
+
 def status_to_proto(c: Container) -> pb.ContainerStatus:
     status = pb.ContainerStatus(
         id=c.id,
@@ -237,22 +222,7 @@ def status_to_proto(c: Container) -> pb.ContainerStatus:
         message=c.message,
         labels=c.labels,
         annotations=c.annotations,
-        mounts=[
-            pb.Mount(
-                container_path=m["container_path"],
-                host_path=m["host_path"],
-                readonly=m["readonly"],
-                recursive_read_only=m.get("recursive_read_only", False),
-                propagation=_PROPAGATION_BACK.get(
-                    m["propagation"], pb.MountPropagation.PROPAGATION_PRIVATE
-                ),
-                image=pb.ImageSpec(image=m["volume_image"], image_ref=m["volume_image_id"])
-                if m.get("volume_image_id")
-                else None,
-                image_sub_path=m.get("image_sub_path", ""),
-            )
-            for m in c.mounts
-        ],
+        mounts=[_mount_to_proto(m) for m in c.mounts],
         log_path=c.log_path,
         user=pb.ContainerUser(
             linux=pb.LinuxContainerUser(uid=c.uid, gid=c.gid, supplemental_groups=c.groups)
@@ -262,14 +232,14 @@ def status_to_proto(c: Container) -> pb.ContainerStatus:
         r = c.resources
         status.resources.linux.CopyFrom(
             pb.LinuxContainerResources(
-                cpu_period=r.get("cpu_period") or 0,
-                cpu_quota=r.get("cpu_quota") or 0,
-                cpu_shares=r.get("cpu_shares") or 0,
-                memory_limit_in_bytes=r.get("memory_limit") or 0,
-                cpuset_cpus=r.get("cpuset_cpus") or "",
-                cpuset_mems=r.get("cpuset_mems") or "",
-                memory_swap_limit_in_bytes=r.get("memory_swap") or 0,
-                unified=r.get("unified") or {},
+                cpu_period=r.cpu_period or 0,
+                cpu_quota=r.cpu_quota or 0,
+                cpu_shares=r.cpu_shares or 0,
+                memory_limit_in_bytes=r.memory_limit or 0,
+                cpuset_cpus=r.cpuset_cpus,
+                cpuset_mems=r.cpuset_mems,
+                memory_swap_limit_in_bytes=r.memory_swap or 0,
+                unified=r.unified,
             )
         )
     return status

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.containers import RUNNING, ContainerManager, check_command
+from cri.container_record import RUNNING
+from cri.containers import ContainerManager
 from cri.errors import FailedPrecondition, InvalidArgument
+from cri.request_checks import check_command
 from cri.sandboxes import READY, SandboxManager
 from cri.server.common import Context
 from cri.streaming.server import PendingRequest, StreamingServer

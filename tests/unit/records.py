@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri.containers import Container
+from cri.container_record import Container
 from cri.sandboxes import Sandbox
 from cri.stats import ContainerSample, LayerUsage, NetworkSample, PodSample
 from network.netstats import InterfaceCounters
@@ -18,6 +18,7 @@ from runtime.cgroup_stats import (
     ProcessCounts,
     Stall,
 )
+from runtime.cgroups import CgroupResources
 
 S = 1_000_000_000
 
@@ -47,7 +48,7 @@ def container_record(**overrides: Any) -> Container:
         "uid": 0,
         "gid": 0,
         "groups": [],
-        "resources": {"cpu_shares": 256, "cpu_quota": 50000, "memory_limit": 1 << 26},
+        "resources": CgroupResources(cpu_shares=256, cpu_quota=50000, memory_limit=1 << 26),
         "stop_signal": 0,
         "pid": 1,
         "tty": False,

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cri import containers, sandboxes
+from cri import container_record, sandboxes
 from cri.errors import NotFound
 from cri.metrics import CONTAINER_STATES, SANDBOX_STATES, Metrics, failure_code
 from image.store import ImageNotFound, ImageStore
@@ -202,4 +202,4 @@ def test_the_loops_tasks_are_counted_at_each_scrape() -> None:
 
 def test_known_states_are_the_managers_states() -> None:
     assert set(SANDBOX_STATES) == {sandboxes.READY, sandboxes.NOTREADY}
-    assert set(CONTAINER_STATES) == {containers.CREATED, containers.RUNNING, containers.EXITED}
+    assert set(CONTAINER_STATES) == set(container_record.STATES)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cri import stats
-from cri.containers import Container
+from cri.container_record import Container
 from cri.stats import WritableLayers, filesystem_name
 from tests.unit.records import container_record
 
