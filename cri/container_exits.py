@@ -23,10 +23,12 @@ class ContainerExits:
         state: DaemonState,
         containers: Mapping[str, Container],
         runtime_of: Callable[[Container], OciRuntime],
+        lock_of: Callable[[str], asyncio.Lock],
     ) -> None:
         self.state = state
         self._containers = containers
         self._runtime_of = runtime_of
+        self._lock_of = lock_of
         self._watcher = ExitWatcher(self._on_exit_file, self._check_all)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -98,7 +100,10 @@ class ContainerExits:
 
     async def _refresh_quietly(self, container: Container) -> None:
         try:
-            await self.refresh(container)
+            # After the call working on the container (a stop): it records the exit
+            # it caused itself, as part of that call.
+            async with self._lock_of(container.id):
+                await self.refresh(container)
         except Exception as exc:
             log.warning(
                 "exit check failed", extra={"container_id": container.id, "error": str(exc)}

@@ -71,7 +71,7 @@ class ContainerManager:
         self._runtimes: dict[str, OciRuntime] = {}
         self._runtimes_for: object = None
         self.exits = ContainerExits(
-            state, self._containers, lambda c: self.runtime(c.runtime_handler)
+            state, self._containers, lambda c: self.runtime(c.runtime_handler), self._lock
         )
 
     # --- wiring ------------------------------------------------------------------------

@@ -206,9 +206,6 @@ class Daemon:
         state = DaemonState(cfg, store, images, metrics)
         sandboxes = SandboxManager(state)
         containers = ContainerManager(state, sandboxes)
-        sandboxes.stop_containers = containers.stop_all
-        sandboxes.remove_containers = containers.remove_all
-        images.in_use = containers.images_in_use
         with failpoints.operation(failpoints.STARTUP):  # a death while recovering, too
             await sandboxes.load()
             await containers.load()

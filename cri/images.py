@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +40,9 @@ class FsUsage:
 
 
 class ImageManager:
-    def __init__(
-        self, config: Config, metrics: Metrics, in_use: Callable[[], set[str]] = set
-    ) -> None:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
         self.root = Path(config.root)
         self.store = ImageStore(self.root)
-        self.in_use = in_use
         self.metrics = metrics
         self._config = config
         self._registries = load_conf(Path(config.image.registries_conf))
@@ -165,7 +161,8 @@ class ImageManager:
         found = self.find(filter_text)
         return [found] if found is not None else []
 
-    async def remove(self, text: str) -> None:
+    async def remove(self, text: str, in_use: set[str]) -> None:
+        """Remove the image `text` names, unless its id is `in_use` (by containers)."""
         image = self.find(text)
         if image is None:
             # RemoveImage of an image that is not there is not an error (CRI: idempotent).
@@ -173,7 +170,7 @@ class ImageManager:
         names = self._names(text)
         tag = next((n for n in names if n in image.repo_tags), None)
         try:
-            await asyncio.to_thread(self.store.remove, image, tag, self.in_use())
+            await asyncio.to_thread(self.store.remove, image, tag, in_use)
         except ImageNotFound:
             return
 

@@ -23,10 +23,10 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from base import failpoints
 from base.trees import remove_tree
@@ -208,15 +208,21 @@ class Sandbox:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+class PodMembers(Protocol):
+    """What a pod's stop and removal do to the containers in it. Each call names it
+    (the container manager is built on this one, so cannot be given to it first)."""
+
+    async def stop_all(self, sandbox_id: str) -> None: ...
+
+    async def remove_all(self, sandbox_id: str) -> None: ...
+
+
 class SandboxManager:
     def __init__(self, state: DaemonState) -> None:
         self.state = state
         self.cgroups = Cgroupfs()
         self._locks: dict[str, asyncio.Lock] = {}
         self.creations = Creations("sandbox")
-        # Set by the container manager: a pod's containers stop and go with it.
-        self.stop_containers: Callable[[str], Awaitable[None]] | None = None
-        self.remove_containers: Callable[[str], Awaitable[None]] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         self._releases: dict[str, asyncio.Task[None]] = {}
         # Pods a stop or removal is working on: no container may be created in them.
@@ -639,23 +645,22 @@ class SandboxManager:
     def is_stopping(self, sandbox_id: str) -> bool:
         return sandbox_id in self._stopping
 
-    async def stop(self, id_or_prefix: str) -> None:
+    async def stop(self, id_or_prefix: str, members: PodMembers) -> None:
         sandbox = self.find(id_or_prefix)
         if sandbox is None:
             return  # CRI: stopping what is not there is fine
         async with self._lock(sandbox.id):
-            await self._stop_locked(sandbox)
+            await self._stop_locked(sandbox, members)
 
-    async def _stop_locked(self, sandbox: Sandbox) -> None:
+    async def _stop_locked(self, sandbox: Sandbox, members: PodMembers) -> None:
         self._stopping.add(sandbox.id)
         try:
-            await self._stop_members(sandbox)
+            await members.stop_all(sandbox.id)
+            await self._stop_pod(sandbox)
         finally:
             self._stopping.discard(sandbox.id)
 
-    async def _stop_members(self, sandbox: Sandbox) -> None:
-        if self.stop_containers is not None:
-            await self.stop_containers(sandbox.id)
+    async def _stop_pod(self, sandbox: Sandbox) -> None:
         pause = sandbox.pause
         if pause is not None:
             await stop_pause(pause)
@@ -708,14 +713,14 @@ class SandboxManager:
         sandbox.ips = []
         await self.state.store.update(sandbox.to_record())
 
-    async def remove(self, id_or_prefix: str) -> None:
+    async def remove(self, id_or_prefix: str, members: PodMembers) -> None:
         sandbox = self.find(id_or_prefix)
         if sandbox is None:
             return
         async with self._lock(sandbox.id):
-            await self._stop_locked(sandbox)
-            if self.remove_containers is not None:
-                await self.remove_containers(sandbox.id)
+            await self._stop_locked(sandbox, members)
+            # NOTREADY now: no container can be created in it any more.
+            await members.remove_all(sandbox.id)
             if sandbox.shm_path:
                 await asyncio.to_thread(unmount, Path(sandbox.shm_path))
             await unpin_namespaces(sandbox.namespaces)

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 from api.runtime.v1 import api_pb2 as pb
+from cri.containers import ContainerManager
 from cri.images import ImageManager
 from cri.server.common import Context, batches
 from cri.stats import WritableLayers
@@ -32,6 +33,7 @@ def image_to_proto(record: ImageRecord) -> pb.Image:
 
 class ImageRPCs:
     images: ImageManager
+    containers: ContainerManager
     writable_layers: WritableLayers
 
     async def ListImages(
@@ -81,7 +83,7 @@ class ImageRPCs:
     async def RemoveImage(
         self, request: pb.RemoveImageRequest, context: Context
     ) -> pb.RemoveImageResponse:
-        await self.images.remove(request.image.image)
+        await self.images.remove(request.image.image, self.containers.images_in_use())
         return pb.RemoveImageResponse()
 
     async def ImageFsInfo(

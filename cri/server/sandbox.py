@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from google.protobuf.json_format import MessageToDict
 
 from api.runtime.v1 import api_pb2 as pb
+from cri.containers import ContainerManager
 from cri.errors import InvalidArgument, clip
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
 from cri.server.common import Context, batches
@@ -199,6 +200,7 @@ def status_to_proto(sandbox: Sandbox) -> pb.PodSandboxStatus:
 
 class SandboxRPCs:
     sandboxes: SandboxManager
+    containers: ContainerManager
 
     async def RunPodSandbox(
         self, request: pb.RunPodSandboxRequest, context: Context
@@ -209,13 +211,13 @@ class SandboxRPCs:
     async def StopPodSandbox(
         self, request: pb.StopPodSandboxRequest, context: Context
     ) -> pb.StopPodSandboxResponse:
-        await self.sandboxes.stop(request.pod_sandbox_id)
+        await self.sandboxes.stop(request.pod_sandbox_id, self.containers)
         return pb.StopPodSandboxResponse()
 
     async def RemovePodSandbox(
         self, request: pb.RemovePodSandboxRequest, context: Context
     ) -> pb.RemovePodSandboxResponse:
-        await self.sandboxes.remove(request.pod_sandbox_id)
+        await self.sandboxes.remove(request.pod_sandbox_id, self.containers)
         return pb.RemovePodSandboxResponse()
 
     async def PodSandboxStatus(

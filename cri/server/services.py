@@ -47,9 +47,12 @@ class RuntimeService(
 
 
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
-    def __init__(self, state: DaemonState, stats: StatsManager) -> None:
+    def __init__(
+        self, state: DaemonState, containers: ContainerManager, stats: StatsManager
+    ) -> None:
         self.state = state
         self.images = state.images
+        self.containers = containers
         self.writable_layers = stats.layers
 
 
@@ -64,4 +67,4 @@ def register(
     runtime = RuntimeService(state, sandboxes, containers, streaming, stats)
     install_describer(state.events, sandboxes, containers)
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
-    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state, stats), server)
+    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(state, containers, stats), server)

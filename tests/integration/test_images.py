@@ -1122,12 +1122,12 @@ def test_an_insecure_registry_in_plain_http_is_used_without_waiting_for_its_tls_
         daemon = make_daemon(insecure=(imitation.host,))
         error = _pull_error(daemon, f"{imitation.host}/plain/only:v1", timeout=5)
         assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
-        # The TLS attempt was made, and called off rather than left to its timeout.
-        assert imitation.tls_hellos_held == 1
+        # The TLS attempt (its hello held, unless it was called off before it was
+        # sent) is called off rather than left to its timeout.
         deadline = time.monotonic() + 3
-        while imitation.tls_hellos_let_go < 1 and time.monotonic() < deadline:
+        while imitation.tls_hellos_let_go < imitation.tls_hellos_held:
+            assert time.monotonic() < deadline, "the TLS attempt was left open"
             time.sleep(0.05)
-        assert imitation.tls_hellos_let_go == 1
 
 
 def test_a_registry_that_never_answers_is_let_go_when_the_caller_gives_up(
