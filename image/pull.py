@@ -44,7 +44,7 @@ from image.registry_client import (
     Repository,
 )
 from image.store import ImageRecord, ImageStore, LayerRecord
-from image.unpack import MalformedLayerError, UnsafeLayerError, unpack_layer
+from image.unpack import MalformedLayerError, UnpackStats, UnsafeLayerError, unpack_layer
 
 log = logging.getLogger("skiff.image.pull")
 
@@ -531,46 +531,49 @@ class ImagePuller:
                     what,
                     network=True,
                 )
-                buffered = io.BufferedReader(compressed, 1 << 20)
-                plain = HashingReader(decompressing(buffered), None, cancel, None, what)
-                try:
-                    stats = unpack_layer(cast(BinaryIO, plain), work / "diff")
-                    plain.drain()
-                    _drain(buffered)
-                except OSError as exc:
-                    if exc.errno in DISK_FULL:
-                        raise StoreFull(f"{what}: no space left in {self.store.root}") from None
-                    if exc.errno is not None and not isinstance(exc, EOFError):
-                        raise StoreWriteError(
-                            f"{what}: writing the layer failed: {exc.strerror}"
-                        ) from None
-                    raise self._explain(what, compressed, buffered, size, digest, exc) from None
-                except MalformedLayerError as exc:
-                    # Bytes that inflate into no tar are, more often than not, a blob
-                    # that changed on the way: its digest decides (DATA_LOSS).
-                    explained = self._explain(what, compressed, buffered, size, digest, exc)
-                    if compressed.digest == digest and compressed.count >= size:
-                        raise UnsafeLayerError(f"{what}: {exc}") from None
-                    raise explained from None
-                except _UNREADABLE_LAYER as exc:
-                    raise self._explain(what, compressed, buffered, size, digest, exc) from None
+                plain, stats = self._unpack(what, compressed, size, digest, cancel, work / "diff")
             finally:
                 response.release_conn()
-            if compressed.count != size:
-                raise RegistryUnavailable(
-                    f"{what}: got {compressed.count} bytes, the manifest says {size}"
-                )
-            if compressed.digest != digest:
-                raise IntegrityError(f"{what}: content does not match its digest")
-            if plain.digest != diff_id:
-                raise IntegrityError(
-                    f"{what}: uncompressed content does not match diff id {diff_id}"
-                )
+            _check_layer(what, compressed, plain, size, digest, diff_id)
             record = LayerRecord(chain_id, diff_id, stats.bytes, stats.inodes)
             self.store.commit_layer(work, record)
             return record
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _unpack(
+        self,
+        what: str,
+        compressed: HashingReader,
+        size: int,
+        digest: str,
+        cancel: PullWatch,
+        into: Path,
+    ) -> tuple[HashingReader, UnpackStats]:
+        """Unpack a layer as it downloads; what goes wrong is named as a download, a
+        digest, a disk or a layer that is broken."""
+        buffered = io.BufferedReader(compressed, 1 << 20)
+        plain = HashingReader(decompressing(buffered), None, cancel, None, what)
+        try:
+            stats = unpack_layer(cast(BinaryIO, plain), into)
+            plain.drain()
+            _drain(buffered)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise StoreFull(f"{what}: no space left in {self.store.root}") from None
+            if exc.errno is not None and not isinstance(exc, EOFError):
+                raise StoreWriteError(f"{what}: writing the layer failed: {exc.strerror}") from None
+            raise self._explain(what, compressed, buffered, size, digest, exc) from None
+        except MalformedLayerError as exc:
+            # Bytes that inflate into no tar are, more often than not, a blob
+            # that changed on the way: its digest decides (DATA_LOSS).
+            explained = self._explain(what, compressed, buffered, size, digest, exc)
+            if compressed.digest == digest and compressed.count >= size:
+                raise UnsafeLayerError(f"{what}: {exc}") from None
+            raise explained from None
+        except _UNREADABLE_LAYER as exc:
+            raise self._explain(what, compressed, buffered, size, digest, exc) from None
+        return plain, stats
 
     @staticmethod
     def _explain(
@@ -691,6 +694,24 @@ def _drain(reader: io.BufferedReader[Any]) -> None:
     """Read to the end, so the hashes cover every byte the registry sent."""
     while reader.read(1 << 20):
         pass
+
+
+def _check_layer(
+    what: str,
+    compressed: HashingReader,
+    plain: HashingReader,
+    size: int,
+    digest: str,
+    diff_id: str,
+) -> None:
+    """The layer came with the size and digest the manifest gives, and unpacked to the
+    diff id the config gives."""
+    if compressed.count != size:
+        raise RegistryUnavailable(f"{what}: got {compressed.count} bytes, the manifest says {size}")
+    if compressed.digest != digest:
+        raise IntegrityError(f"{what}: content does not match its digest")
+    if plain.digest != diff_id:
+        raise IntegrityError(f"{what}: uncompressed content does not match diff id {diff_id}")
 
 
 def _media_type(data: bytes, header_type: str, what: str) -> str:
