@@ -21,7 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cri.stats import ContainerSample, FilesystemCapacity, PodSample
-from runtime.cgroup_stats import device_name
+from runtime.cgroup_stats import (
+    CgroupUsage,
+    CpuUsage,
+    DeviceIo,
+    HugetlbUsage,
+    MemoryUsage,
+    ProcessCounts,
+    device_name,
+)
 from runtime.cgroups import CgroupResources
 
 BASE_LABELS = ("container", "id", "image", "name", "namespace", "pod")
@@ -239,107 +247,133 @@ def container_metrics(
     out.add("container_last_seen", now_ns // NS_PER_S)
     out.add("container_start_time_seconds", c.started_ns // NS_PER_S if c.started_ns else None)
     usage = sample.cgroup
-    cpu = usage.cpu if usage is not None else None
-    if cpu is not None:
-        out.add(
-            "container_cpu_usage_seconds_total", cpu.usage_ns // NS_PER_S, "total", counter=True
-        )
-        out.add("container_cpu_user_seconds_total", cpu.user_ns // NS_PER_S, counter=True)
-        out.add("container_cpu_system_seconds_total", cpu.system_ns // NS_PER_S, counter=True)
-        out.add("container_cpu_cfs_periods_total", cpu.periods, counter=True)
-        out.add("container_cpu_cfs_throttled_periods_total", cpu.throttled_periods, counter=True)
-        out.add(
-            "container_cpu_cfs_throttled_seconds_total",
-            cpu.throttled_ns // NS_PER_S,
-            counter=True,
-        )
-    memory = usage.memory if usage is not None else None
-    if memory is not None:
-        out.add("container_memory_usage_bytes", memory.usage_bytes)
-        out.add("container_memory_working_set_bytes", memory.working_set_bytes)
-        out.add("container_memory_rss", memory.rss_bytes)
-        out.add("container_memory_cache", memory.cache_bytes)
-        out.add("container_memory_mapped_file", memory.mapped_file_bytes)
-        out.add("container_memory_kernel_usage", memory.kernel_bytes)
-        out.add("container_memory_swap", memory.swap_bytes)
-        out.add("container_memory_max_usage_bytes", memory.max_usage_bytes)
-        out.add("container_memory_failcnt", memory.failcnt, counter=True)
-        # A container's cgroup has no children: its own and its hierarchy's count agree.
-        for scope in ("container", "hierarchy"):
-            out.add(
-                "container_memory_failures_total",
-                memory.page_faults,
-                "pgfault",
-                scope,
-                counter=True,
-            )
-            out.add(
-                "container_memory_failures_total",
-                memory.major_page_faults,
-                "pgmajfault",
-                scope,
-                counter=True,
-            )
-        out.add("container_oom_events_total", memory.oom_kills, counter=True)
-        # Read from the cgroup, as cAdvisor does (the CRI has no such resource): 0 when
-        # unlimited, as cAdvisor sends it.
-        out.add("container_spec_memory_reservation_limit_bytes", memory.reservation_bytes or 0)
     if usage is not None:
-        for resource, pressure in (
-            ("cpu", cpu.pressure if cpu is not None else None),
-            ("memory", memory.pressure if memory is not None else None),
-            ("io", usage.io_pressure),
-        ):
-            if pressure is None:
-                continue
-            for kind, stall in (("waiting", pressure.some), ("stalled", pressure.full)):
-                if stall is not None:
-                    out.add(
-                        f"container_pressure_{resource}_{kind}_seconds_total",
-                        stall.total_ns // NS_PER_S,
-                        counter=True,
-                    )
-    for pages in usage.hugetlb if usage is not None else ():
-        out.add("container_hugetlb_failcnt", pages.failcnt, pages.pagesize, counter=True)
-        out.add("container_hugetlb_usage_bytes", pages.usage_bytes, pages.pagesize)
-        # cgroup v2 keeps no peak: left out there (cAdvisor would send 0).
-        out.add("container_hugetlb_max_usage_bytes", pages.max_usage_bytes, pages.pagesize)
-    if usage is not None and usage.pids is not None:
-        out.add("container_threads_max", usage.pids_limit or 0)
+        _add_cgroup_usage(out, usage)
     if sample.processes is not None:
-        out.add("container_processes", sample.processes.processes)
-        out.add("container_threads", sample.processes.threads)
-        out.add("container_file_descriptors", sample.processes.file_descriptors)
-        out.add("container_sockets", sample.processes.sockets)
-        for ulimit in sample.processes.ulimits:
-            # The CRI carries no negative values: an unlimited soft limit (cAdvisor's
-            # -1; never the case for open files, which the kernel always bounds) is
-            # left out.
-            out.add("container_ulimits_soft", ulimit.soft, ulimit.name)
+        _add_processes(out, sample.processes)
     for io in usage.io if usage is not None else ():
-        device = device_name(io.major, io.minor)
-        out.add("container_fs_reads_bytes_total", io.read_bytes, device, counter=True)
-        out.add("container_fs_reads_total", io.reads, device, counter=True)
-        out.add("container_fs_writes_bytes_total", io.write_bytes, device, counter=True)
-        out.add("container_fs_writes_total", io.writes, device, counter=True)
-        major, minor = str(io.major), str(io.minor)
-        for operation, value in (("Read", io.read_bytes), ("Write", io.write_bytes)):
-            out.add(
-                "container_blkio_device_usage_total",
-                value,
-                device,
-                major,
-                minor,
-                operation,
-                counter=True,
-            )
+        _add_device_io(out, io)
     if sample.writable_layer is not None:
         out.add("container_fs_usage_bytes", sample.writable_layer.used_bytes)
     if fs is not None:
-        out.add("container_fs_limit_bytes", fs.capacity_bytes)
-        out.add("container_fs_inodes_total", fs.inodes)
-        out.add("container_fs_inodes_free", fs.inodes_free)
-    resources = c.resources or CgroupResources()
+        _add_filesystem_capacity(out, fs)
+    _add_spec(out, c.resources or CgroupResources())
+    return out.values
+
+
+def _add_cgroup_usage(out: _Collector, usage: CgroupUsage) -> None:
+    if usage.cpu is not None:
+        _add_cpu(out, usage.cpu)
+    if usage.memory is not None:
+        _add_memory(out, usage.memory)
+    _add_pressure(out, usage)
+    for pages in usage.hugetlb:
+        _add_hugetlb(out, pages)
+    if usage.pids is not None:
+        out.add("container_threads_max", usage.pids_limit or 0)
+
+
+def _add_cpu(out: _Collector, cpu: CpuUsage) -> None:
+    out.add("container_cpu_usage_seconds_total", cpu.usage_ns // NS_PER_S, "total", counter=True)
+    out.add("container_cpu_user_seconds_total", cpu.user_ns // NS_PER_S, counter=True)
+    out.add("container_cpu_system_seconds_total", cpu.system_ns // NS_PER_S, counter=True)
+    out.add("container_cpu_cfs_periods_total", cpu.periods, counter=True)
+    out.add("container_cpu_cfs_throttled_periods_total", cpu.throttled_periods, counter=True)
+    out.add("container_cpu_cfs_throttled_seconds_total", cpu.throttled_ns // NS_PER_S, counter=True)
+
+
+def _add_memory(out: _Collector, memory: MemoryUsage) -> None:
+    out.add("container_memory_usage_bytes", memory.usage_bytes)
+    out.add("container_memory_working_set_bytes", memory.working_set_bytes)
+    out.add("container_memory_rss", memory.rss_bytes)
+    out.add("container_memory_cache", memory.cache_bytes)
+    out.add("container_memory_mapped_file", memory.mapped_file_bytes)
+    out.add("container_memory_kernel_usage", memory.kernel_bytes)
+    out.add("container_memory_swap", memory.swap_bytes)
+    out.add("container_memory_max_usage_bytes", memory.max_usage_bytes)
+    out.add("container_memory_failcnt", memory.failcnt, counter=True)
+    # A container's cgroup has no children: its own and its hierarchy's count agree.
+    for scope in ("container", "hierarchy"):
+        out.add(
+            "container_memory_failures_total", memory.page_faults, "pgfault", scope, counter=True
+        )
+        out.add(
+            "container_memory_failures_total",
+            memory.major_page_faults,
+            "pgmajfault",
+            scope,
+            counter=True,
+        )
+    out.add("container_oom_events_total", memory.oom_kills, counter=True)
+    # Read from the cgroup, as cAdvisor does (the CRI has no such resource): 0 when
+    # unlimited, as cAdvisor sends it.
+    out.add("container_spec_memory_reservation_limit_bytes", memory.reservation_bytes or 0)
+
+
+def _add_pressure(out: _Collector, usage: CgroupUsage) -> None:
+    cpu, memory = usage.cpu, usage.memory
+    for resource, pressure in (
+        ("cpu", cpu.pressure if cpu is not None else None),
+        ("memory", memory.pressure if memory is not None else None),
+        ("io", usage.io_pressure),
+    ):
+        if pressure is None:
+            continue
+        for kind, stall in (("waiting", pressure.some), ("stalled", pressure.full)):
+            if stall is not None:
+                out.add(
+                    f"container_pressure_{resource}_{kind}_seconds_total",
+                    stall.total_ns // NS_PER_S,
+                    counter=True,
+                )
+
+
+def _add_hugetlb(out: _Collector, pages: HugetlbUsage) -> None:
+    out.add("container_hugetlb_failcnt", pages.failcnt, pages.pagesize, counter=True)
+    out.add("container_hugetlb_usage_bytes", pages.usage_bytes, pages.pagesize)
+    # cgroup v2 keeps no peak: left out there (cAdvisor would send 0).
+    out.add("container_hugetlb_max_usage_bytes", pages.max_usage_bytes, pages.pagesize)
+
+
+def _add_processes(out: _Collector, processes: ProcessCounts) -> None:
+    out.add("container_processes", processes.processes)
+    out.add("container_threads", processes.threads)
+    out.add("container_file_descriptors", processes.file_descriptors)
+    out.add("container_sockets", processes.sockets)
+    for ulimit in processes.ulimits:
+        # The CRI carries no negative values: an unlimited soft limit (cAdvisor's
+        # -1; never the case for open files, which the kernel always bounds) is
+        # left out.
+        out.add("container_ulimits_soft", ulimit.soft, ulimit.name)
+
+
+def _add_device_io(out: _Collector, io: DeviceIo) -> None:
+    device = device_name(io.major, io.minor)
+    out.add("container_fs_reads_bytes_total", io.read_bytes, device, counter=True)
+    out.add("container_fs_reads_total", io.reads, device, counter=True)
+    out.add("container_fs_writes_bytes_total", io.write_bytes, device, counter=True)
+    out.add("container_fs_writes_total", io.writes, device, counter=True)
+    major, minor = str(io.major), str(io.minor)
+    for operation, value in (("Read", io.read_bytes), ("Write", io.write_bytes)):
+        out.add(
+            "container_blkio_device_usage_total",
+            value,
+            device,
+            major,
+            minor,
+            operation,
+            counter=True,
+        )
+
+
+def _add_filesystem_capacity(out: _Collector, fs: FilesystemCapacity) -> None:
+    out.add("container_fs_limit_bytes", fs.capacity_bytes)
+    out.add("container_fs_inodes_total", fs.inodes)
+    out.add("container_fs_inodes_free", fs.inodes_free)
+
+
+def _add_spec(out: _Collector, resources: CgroupResources) -> None:
+    """The limits the container was created with."""
     out.add("container_spec_cpu_period", resources.cpu_period or DEFAULT_CPU_PERIOD_US)
     quota = resources.cpu_quota
     out.add("container_spec_cpu_quota", quota if quota and quota > 0 else None)
@@ -348,4 +382,3 @@ def container_metrics(
     out.add("container_spec_memory_limit_bytes", limit if limit and limit > 0 else 0)
     swap = resources.memory_swap
     out.add("container_spec_memory_swap_limit_bytes", swap if swap and swap > 0 else 0)
-    return out.values

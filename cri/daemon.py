@@ -74,6 +74,16 @@ def _flat(config: Config) -> dict[str, object]:
     return out
 
 
+def _grpc_server(metrics: Metrics) -> grpc.aio.Server:
+    return grpc.aio.server(
+        interceptors=[CallInterceptor(metrics)],
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+
+
 class Daemon:
     def __init__(self, sources: ConfigSources, config: Config) -> None:
         self.sources = sources
@@ -191,18 +201,9 @@ class Daemon:
 
     async def _serve_with(self, started: contextlib.AsyncExitStack) -> None:
         cfg = self.config
-        store = StateStore(Path(cfg.root) / STATE_DB)
-        try:
-            await store.open()
-        except Exception as exc:
-            raise StartupError(str(exc)) from None
-        started.push_async_callback(store.close)
+        store = await self._open_store(started)
         metrics = Metrics()
-        try:
-            images = ImageManager(cfg, metrics)
-            await images.open()
-        except Exception as exc:
-            raise StartupError(f"image store: {exc}") from None
+        images = await self._open_images(metrics)
         state = DaemonState(cfg, store, images, metrics)
         sandboxes = SandboxManager(state)
         containers = ContainerManager(state, sandboxes)
@@ -218,13 +219,40 @@ class Daemon:
         metrics.watch_loop(asyncio.get_running_loop())
         stats = StatsManager(sandboxes, containers, Path(cfg.root), image_dir=images.store.layers)
         stats.watch_events(state.events)
-        server = grpc.aio.server(
-            interceptors=[CallInterceptor(metrics)],
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        server = _grpc_server(metrics)
+        streaming = await self._start_streaming(started)
+        await self._start_metrics_server(metrics, started)
+        stats.start()
+        started.callback(stats.stop)
+        register(server, state, sandboxes, containers, streaming, stats)
+        self._handle_signals(state, started)
+        started.callback(self._remove_socket)
+        await self._bind(server)
+        self._log_ready()
+        _notify_systemd("READY=1")
+        await self._stop.wait()
+        _notify_systemd("STOPPING=1")
+        await self._drain(server)
+
+    async def _open_store(self, started: contextlib.AsyncExitStack) -> StateStore:
+        store = StateStore(Path(self.config.root) / STATE_DB)
+        try:
+            await store.open()
+        except Exception as exc:
+            raise StartupError(str(exc)) from None
+        started.push_async_callback(store.close)
+        return store
+
+    async def _open_images(self, metrics: Metrics) -> ImageManager:
+        try:
+            images = ImageManager(self.config, metrics)
+            await images.open()
+        except Exception as exc:
+            raise StartupError(f"image store: {exc}") from None
+        return images
+
+    async def _start_streaming(self, started: contextlib.AsyncExitStack) -> StreamingServer:
+        cfg = self.config
         streaming = StreamingServer(cfg.streaming)
         try:
             await streaming.start()
@@ -236,6 +264,12 @@ class Daemon:
                 f"{cfg.streaming.port}: {exc.strerror}"
             ) from None
         started.push_async_callback(streaming.stop)
+        return streaming
+
+    async def _start_metrics_server(
+        self, metrics: Metrics, started: contextlib.AsyncExitStack
+    ) -> None:
+        cfg = self.config
         metrics_server = MetricsServer(cfg.metrics, metrics.registry)
         try:
             await metrics_server.start()
@@ -245,17 +279,17 @@ class Daemon:
                 f"{exc.strerror}; set metrics.port (or metrics.enabled: false)"
             ) from None
         started.push_async_callback(metrics_server.stop)
-        stats.start()
-        started.callback(stats.stop)
-        register(server, state, sandboxes, containers, streaming, stats)
+
+    def _handle_signals(self, state: DaemonState, started: contextlib.AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._reload, state)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             started.callback(loop.remove_signal_handler, sig)
-        started.callback(self._remove_socket)
-        await self._bind(server)
+
+    def _log_ready(self) -> None:
+        cfg = self.config
         log.info(
             "skiffd ready",
             extra={
@@ -266,10 +300,6 @@ class Daemon:
                 "pid": os.getpid(),
             },
         )
-        _notify_systemd("READY=1")
-        await self._stop.wait()
-        _notify_systemd("STOPPING=1")
-        await self._drain(server)
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         """Stop taking calls; give the ones in flight shutdown_grace seconds."""

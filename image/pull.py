@@ -44,7 +44,7 @@ from image.registry_client import (
     Repository,
 )
 from image.store import ImageRecord, ImageStore, LayerRecord
-from image.unpack import MalformedLayerError, UnsafeLayerError, unpack_layer
+from image.unpack import MalformedLayerError, UnpackStats, UnsafeLayerError, unpack_layer
 
 log = logging.getLogger("skiff.image.pull")
 
@@ -166,6 +166,22 @@ class _Progress:
     def snapshot(self) -> dict[str, str]:
         with self._lock:
             return {d[7:19]: f"{done}/{size}" for d, (done, size) in self.layers.items()}
+
+
+@dataclass(frozen=True)
+class _Documents:
+    """What a pull reads before its layers: the image manifest (with the index that
+    led to it, if any), the image config, and the layers and diff ids they list."""
+
+    top_digest: str
+    manifest_digest: str
+    config_digest: str
+    config: dict[str, Any]
+    config_bytes: bytes
+    layers: list[Any]
+    diff_ids: list[str]
+    chains: list[str]
+    blobs: dict[str, bytes]
 
 
 #: Threads for manifests, configs and the store's housekeeping, beside one per layer
@@ -308,6 +324,51 @@ class ImagePuller:
     ) -> ImageRecord:
         creds = self._credentials_for(endpoint, credentials)
         repo = await self._thread(lambda: self.client.repository(endpoint, creds))
+        documents = await self._read_documents(ref, repo, cancel)
+        held = documents.chains + list(documents.blobs)
+        self.store.hold(held)
+        finished = False
+        try:
+            record = await self._finish(ref, documents, repo, cancel, progress)
+            finished = True
+            return record
+        finally:
+            self.store.release(held)
+            if not finished:
+                # A failed or abandoned pull takes back what it alone had added.
+                self._in_thread(self.store.collect_garbage)
+
+    async def _read_documents(
+        self, ref: Reference, repo: Repository, cancel: PullWatch
+    ) -> _Documents:
+        top, top_digest, media_type = await self._top_manifest(ref, repo, cancel)
+        blobs = {top_digest: top}
+        manifest, manifest_digest = top, top_digest
+        if media_type in INDEXES:
+            manifest, manifest_digest = await self._node_manifest(ref, repo, top, cancel)
+            blobs[manifest_digest] = manifest
+        config_digest, layers = manifest_content(manifest, str(ref))
+        config_bytes = await self._thread(
+            lambda: _fetch_small_blob(repo, config_digest, MAX_CONFIG_BYTES, cancel)
+        )
+        blobs[config_digest] = config_bytes
+        config, diff_ids = config_content(config_bytes, str(ref), len(layers))
+        return _Documents(
+            top_digest=top_digest,
+            manifest_digest=manifest_digest,
+            config_digest=config_digest,
+            config=config,
+            config_bytes=config_bytes,
+            layers=layers,
+            diff_ids=diff_ids,
+            chains=chain_ids(diff_ids),
+            blobs=blobs,
+        )
+
+    async def _top_manifest(
+        self, ref: Reference, repo: Repository, cancel: PullWatch
+    ) -> tuple[bytes, str, str]:
+        """The manifest or index the reference names, its digest and its media type."""
         wanted = ref.digest or ref.tag
         top, top_type = await self._thread(
             lambda: repo.manifest(wanted, ACCEPT, MAX_MANIFEST_BYTES, cancel)
@@ -317,69 +378,29 @@ class ImagePuller:
             raise IntegrityError(
                 f"manifest of {ref} from {repo.where} has digest {top_digest}, not {ref.digest}"
             )
-        media_type = _media_type(top, top_type, str(ref))
-        blobs = {top_digest: top}
-        manifest, manifest_digest = top, top_digest
-        if media_type in INDEXES:
-            manifest_digest = platform_manifest(top, str(ref), self.node)
-            manifest, manifest_type = await self._thread(
-                lambda: repo.manifest(manifest_digest, ACCEPT, MAX_MANIFEST_BYTES, cancel)
-            )
-            if _digest_of(manifest) != manifest_digest:
-                raise IntegrityError(
-                    f"manifest {manifest_digest} of {ref} from {repo.where} does not match "
-                    "its digest"
-                )
-            media_type = _media_type(manifest, manifest_type, str(ref))
-            if media_type not in MANIFESTS:
-                raise ManifestError(f"{ref}: the index points at {media_type}, not an image")
-            blobs[manifest_digest] = manifest
-        config_digest, layers = manifest_content(manifest, str(ref))
-        config_bytes = await self._thread(
-            lambda: _fetch_small_blob(repo, config_digest, MAX_CONFIG_BYTES, cancel)
+        return top, top_digest, _media_type(top, top_type, str(ref))
+
+    async def _node_manifest(
+        self, ref: Reference, repo: Repository, index: bytes, cancel: PullWatch
+    ) -> tuple[bytes, str]:
+        """The image manifest an index lists for this node, and its digest."""
+        manifest_digest = platform_manifest(index, str(ref), self.node)
+        manifest, manifest_type = await self._thread(
+            lambda: repo.manifest(manifest_digest, ACCEPT, MAX_MANIFEST_BYTES, cancel)
         )
-        blobs[config_digest] = config_bytes
-        config, diff_ids = config_content(config_bytes, str(ref), len(layers))
-        chains = chain_ids(diff_ids)
-        held = chains + list(blobs)
-        self.store.hold(held)
-        finished = False
-        try:
-            record = await self._finish(
-                ref,
-                top_digest,
-                manifest_digest,
-                config_digest,
-                config,
-                config_bytes,
-                layers,
-                diff_ids,
-                chains,
-                blobs,
-                repo,
-                cancel,
-                progress,
+        if _digest_of(manifest) != manifest_digest:
+            raise IntegrityError(
+                f"manifest {manifest_digest} of {ref} from {repo.where} does not match its digest"
             )
-            finished = True
-            return record
-        finally:
-            self.store.release(held)
-            if not finished:
-                # A failed or abandoned pull takes back what it alone had added.
-                self._in_thread(self.store.collect_garbage)
+        media_type = _media_type(manifest, manifest_type, str(ref))
+        if media_type not in MANIFESTS:
+            raise ManifestError(f"{ref}: the index points at {media_type}, not an image")
+        return manifest, manifest_digest
 
     async def _finish(
         self,
         ref: Reference,
-        top_digest: str,
-        manifest_digest: str,
-        config_digest: str,
-        config: dict[str, Any],
-        config_bytes: bytes,
-        layers: list[Any],
-        diff_ids: list[str],
-        chains: list[str],
-        blobs: dict[str, bytes],
+        documents: _Documents,
         repo: Repository,
         cancel: PullWatch,
         progress: _Progress,
@@ -387,23 +408,25 @@ class ImagePuller:
         results = await asyncio.gather(
             *(
                 self._layer(repo, dict(desc), diff_id, chain, cancel, progress)
-                for desc, diff_id, chain in zip(layers, diff_ids, chains, strict=True)
+                for desc, diff_id, chain in zip(
+                    documents.layers, documents.diff_ids, documents.chains, strict=True
+                )
             )
         )
-        for digest, data in blobs.items():
+        for digest, data in documents.blobs.items():
             await self._stored(
                 ref,
                 lambda d=digest, b=data: self.store.put_blob(d, b),  # type: ignore[misc]
             )
         record = ImageRecord(
-            id=config_digest,
+            id=documents.config_digest,
             repo_tags=[ref.tagged] if ref.tag else [],
-            repo_digests=[f"{ref.name}@{top_digest}"],
-            size=sum(layer.size for layer in results) or len(config_bytes),
-            chain_ids=chains,
-            manifest_digest=manifest_digest,
-            config_digest=config_digest,
-            config=config,
+            repo_digests=[f"{ref.name}@{documents.top_digest}"],
+            size=sum(layer.size for layer in results) or len(documents.config_bytes),
+            chain_ids=documents.chains,
+            manifest_digest=documents.manifest_digest,
+            config_digest=documents.config_digest,
+            config=documents.config,
             created_ns=time.time_ns(),
         )
         return await self._stored(ref, lambda: self.store.save_image(record))
@@ -508,46 +531,49 @@ class ImagePuller:
                     what,
                     network=True,
                 )
-                buffered = io.BufferedReader(compressed, 1 << 20)
-                plain = HashingReader(decompressing(buffered), None, cancel, None, what)
-                try:
-                    stats = unpack_layer(cast(BinaryIO, plain), work / "diff")
-                    plain.drain()
-                    _drain(buffered)
-                except OSError as exc:
-                    if exc.errno in DISK_FULL:
-                        raise StoreFull(f"{what}: no space left in {self.store.root}") from None
-                    if exc.errno is not None and not isinstance(exc, EOFError):
-                        raise StoreWriteError(
-                            f"{what}: writing the layer failed: {exc.strerror}"
-                        ) from None
-                    raise self._explain(what, compressed, buffered, size, digest, exc) from None
-                except MalformedLayerError as exc:
-                    # Bytes that inflate into no tar are, more often than not, a blob
-                    # that changed on the way: its digest decides (DATA_LOSS).
-                    explained = self._explain(what, compressed, buffered, size, digest, exc)
-                    if compressed.digest == digest and compressed.count >= size:
-                        raise UnsafeLayerError(f"{what}: {exc}") from None
-                    raise explained from None
-                except _UNREADABLE_LAYER as exc:
-                    raise self._explain(what, compressed, buffered, size, digest, exc) from None
+                plain, stats = self._unpack(what, compressed, size, digest, cancel, work / "diff")
             finally:
                 response.release_conn()
-            if compressed.count != size:
-                raise RegistryUnavailable(
-                    f"{what}: got {compressed.count} bytes, the manifest says {size}"
-                )
-            if compressed.digest != digest:
-                raise IntegrityError(f"{what}: content does not match its digest")
-            if plain.digest != diff_id:
-                raise IntegrityError(
-                    f"{what}: uncompressed content does not match diff id {diff_id}"
-                )
+            _check_layer(what, compressed, plain, size, digest, diff_id)
             record = LayerRecord(chain_id, diff_id, stats.bytes, stats.inodes)
             self.store.commit_layer(work, record)
             return record
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _unpack(
+        self,
+        what: str,
+        compressed: HashingReader,
+        size: int,
+        digest: str,
+        cancel: PullWatch,
+        into: Path,
+    ) -> tuple[HashingReader, UnpackStats]:
+        """Unpack a layer as it downloads; what goes wrong is named as a download, a
+        digest, a disk or a layer that is broken."""
+        buffered = io.BufferedReader(compressed, 1 << 20)
+        plain = HashingReader(decompressing(buffered), None, cancel, None, what)
+        try:
+            stats = unpack_layer(cast(BinaryIO, plain), into)
+            plain.drain()
+            _drain(buffered)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise StoreFull(f"{what}: no space left in {self.store.root}") from None
+            if exc.errno is not None and not isinstance(exc, EOFError):
+                raise StoreWriteError(f"{what}: writing the layer failed: {exc.strerror}") from None
+            raise self._explain(what, compressed, buffered, size, digest, exc) from None
+        except MalformedLayerError as exc:
+            # Bytes that inflate into no tar are, more often than not, a blob
+            # that changed on the way: its digest decides (DATA_LOSS).
+            explained = self._explain(what, compressed, buffered, size, digest, exc)
+            if compressed.digest == digest and compressed.count >= size:
+                raise UnsafeLayerError(f"{what}: {exc}") from None
+            raise explained from None
+        except _UNREADABLE_LAYER as exc:
+            raise self._explain(what, compressed, buffered, size, digest, exc) from None
+        return plain, stats
 
     @staticmethod
     def _explain(
@@ -668,6 +694,24 @@ def _drain(reader: io.BufferedReader[Any]) -> None:
     """Read to the end, so the hashes cover every byte the registry sent."""
     while reader.read(1 << 20):
         pass
+
+
+def _check_layer(
+    what: str,
+    compressed: HashingReader,
+    plain: HashingReader,
+    size: int,
+    digest: str,
+    diff_id: str,
+) -> None:
+    """The layer came with the size and digest the manifest gives, and unpacked to the
+    diff id the config gives."""
+    if compressed.count != size:
+        raise RegistryUnavailable(f"{what}: got {compressed.count} bytes, the manifest says {size}")
+    if compressed.digest != digest:
+        raise IntegrityError(f"{what}: content does not match its digest")
+    if plain.digest != diff_id:
+        raise IntegrityError(f"{what}: uncompressed content does not match diff id {diff_id}")
 
 
 def _media_type(data: bytes, header_type: str, what: str) -> str:

@@ -378,35 +378,25 @@ class RegistryClient:
             return cached
         if not realm.startswith(("https://", "http://")):
             raise RegistryError(f"registry asked for a token from an unusable realm {realm!r}")
-        parsed = urllib.parse.urlsplit(realm)
-        pool = self._pool(parsed.netloc, verify=True)
-        query = {"service": service, "scope": scope} if service else {"scope": scope}
-        headers = {"User-Agent": "skiff"}
+        server = urllib.parse.urlsplit(realm).netloc
+        status, answer = self._ask_token_server(realm, server, service, scope, credentials)
+        value, expires_in = _token_from_answer(server, scope, status, answer)
+        # Renew a little early so a token never expires in the middle of a request.
+        lifetime = max(expires_in - 10, expires_in / 2)
+        with self._lock:
+            self._tokens[key] = _Token(value, time.monotonic() + lifetime)
+        return value
+
+    def _ask_token_server(
+        self, realm: str, server: str, service: str, scope: str, credentials: Credentials
+    ) -> tuple[int, bytes]:
+        """The token server's HTTP status, and its answer when that is 200."""
+        pool = self._pool(server, verify=True)
         try:
-            if credentials.identity_token:
-                body = urllib.parse.urlencode(
-                    {
-                        "grant_type": "refresh_token",
-                        "refresh_token": credentials.identity_token,
-                        "service": service,
-                        "scope": scope,
-                        "client_id": "skiff",
-                    }
-                )
-                headers["Content-Type"] = "application/x-www-form-urlencoded"
-                response = pool.request(
-                    "POST", realm, body=body, headers=headers, redirect=True, preload_content=False
-                )
-            else:
-                if credentials.username or credentials.password:
-                    headers["Authorization"] = _basic(credentials)
-                url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-                response = pool.request(
-                    "GET", url, headers=headers, redirect=True, preload_content=False
-                )
+            response = _request_token(pool, realm, service, scope, credentials)
         except Urllib3Error as exc:
             raise RegistryUnavailable(
-                f"token server {parsed.netloc} cannot be reached: {type(exc).__name__}"
+                f"token server {server} cannot be reached: {type(exc).__name__}"
             ) from None
         try:
             status = response.status
@@ -414,35 +404,61 @@ class RegistryClient:
             answer = (
                 b""
                 if status != 200
-                else _read_limited(response, MAX_TOKEN_RESPONSE, f"the token from {parsed.netloc}")
+                else _read_limited(response, MAX_TOKEN_RESPONSE, f"the token from {server}")
             )
         finally:
             response.release_conn()
-        if status in (401, 403):
-            raise RegistryAuthError(
-                f"token server {parsed.netloc} refused the credentials for {scope} (HTTP {status})"
-            )
-        if status >= 500:
-            raise RegistryUnavailable(f"token server {parsed.netloc} answered HTTP {status}")
-        if status != 200:
-            raise RegistryError(f"token server {parsed.netloc} answered HTTP {status}")
-        try:
-            data = json.loads(answer)
-            value = str(data.get("token") or data.get("access_token") or "")
-            expires_in = float(data.get("expires_in") or 60)
-        except (ValueError, TypeError, AttributeError):
-            raise RegistryAuthError(f"token server {parsed.netloc} sent no usable token") from None
-        if not value:
-            raise RegistryAuthError(f"token server {parsed.netloc} sent no usable token")
-        if not header_safe(value):
-            raise RegistryAuthError(
-                f"token server {parsed.netloc} sent a token an HTTP header cannot carry"
-            )
-        # Renew a little early so a token never expires in the middle of a request.
-        lifetime = max(expires_in - 10, expires_in / 2)
-        with self._lock:
-            self._tokens[key] = _Token(value, time.monotonic() + lifetime)
-        return value
+        return status, answer
+
+
+def _request_token(
+    pool: urllib3.PoolManager, realm: str, service: str, scope: str, credentials: Credentials
+) -> urllib3.BaseHTTPResponse:
+    """An identity token is traded for a registry token (OAuth2 refresh grant); otherwise
+    the token is asked for with the username and password, if any."""
+    headers = {"User-Agent": "skiff"}
+    if credentials.identity_token:
+        body = urllib.parse.urlencode(
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": credentials.identity_token,
+                "service": service,
+                "scope": scope,
+                "client_id": "skiff",
+            }
+        )
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return pool.request(
+            "POST", realm, body=body, headers=headers, redirect=True, preload_content=False
+        )
+    if credentials.username or credentials.password:
+        headers["Authorization"] = _basic(credentials)
+    query = {"service": service, "scope": scope} if service else {"scope": scope}
+    url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+    return pool.request("GET", url, headers=headers, redirect=True, preload_content=False)
+
+
+def _token_from_answer(server: str, scope: str, status: int, answer: bytes) -> tuple[str, float]:
+    """The token and its lifetime in seconds, from the token server's answer."""
+    if status in (401, 403):
+        raise RegistryAuthError(
+            f"token server {server} refused the credentials for {scope} (HTTP {status})"
+        )
+    if status >= 500:
+        raise RegistryUnavailable(f"token server {server} answered HTTP {status}")
+    if status != 200:
+        raise RegistryError(f"token server {server} answered HTTP {status}")
+    try:
+        data = json.loads(answer)
+        value = str(data.get("token") or data.get("access_token") or "")
+        expires_in = float(data.get("expires_in") or 60)
+    except (ValueError, TypeError, AttributeError):
+        raise RegistryAuthError(f"token server {server} sent no usable token") from None
+    if not value:
+        raise RegistryAuthError(f"token server {server} sent no usable token")
+    if not header_safe(value):
+        raise RegistryAuthError(f"token server {server} sent a token an HTTP header cannot carry")
+    return value, expires_in
 
 
 def _basic(credentials: Credentials) -> str:
