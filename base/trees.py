@@ -42,6 +42,10 @@ def remove_tree(path: Path | str, *, missing_ok: bool = True) -> None:
 
 
 def _remove_with_rm(path: Path) -> None:
+    # subprocess.run, not base.processes: this is blocking code for worker threads, with
+    # no event loop, and run() already does for rm what processes does: SIGKILL past the
+    # deadline (rm starts no children, so no group to kill), wait for the reap, close the
+    # pipes. A thread cannot be cancelled, so there is no cancellation to outlive.
     try:
         done = subprocess.run(
             ["rm", "-rf", "--one-file-system", "--", str(path)],

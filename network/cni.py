@@ -26,16 +26,16 @@ import json
 import logging
 import os
 import re
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from base import failpoints
+from base import failpoints, processes
 from base.errors import DeadlineExceeded, Unknown
 from base.files import fsync_directory, remove_unfinished, write_atomic
+from base.processes import ProgramTimedOut
 from network.cni_config import CniNetwork, find_plugin
 
 log = logging.getLogger("skiff.cni")
@@ -46,8 +46,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROTOCOLS = ("tcp", "udp", "sctp")
 # How much of a plugin's stderr goes into an error message when it printed no JSON.
 STDERR_TAIL = 800
-# How long to wait for a killed plugin to be reaped.
-KILL_WAIT = 5.0
 
 # Told of every plugin run: (plugin type, command, seconds, succeeded). The daemon
 # turns these into metrics; this layer does not know about them.
@@ -680,15 +678,14 @@ class CniPlugins:
         }
         started = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                path,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            done = await processes.run(
+                [path],
+                timeout=self.timeout,
+                stdin=json.dumps(config).encode(),
                 env=self._env(command, request, attachment),
                 # Its own process group, so a timeout also ends what it started
                 # (bridge runs its IPAM plugin as a child).
-                start_new_session=True,
+                new_session=True,
             )
         except OSError as exc:
             raise CniError(
@@ -697,25 +694,18 @@ class CniPlugins:
                 network=network,
                 command=command,
             ) from None
-        try:
-            stdout, stderr = await asyncio.wait_for(
-                proc.communicate(json.dumps(config).encode()), self.timeout
-            )
-        except TimeoutError:
-            await _kill(proc)
+        except ProgramTimedOut as late:
+            pid = late.finished.pid
             fields["duration_ms"] = _ms(started)
-            log.warning("CNI plugin timed out, killed", extra={**fields, "pid": proc.pid})
+            log.warning("CNI plugin timed out, killed", extra={**fields, "pid": pid})
             raise CniTimeout(
-                f"{where} timed out on {command} after {self.timeout:g}s (killed pid {proc.pid})",
+                f"{where} timed out on {command} after {self.timeout:g}s (killed pid {pid})",
                 plugin=kind,
                 network=network,
                 command=command,
             ) from None
-        except asyncio.CancelledError:
-            await _kill(proc)
-            raise
         fields["duration_ms"] = _ms(started)
-        returncode = proc.returncode if proc.returncode is not None else -1
+        stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
         if stderr.strip():
             log.debug(
                 "CNI plugin stderr",
@@ -964,17 +954,3 @@ def _plugin_type(path: str, config: Mapping[str, Any]) -> str:
 
 def _ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """End a plugin (and its process group) by its pid, and reap it."""
-    if proc.returncode is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-    try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_WAIT)
-    except TimeoutError:
-        log.error("CNI plugin did not exit after SIGKILL", extra={"pid": proc.pid})

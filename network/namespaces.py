@@ -23,21 +23,18 @@ cancellation) the mounts and files this call made are removed before the error i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import errno
 import json
 import os
 import sys
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-from base import failpoints
+from base import failpoints, processes
 from base.errors import Internal, InvalidArgument
-
-T = TypeVar("T")
+from base.processes import ProgramTimedOut, finish_even_if_cancelled
 
 KINDS = ("net", "ipc", "uts")
 MNT_DETACH = 0x2
@@ -219,7 +216,7 @@ async def pin_namespaces(
         args += ["--sysctl", sysctl_name(parts), "/".join(parts), value]
     created: list[Path] = []
     try:
-        await _finish_even_if_cancelled(
+        await finish_even_if_cancelled(
             asyncio.to_thread(_create_targets, request.pin_dir, list(targets.values()), created)
         )
         await _run_helper(args, sid, timeout)
@@ -231,7 +228,7 @@ async def pin_namespaces(
             )
     except BaseException as exc:
         try:
-            await _finish_even_if_cancelled(asyncio.to_thread(_remove_pins, created))
+            await finish_even_if_cancelled(asyncio.to_thread(_remove_pins, created))
         except NamespaceError as cleanup:
             exc.add_note(f"cleanup after the failure was incomplete too: {cleanup}")
         raise
@@ -247,7 +244,7 @@ async def unpin_namespaces(pinned: PinnedNamespaces) -> None:
     """Unmount (lazily) and remove the pin files. Idempotent: missing files are fine."""
     paths = [Path(p) for p in pinned.paths()]
     if paths:
-        await _finish_even_if_cancelled(asyncio.to_thread(_remove_pins, paths))
+        await finish_even_if_cancelled(asyncio.to_thread(_remove_pins, paths))
         failpoints.step("namespaces-unpin")
 
 
@@ -269,38 +266,23 @@ async def _run_helper(args: list[str], sandbox_id: str, limit: float) -> None:
     # not put on sys.path, so nothing in network/ can shadow a stdlib module) and -S (no
     # site-packages): the helper needs only the stdlib. Running the file rather than
     # "-m network.pin" also skips runpy. Together ~5 ms of a ~17 ms helper run.
+    argv = [sys.executable, "-I", "-S", str(_HELPER), *args]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            "-S",
-            str(_HELPER),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        # Killed and reaped on a timeout or cancellation, so that the cleanup that follows
+        # cannot race with a mount it is still making.
+        done = await processes.run(argv, timeout=limit)
     except OSError as exc:
         raise NamespaceError(
             f"sandbox {sandbox_id}: cannot start the namespace helper: {exc}"
         ) from None
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), limit)
-    except BaseException as exc:
-        # Timed out or cancelled: kill it by its pid and wait until it is gone, so that
-        # the cleanup that follows cannot race with a mount it is still making.
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await _finish_even_if_cancelled(proc.wait())
-        if isinstance(exc, TimeoutError):
-            raise NamespaceError(
-                f"sandbox {sandbox_id}: the namespace helper did not finish in {limit:g}s "
-                "and was killed"
-            ) from None
-        raise
-    if proc.returncode == 0:
+    except ProgramTimedOut:
+        raise NamespaceError(
+            f"sandbox {sandbox_id}: the namespace helper did not finish in {limit:g}s "
+            "and was killed"
+        ) from None
+    if done.returncode == 0:
         return
-    text = err.decode(errors="replace").strip()
+    text = done.stderr.decode(errors="replace").strip()
     for line in reversed(text.splitlines()):
         try:
             report = json.loads(line)
@@ -311,34 +293,8 @@ async def _run_helper(args: list[str], sandbox_id: str, limit: float) -> None:
             if report.get("kind") == "sysctl":
                 raise InvalidSysctl(message)
             raise NamespaceError(message)
-    if proc.returncode is not None and proc.returncode < 0:
-        status = f"was killed by signal {-proc.returncode}"
-    else:
-        status = f"exited with status {proc.returncode}"
     last = text.splitlines()[-1] if text else "no output"
-    raise NamespaceError(f"sandbox {sandbox_id}: the namespace helper {status}: {last}")
-
-
-async def _finish_even_if_cancelled(aw: Awaitable[T]) -> T:
-    """Await ``aw`` to its end even if we are cancelled meanwhile, then re-raise.
-
-    A thread or a killed process cannot be stopped halfway, and a rollback that runs
-    before the step it undoes has finished would miss what that step makes.
-    """
-    task = asyncio.ensure_future(aw)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            # wait() neither cancels the task nor raises its error; only our own
-            # cancellation comes out of it.
-            await asyncio.wait({task})
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    if cancelled is not None:
-        if not task.cancelled() and task.exception() is not None:
-            cancelled.add_note(f"while finishing a step that then failed: {task.exception()}")
-        raise cancelled
-    return task.result()
+    raise NamespaceError(f"sandbox {sandbox_id}: the namespace helper {done.status()}: {last}")
 
 
 # --- blocking parts, run in a thread ------------------------------------------------------

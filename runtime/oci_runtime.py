@@ -45,9 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from base import failpoints
+from base import failpoints, processes
 from base.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
 from base.files import write_atomic
+from base.processes import ProgramTimedOut
 from runtime import conmon
 from runtime.cgroups import CgroupError, Cgroupfs
 
@@ -107,25 +108,6 @@ class ContainerExists(AlreadyExists, OciRuntimeError):
 def _text(data: bytes) -> str:
     text = data.decode(errors="replace").strip()
     return text if len(text) <= _ERR_TAIL else "..." + text[-_ERR_TAIL:]
-
-
-class _CappedReader:
-    """Reads a stream to EOF, keeping the first ``limit`` bytes and discarding the rest
-    (so the writer never blocks on a full pipe). What was kept survives cancellation."""
-
-    def __init__(self, stream: asyncio.StreamReader, limit: int) -> None:
-        self.stream = stream
-        self.limit = limit
-        self.data = bytearray()
-
-    async def run(self) -> None:
-        while True:
-            chunk = await self.stream.read(65536)
-            if not chunk:
-                return
-            room = self.limit - len(self.data)
-            if room > 0:
-                self.data += chunk[:room]
 
 
 class OciRuntime:
@@ -208,33 +190,20 @@ class OciRuntime:
         limit = self.timeout if timeout is None else timeout
         started = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            done = await processes.run(argv, timeout=limit, stdin=stdin, new_session=True)
         except OSError as exc:
             self._observe(args[0], started, ok=False)
             raise OciRuntimeError(
                 f"{what}: cannot run {self.handler.runtime_path}: {exc.strerror}"
             ) from exc
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
-        except TimeoutError:
-            await _kill_and_reap(proc)
+        except ProgramTimedOut:
             self._observe(args[0], started, ok=False)
             raise OciRuntimeError(
                 f"{what}: `{self.handler.name} {args[0]}` did not finish in {limit:g}s"
             ) from None
-        except BaseException:
-            await asyncio.shield(_kill_and_reap(proc))
-            raise
-        assert proc.returncode is not None
         if not judged_by_caller:
-            self._observe(args[0], started, ok=proc.returncode == 0)
-        return proc.returncode, out, err
+            self._observe(args[0], started, ok=done.returncode == 0)
+        return done.returncode, done.stdout, done.stderr
 
     def _failure(self, what: str, verb: str, rc: int, err: bytes, out: bytes = b"") -> str:
         said = _text(err) or _text(out) or "no output"
@@ -340,15 +309,13 @@ class OciRuntime:
         }
         try:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
+                child = await processes.start(
+                    argv,
                     cwd=options.state,
                     env=env,
                     pass_fds=(sync_w, start_r),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
+                    merge_stderr=True,
+                    new_session=True,
                 )
             except OSError as exc:
                 raise OciRuntimeError(
@@ -357,30 +324,27 @@ class OciRuntime:
             finally:
                 os.close(sync_w)
                 os.close(start_r)
-            try:
+            async with child:
                 # conmon waits on the start pipe before it forks: place it first.
                 if conmon_cgroup:
-                    await asyncio.to_thread(_join_cgroup, conmon_cgroup, proc.pid, what)
+                    await asyncio.to_thread(_join_cgroup, conmon_cgroup, child.pid, what)
                 with contextlib.suppress(BrokenPipeError):
                     # EPIPE: conmon already quit (a bad option, an unopenable log); its
                     # exit status and words follow.
                     os.write(start_w, b"\0")
                 os.close(start_w)
                 start_w = -1
-                # The first process writes conmon.pid and exits once it has forked.
-                out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-            except TimeoutError:
-                await _kill_and_reap(proc)
+                try:
+                    # The first process writes conmon.pid and exits once it has forked.
+                    done = await child.wait(self.timeout)
+                except ProgramTimedOut:
+                    raise OciRuntimeError(
+                        f"{what}: conmon did not detach within {self.timeout:g}s"
+                    ) from None
+            if done.returncode != 0:
                 raise OciRuntimeError(
-                    f"{what}: conmon did not detach within {self.timeout:g}s"
-                ) from None
-            except BaseException:
-                await asyncio.shield(_kill_and_reap(proc))
-                raise
-            if proc.returncode != 0:
-                raise OciRuntimeError(
-                    f"{what}: conmon failed (exit status {proc.returncode}): "
-                    f"{_text(out) or 'no output'}"
+                    f"{what}: conmon failed (exit status {done.returncode}): "
+                    f"{_text(done.stdout) or 'no output'}"
                 )
             line = await self._read_sync_line(sync_r, what)
         finally:
@@ -654,6 +618,26 @@ class OciRuntime:
         executable) raises OciRuntimeError; a command's own exit status is returned.
         """
         what = f"exec in container {container_id}"
+        pid_file = self._exec_pid_file(container_id, command, what)
+        limit = timeout if timeout is not None and timeout > 0 else None
+        try:
+            done, timed_out = await self._run_exec(
+                container_id, command, pid_file, limit, max_output, what
+            )
+        finally:
+            ran = pid_file.exists()
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+        # A runtime we killed ourselves (timeout) reads as 128+signal, like a shell.
+        code = done.returncode if done.returncode >= 0 else 128 - done.returncode
+        if not timed_out and code != 0 and not ran:
+            raise OciRuntimeError(self._failure(what, "exec", code, done.stderr, done.stdout))
+        return ExecResult(
+            exit_code=code, stdout=done.stdout, stderr=done.stderr, timed_out=timed_out
+        )
+
+    def _exec_pid_file(self, container_id: str, command: list[str], what: str) -> Path:
+        """Checks that an exec can be tried; where the runtime is to write its pid."""
         state = self._dir(container_id)
         if not command:
             raise OciRuntimeError(f"{what}: empty command")
@@ -661,7 +645,18 @@ class OciRuntime:
             raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
         if not state.is_dir():
             raise ContainerNotFound(f"{what}: no such container ({state} is missing)")
-        pid_file = state / f"exec-{uuid.uuid4().hex[:12]}.pid"
+        return state / f"exec-{uuid.uuid4().hex[:12]}.pid"
+
+    async def _run_exec(
+        self,
+        container_id: str,
+        command: list[str],
+        pid_file: Path,
+        limit: float | None,
+        max_output: int,
+        what: str,
+    ) -> tuple[processes.Finished, bool]:
+        """Runs ``<runtime> exec``; how it ended, and whether it overran ``limit``."""
         argv = [
             self.handler.runtime_path,
             "--root",
@@ -673,68 +668,35 @@ class OciRuntime:
             *command,
         ]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
+            child = await processes.start(
+                argv,
+                new_session=True,
+                max_output=max_output,
+                stop=lambda runtime: self._stop_exec(runtime, pid_file),
             )
         except OSError as exc:
             raise OciRuntimeError(
                 f"{what}: cannot run {self.handler.runtime_path}: {exc.strerror}"
             ) from exc
-        assert proc.stdout is not None and proc.stderr is not None
-        out = _CappedReader(proc.stdout, max_output)
-        err = _CappedReader(proc.stderr, max_output)
-        readers = [asyncio.ensure_future(out.run()), asyncio.ensure_future(err.run())]
-        timed_out = False
-        try:
+        async with child:
             try:
-                limit = timeout if timeout is not None and timeout > 0 else None
-                await asyncio.wait_for(proc.wait(), limit)
-            except TimeoutError:
-                timed_out = True
-                await self._kill_exec(proc, pid_file)
-            # Whatever holds the pipes after the runtime exited (a daemon the command
-            # left behind) does not hold up the answer for long.
-            await asyncio.wait(readers, timeout=_OUTPUT_GRACE)
-        except BaseException:
-            await asyncio.shield(self._kill_exec(proc, pid_file))
-            raise
-        finally:
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            ran = pid_file.exists()
-            with contextlib.suppress(OSError):
-                pid_file.unlink()
-        assert proc.returncode is not None
-        # A runtime we killed ourselves (timeout) reads as 128+signal, like a shell.
-        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        if not timed_out and code != 0 and not ran:
-            raise OciRuntimeError(
-                self._failure(what, "exec", code, bytes(err.data), bytes(out.data))
-            )
-        return ExecResult(
-            exit_code=code,
-            stdout=bytes(out.data),
-            stderr=bytes(err.data),
-            timed_out=timed_out,
-        )
+                # Whatever holds the pipes after the runtime exited (a daemon the command
+                # left behind) does not hold up the answer for long.
+                return await child.wait(limit, output_grace=_OUTPUT_GRACE), False
+            except ProgramTimedOut as late:
+                return late.finished, True
 
-    async def _kill_exec(self, proc: asyncio.subprocess.Process, pid_file: Path) -> None:
-        """SIGKILL an exec'd process with its process group, then its runtime.
+    async def _stop_exec(self, runtime: processes.Child, pid_file: Path) -> None:
+        """SIGKILL an exec'd process with its process group, and give its runtime a
+        moment to exit (base.processes then kills a runtime that lingers).
 
         The runtime forwards no SIGKILL (and killing it leaves the process running in
         the container), so the process goes by the pid the runtime wrote. Both runc and
         crun give it a session of its own (runc: the process leads it; crun: an
         intermediate process did), so its group holds what it started too."""
-        if proc.returncode is not None:
-            return
         deadline = time.monotonic() + min(self.timeout, 5.0)
         pid = conmon.read_pid_file(pid_file)
-        while pid is None and proc.returncode is None and time.monotonic() < deadline:
+        while pid is None and runtime.returncode is None and time.monotonic() < deadline:
             # The runtime writes the pid file as soon as the process exists.
             await asyncio.sleep(_POLL)
             pid = conmon.read_pid_file(pid_file)
@@ -747,18 +709,8 @@ class OciRuntime:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(group, signals.SIGKILL)
         # The runtime is the killed process's parent: let it reap it and exit, so no
-        # zombie is handed to the node's init. Only a runtime that lingers is killed.
-        try:
-            await asyncio.wait_for(proc.wait(), 2.0)
-            return
-        except TimeoutError:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signals.SIGKILL)
-        try:
-            await asyncio.wait_for(proc.wait(), self.timeout)
-        except TimeoutError:
-            log.warning("exec runtime %d in %s did not die", proc.pid, pid_file.parent.name)
+        # zombie is handed to the node's init.
+        await runtime.exited_within(2.0)
 
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """``<runtime> update --resources=<file>`` with the OCI ``linux.resources`` JSON
@@ -839,14 +791,6 @@ class OciRuntime:
 
 
 # ---- helpers (blocking ones run in threads) --------------------------------------------
-
-
-async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    with contextlib.suppress(Exception):
-        await proc.wait()
 
 
 def _process_group(pid: int) -> int | None:

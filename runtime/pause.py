@@ -27,20 +27,16 @@ by its command line, is killed and waited for before the error is raised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from base import failpoints
+from base import failpoints, processes
 from base.errors import Internal
+from base.processes import Finished, ProgramTimedOut, finish_even_if_cancelled
 from runtime.pause_process import PAUSE_MARKER
-
-T = TypeVar("T")
 
 # The helper runs as a script (see start_pause), so by file, not by module name.
 _HELPER = str(Path(__file__).resolve().with_name("pause_process.py"))
@@ -151,57 +147,44 @@ async def start_pause(
     # -I -S: the helper needs only the stdlib, and nothing in runtime/ can shadow it
     # (see network/namespaces.py's _run_helper). Running the file skips runpy.
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            "-S",
-            _HELPER,
-            sandbox_id,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        helper = await processes.start([sys.executable, "-I", "-S", _HELPER, sandbox_id])
     except OSError as exc:
         raise PauseError(f"sandbox {sandbox_id}: cannot start the pause helper: {exc}") from None
-    # To kill the helper by, should it come to that: Process.kill() first polls, and so
-    # may reap the helper under asyncio's child watcher, which then logs "Unknown child
-    # process" and reports 255. The helper runs for milliseconds, so it is still ours.
-    helper_fd = _pidfd(proc.pid)
     try:
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            raise PauseError(
-                f"sandbox {sandbox_id}: the pause helper did not finish in {timeout:g}s "
-                "and was killed"
-            ) from None
-        pause = _parse_answer(sandbox_id, proc.returncode, out, err)
+        # Leaving the block reaps the helper (killed if need be), before the search for
+        # what it made below: it cannot fork while we look.
+        async with helper:
+            try:
+                done = await helper.wait(timeout)
+            except ProgramTimedOut:
+                raise PauseError(
+                    f"sandbox {sandbox_id}: the pause helper did not finish in {timeout:g}s "
+                    "and was killed"
+                ) from None
+        pause = _parse_answer(sandbox_id, done)
         if not is_running(pause):
             raise PauseError(
                 f"sandbox {sandbox_id}: the pause process {pause.pid} exited right after it started"
             )
     except BaseException as exc:
         try:
-            await _finish_even_if_cancelled(_roll_back(proc, helper_fd, sandbox_id))
+            # By command line, not by the pid the helper printed: the helper may have
+            # been killed between its fork and that line. Its child has the helper's
+            # command line until it execs, the pause's after.
+            await finish_even_if_cancelled(kill_strays(sandbox_id))
         except PauseError as cleanup:
             exc.add_note(f"cleanup after the failure was incomplete too: {cleanup}")
         raise
-    finally:
-        if helper_fd >= 0:
-            os.close(helper_fd)
     failpoints.step("pause-start")
     return pause
 
 
-def _parse_answer(sandbox_id: str, returncode: int | None, out: bytes, err: bytes) -> PauseProcess:
-    if returncode != 0:
-        text = err.decode(errors="replace").strip()
+def _parse_answer(sandbox_id: str, done: Finished) -> PauseProcess:
+    out = done.stdout
+    if done.returncode != 0:
+        text = done.stderr.decode(errors="replace").strip()
         last = text.splitlines()[-1] if text else "no output"
-        if returncode is not None and returncode < 0:
-            status = f"was killed by signal {-returncode}"
-        else:
-            status = f"exited with status {returncode}"
-        raise PauseError(f"sandbox {sandbox_id}: the pause helper {status}: {last}")
+        raise PauseError(f"sandbox {sandbox_id}: the pause helper {done.status()}: {last}")
     lines = out.decode(errors="replace").split("\n")
     try:
         pid_text, start_text = lines[0].split()
@@ -237,22 +220,6 @@ async def stop_pause(
 
 
 # --- rollback ---------------------------------------------------------------------------------
-
-
-async def _roll_back(proc: asyncio.subprocess.Process, helper_fd: int, sandbox_id: str) -> None:
-    """Kill the helper and everything it started for ``sandbox_id``; wait until gone."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            if helper_fd >= 0:
-                signal.pidfd_send_signal(helper_fd, signal.SIGKILL)
-            else:
-                proc.kill()
-    # Reaped before the search, so that it cannot fork while we look (or be found).
-    await proc.wait()
-    # By command line, not by the pid the helper printed: the helper may have been killed
-    # between its fork and that line. Its child has the helper's command line until it
-    # execs, the pause's after.
-    await kill_strays(sandbox_id)
 
 
 async def kill_strays(sandbox_id: str, keep: PauseProcess | None = None) -> list[int]:
@@ -295,23 +262,3 @@ def running_pauses() -> dict[str, list[PauseProcess]]:
             if is_running(pause):
                 found.setdefault(os.fsdecode(argv[-1]), []).append(pause)
     return found
-
-
-async def _finish_even_if_cancelled(aw: Awaitable[T]) -> T:
-    """Await ``aw`` to its end even if we are cancelled meanwhile, then re-raise.
-
-    A rollback that stops halfway would leave the very processes it is there to remove.
-    (The same as network.namespaces', which runtime/ may not import.)
-    """
-    task = asyncio.ensure_future(aw)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    if cancelled is not None:
-        if not task.cancelled() and task.exception() is not None:
-            cancelled.add_note(f"while finishing a step that then failed: {task.exception()}")
-        raise cancelled
-    return task.result()

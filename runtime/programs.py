@@ -9,13 +9,15 @@ while a package upgrade or removal is noticed on the next call.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, cast
+
+from base import processes
+from base.processes import ProgramTimedOut
 
 T = TypeVar("T")
 
@@ -79,7 +81,7 @@ class ProgramProber:
             if code == 0:
                 listed = json.loads(out).get("mountOptions") or []
                 return frozenset(o for o in listed if isinstance(o, str))
-        except (OSError, TimeoutError, ValueError, AttributeError):
+        except (OSError, ProgramTimedOut, ValueError, AttributeError):
             pass
         return frozenset()
 
@@ -88,7 +90,7 @@ class ProgramProber:
             return ProgramStatus(name, path, False, "", f"{path} is not executable")
         try:
             code, out = await self._run(path, "--version")
-        except TimeoutError:  # before OSError, of which it is a subclass
+        except ProgramTimedOut:
             return ProgramStatus(
                 name, path, False, "", f"{path} --version did not answer in {self.timeout:g}s"
             )
@@ -105,26 +107,9 @@ class ProgramProber:
 
     async def _run(self, path: str, argument: str) -> tuple[int, bytes]:
         """Runs ``path argument`` and returns its exit status and its output (stdout and
-        stderr together); a program that does not answer in time is killed."""
-        proc = await asyncio.create_subprocess_exec(
-            path,
-            argument,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        except asyncio.CancelledError:
-            # The caller went away (a cancelled RPC, shutdown): leave no process behind.
-            if proc.returncode is None:
-                proc.kill()
-            raise
-        return cast(int, proc.returncode), out
+        stderr together); ProgramTimedOut when it does not answer in time."""
+        done = await processes.run([path, argument], timeout=self.timeout, merge_stderr=True)
+        return done.returncode, done.stdout
 
 
 def _identity(path: str) -> tuple[int, int, int, int]:
