@@ -24,7 +24,7 @@ from typing import Any
 from base import failpoints
 from base.files import write_atomic
 from base.trees import remove_tree
-from cri import container_mounts, container_plan, events, pod_cgroups
+from cri import container_mounts, container_plan, events
 from cri.container_exits import ContainerExits
 from cri.container_plan import POD_PID, ContainerPlan, ContainerRequest, check_request, check_swap
 from cri.container_record import CREATED, EXITED, RUNNING, Container, ContainerState
@@ -43,7 +43,7 @@ from cri.rollback import Rollback, remove_unrecorded
 from cri.runtime_status import supports_recursive_read_only
 from cri.sandboxes import READY, Sandbox, SandboxManager, make_directory, remove_if_empty
 from image.store import ImageRecord
-from runtime.cgroups import CgroupError, CgroupResources
+from runtime.cgroups import CgroupResources
 from runtime.container_spec import ContainerSpec
 from runtime.oci_runtime import ExitStatus, OciRuntime, OciRuntimeError, RuntimeHandlerPaths
 from runtime.oci_spec import HostFacts, build_spec, host_facts
@@ -53,8 +53,6 @@ from runtime.users import ResolvedUser, resolve_user
 
 log = logging.getLogger("skiff.container")
 
-# How long a removal waits for a dead conmon to leave its cgroup.
-_CGROUP_DRAIN_SECONDS = 5.0
 # ExecSync keeps this much of each of stdout and stderr: both together must fit in one
 # response of at most 16 MiB (cri.daemon.MAX_MESSAGE_BYTES, the kubelet's limit too).
 EXEC_SYNC_MAX_OUTPUT = 8 * 1024 * 1024 - 64 * 1024
@@ -116,6 +114,7 @@ class ContainerManager:
             runroot / "containers",
             timeout=config.command_timeout,
             observer=self.state.metrics.observe_runtime,
+            cgroups=self.sandboxes.cgroups,
         )
 
     def _lock(self, container_id: str) -> asyncio.Lock:
@@ -184,12 +183,6 @@ class ContainerManager:
         for name in sorted(handlers, key=lambda h: h != self.state.config.runtime.default_handler):
             with contextlib.suppress(FailedPrecondition):  # a handler not installed
                 await self.runtime(name).delete(container_id)
-        for sandbox in self.sandboxes.select():
-            # Deleting takes what is there: a conmon cgroup cut short may exist in only
-            # some of the v1 hierarchies.
-            await self._delete_conmon_cgroup(
-                pod_cgroups.conmon(sandbox.cgroup_parent, container_id)
-            )
         await asyncio.to_thread(container_mounts.unmount_image_volumes, container_dir / "volumes")
         await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
         await asyncio.to_thread(remove_tree, container_dir)
@@ -366,9 +359,6 @@ class ContainerManager:
             pid_namespace = await self.sandboxes.shared_pid_namespace(sandbox)
         oci = await self._build_spec(plan.spec(str(rootfs.merged), user, mounts, pid_namespace))
         await asyncio.to_thread(_write_bundle, directory / "bundle", oci)
-        if plan.conmon_cgroup:
-            await asyncio.to_thread(self.sandboxes.cgroups.create, plan.conmon_cgroup)
-            undo.push("conmon cgroup", lambda: self._delete_conmon_cgroup(plan.conmon_cgroup))
         runtime = self.runtime(plan.runtime_handler)
         pid = await self._runtime_create(runtime, plan, oci)
         undo.push("runtime", lambda: runtime.delete(plan.id))
@@ -463,7 +453,6 @@ class ContainerManager:
             await self._stop_locked(container, 0)
             runtime = self.runtime(container.runtime_handler)
             await runtime.delete(container.id)
-            await self._delete_conmon_cgroup(container.conmon_cgroup)
             container_dir = Path(container.container_dir)
             await asyncio.to_thread(
                 container_mounts.unmount_image_volumes, container_dir / "volumes"
@@ -476,20 +465,6 @@ class ContainerManager:
         self._locks.pop(container.id, None)
         self.creations.forget(container.id)
         log.info("container removed", extra={"container_id": container.id})
-
-    async def _delete_conmon_cgroup(self, path: str) -> None:
-        if not path:
-            return
-        # conmon is gone by now, but a killed one may still be leaving its cgroup.
-        deadline = time.monotonic() + _CGROUP_DRAIN_SECONDS
-        while True:
-            try:
-                await asyncio.to_thread(self.sandboxes.cgroups.delete, path)
-                return
-            except CgroupError:
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(0.05)
 
     async def stop_all(self, sandbox_id: str) -> None:
         await self._finish_creates(sandbox_id)

@@ -12,6 +12,8 @@ One :class:`OciRuntime` per runtime handler. Every container gets a state direct
 ``io``             conmon's symlink to the bundle, where it keeps the ``ctl`` and
                    ``winsz`` fifos and the ``attach`` socket: ``io/ctl``, ``io/attach``
 ``container.json`` what the driver needs later: bundle, log path, memory cgroup dir
+``conmon-cgroup``  the cgroup made for conmon, kept before it is made (so a create cut
+                   short leaves it findable) and removed with it by ``delete``
 ``exec-*.pid``     transient, one per running exec_sync
 =================  ==================================================================
 
@@ -59,6 +61,9 @@ _MAX_ID = 200
 _POLL = 0.025
 _OUTPUT_GRACE = 1.0  # how long exec_sync reads on after the runtime exited
 _META = "container.json"
+_CONMON_CGROUP = "conmon-cgroup"
+# How long a delete waits for a dead conmon to leave its cgroup.
+_CGROUP_DRAIN_SECONDS = 5.0
 _ERR_TAIL = 4000
 
 T = TypeVar("T")
@@ -118,12 +123,14 @@ class OciRuntime:
         state_dir: Path,
         timeout: float = 30.0,
         observer: CallObserver | None = None,
+        cgroups: Cgroupfs | None = None,
     ) -> None:
         self.handler = handler
         self.conmon_path = conmon_path
         self.state_dir = Path(state_dir)
         self.timeout = timeout
         self.observer = observer
+        self.cgroups = cgroups or Cgroupfs()
 
     # ---- paths --------------------------------------------------------------------
 
@@ -224,10 +231,11 @@ class OciRuntime:
         conmon_cgroup: str | None = None,
     ) -> int:
         """Start conmon, which runs ``<runtime> create``; return the container's pid.
+        ``conmon_cgroup``: a cgroup made for conmon (and removed by `delete`).
 
         On any failure (or cancellation) nothing is left: the runtime's state is
-        deleted, conmon is gone, the state directory and conmon's files in the bundle
-        are removed, and so is the log file if this call made it.
+        deleted, conmon is gone and so is its cgroup, the state directory and conmon's
+        files in the bundle are removed, and so is the log file if this call made it.
         """
         state = self._dir(container_id)
         what = f"creating container {container_id}"
@@ -247,6 +255,8 @@ class OciRuntime:
             log_size_max=log_size_max,
         )
         try:
+            if conmon_cgroup:
+                await asyncio.to_thread(self._make_conmon_cgroup, state, conmon_cgroup, what)
             pid = await self.observed("create", self._start_conmon(options, conmon_cgroup, what))
             failpoints.step("runtime-create")
             memory_cgroup = await asyncio.to_thread(_memory_cgroup_dir, pid)
@@ -327,7 +337,7 @@ class OciRuntime:
             async with child:
                 # conmon waits on the start pipe before it forks: place it first.
                 if conmon_cgroup:
-                    await asyncio.to_thread(_join_cgroup, conmon_cgroup, child.pid, what)
+                    await asyncio.to_thread(self._join_cgroup, conmon_cgroup, child.pid, what)
                 with contextlib.suppress(BrokenPipeError):
                     # EPIPE: conmon already quit (a bad option, an unopenable log); its
                     # exit status and words follow.
@@ -488,10 +498,40 @@ class OciRuntime:
                 raise OciRuntimeError(self._failure(what, "delete --force", rc, err, out))
         for pid in pids:
             await self._reap_conmon(state, pid)
+        await self._delete_conmon_cgroup(state, what)
         bundle, log_path = failed_create if failed_create is not None else (None, None)
         await asyncio.to_thread(_remove_state, state, bundle, log_path)
         if failed_create is None:
             failpoints.step("runtime-delete")
+
+    def _make_conmon_cgroup(self, state: Path, path: str, what: str) -> None:
+        write_atomic(state / _CONMON_CGROUP, path.encode(), durable=False)
+        try:
+            self.cgroups.create(path)
+        except CgroupError as exc:
+            raise OciRuntimeError(f"{what}: conmon cgroup: {exc}") from exc
+
+    async def _delete_conmon_cgroup(self, state: Path, what: str) -> None:
+        try:
+            path = (state / _CONMON_CGROUP).read_text()
+        except FileNotFoundError:
+            return
+        # conmon is gone by now, but a killed one may still be leaving its cgroup.
+        deadline = time.monotonic() + _CGROUP_DRAIN_SECONDS
+        while True:
+            try:
+                await asyncio.to_thread(self.cgroups.delete, path)
+                return
+            except CgroupError as exc:
+                if time.monotonic() >= deadline:
+                    raise OciRuntimeError(f"{what}: conmon cgroup: {exc}") from exc
+                await asyncio.sleep(0.05)
+
+    def _join_cgroup(self, path: str, pid: int, what: str) -> None:
+        try:
+            self.cgroups.attach(path, pid)
+        except CgroupError as exc:
+            raise OciRuntimeError(f"{what}: conmon cgroup: {exc}") from exc
 
     async def _reap_conmon(self, state: Path, pid: int) -> None:
         """Wait for conmon to write the exit file and go; SIGKILL it after a while."""
@@ -809,14 +849,6 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _join_cgroup(path: str, pid: int, what: str) -> None:
-    """Move conmon into cgroup ``path``, which must exist."""
-    try:
-        Cgroupfs().attach(path, pid)
-    except CgroupError as exc:
-        raise OciRuntimeError(f"{what}: conmon cgroup: {exc}") from exc
 
 
 def _memory_cgroup_dir(pid: int) -> str | None:

@@ -211,18 +211,24 @@ def test_parent_cgroups_made_for_pods_go_with_the_last_of_them(make_node: MakeNo
 
 def test_a_conmon_cgroup_made_in_only_some_hierarchies_is_removed(make_node: MakeNode) -> None:
     """What a CreateContainer killed while making conmon's cgroup leaves: the container's
-    directory and that cgroup in the hierarchies made so far."""
+    directory, the runtime's state directory naming the cgroup, and that cgroup in the
+    hierarchies made so far."""
     node = make_node()
     pod_cgroup = node.pod_cgroup()
     node.daemon.kill()
     lost = secrets.token_hex(32)
     (node.daemon.root / "containers" / lost).mkdir(parents=True)
-    half = Path("/sys/fs/cgroup/memory") / pod_cgroup.lstrip("/") / f"skiff-conmon-{lost[:12]}"
+    conmon_cgroup = f"{pod_cgroup}/skiff-conmon-{lost[:12]}"
+    runtime_state = node.daemon.runroot / "containers" / lost
+    runtime_state.mkdir(parents=True)
+    (runtime_state / "conmon-cgroup").write_text(conmon_cgroup)
+    half = Path("/sys/fs/cgroup/memory") / conmon_cgroup.lstrip("/")
     half.mkdir()
     try:
         node.daemon.start()
         assert not half.exists()
         assert not (node.daemon.root / "containers" / lost).exists()
+        assert not runtime_state.exists()
     finally:
         if half.exists():
             half.rmdir()

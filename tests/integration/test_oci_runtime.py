@@ -724,10 +724,12 @@ def test_conmon_outlives_its_parent(env: Env) -> None:
 
 
 def test_conmon_cgroup(env: Env) -> None:
+    """The runtime makes conmon's cgroup, puts conmon in it and removes it with the
+    container, or with a create that failed."""
+
     async def body() -> None:
         fs = Cgroupfs()
         monitor = f"{env.prefix}/conmon"
-        fs.create(monitor)
         cid = env.new_id()
         bundle = env.bundle(cid, ["sleep", "1000"])
         await env.runtime.create(cid, bundle, env.log(cid), conmon_cgroup=monitor)
@@ -735,14 +737,16 @@ def test_conmon_cgroup(env: Env) -> None:
         assert conmon_pid is not None
         assert conmon_pid in fs.pids(monitor)
         await env.runtime.delete(cid)
-        await eventually(lambda: not fs.pids(monitor))
-        fs.delete(monitor)
+        assert not fs.exists(monitor)
 
-        with pytest.raises(OciRuntimeError, match="no/such/cgroup"):
+        failing = env.new_id()
+        unrunnable = env.bundle(failing, ["/no/such/program"])
+        with pytest.raises(OciRuntimeError, match="no/such/program"):
             await env.runtime.create(
-                cid, bundle, env.log(cid), conmon_cgroup=f"{env.prefix}/no/such/cgroup"
+                failing, unrunnable, env.log(failing), conmon_cgroup=f"{monitor}-failing"
             )
-        assert_gone(env, cid)
+        assert not fs.exists(f"{monitor}-failing")
+        assert_gone(env, failing)
 
     run(body())
 
