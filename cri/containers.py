@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from base import failpoints
+from base import directories, failpoints
 from base.files import write_atomic
 from base.trees import remove_tree
 from cri import container_mounts, container_plan, events
@@ -41,7 +41,7 @@ from cri.errors import (
 from cri.request_checks import check_command
 from cri.rollback import Rollback, remove_unrecorded
 from cri.runtime_status import supports_recursive_read_only
-from cri.sandboxes import READY, Sandbox, SandboxManager, make_directory, remove_if_empty
+from cri.sandboxes import READY, Sandbox, SandboxManager, make_directory
 from image.store import ImageRecord
 from runtime.cgroups import CgroupResources
 from runtime.container_spec import ContainerSpec
@@ -383,7 +383,7 @@ class ContainerManager:
         made = await asyncio.to_thread(
             make_directory, log_dir, f"log directory {str(log_dir)!r} of {plan.request.name!r}"
         )
-        undo.push("log directory", lambda: asyncio.to_thread(remove_if_empty, made))
+        undo.push("log directory", lambda: asyncio.to_thread(directories.remove_made, made))
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import secrets
 import socket
@@ -28,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from base import failpoints
+from base import directories, failpoints
 from base.trees import remove_tree
 from cri import events, pod_cgroups
 from cri.creations import Creations
@@ -95,24 +94,16 @@ def check_metadata_value(value: str, what: str, pod: str) -> None:
 
 
 def make_directory(path: Path, what: str) -> list[Path]:
-    """Make ``path`` (and its parents); return the directories made, deepest first."""
-    if path.exists() and not path.is_dir():
-        raise InvalidArgument(f"{what} exists and is not a directory")
-    made = [p for p in (path, *path.parents) if not p.exists()]
+    """Make ``path`` (and its parents); the directories made, for `remove_made`. A
+    symlink to a directory is taken (log directories are moved to other disks so)."""
+    if path.is_dir():
+        return []
     try:
-        path.mkdir(0o755, parents=True, exist_ok=True)
+        return directories.make_directories(path)
+    except NotADirectoryError:
+        raise InvalidArgument(f"{what} exists and is not a directory") from None
     except OSError as exc:
         raise InvalidArgument(f"{what} cannot be made: {exc.strerror}") from None
-    return made
-
-
-def remove_if_empty(directories: list[Path]) -> None:
-    """Remove directories, deepest first, up to the first that is not empty."""
-    for directory in directories:
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
 
 
 @dataclass(frozen=True)
@@ -541,7 +532,7 @@ class SandboxManager:
         directories it made (if they are still empty)."""
         what = f"pod {spec.name!r}: log_directory {clip(spec.log_directory)!r}"
         made = await asyncio.to_thread(make_directory, Path(spec.log_directory), what)
-        undo.push("log directory", lambda: asyncio.to_thread(remove_if_empty, made))
+        undo.push("log directory", lambda: asyncio.to_thread(directories.remove_made, made))
 
     def _network_request(self, sandbox: Sandbox) -> PodNetworkRequest:
         pod_cidr = self.state.store.setting("pod_cidr") or ""

@@ -51,7 +51,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from base import failpoints
+from base import directories, failpoints
 from base.errors import Internal
 from base.trees import remove_tree
 
@@ -189,29 +189,17 @@ def mount_rootfs(layer_dirs: Sequence[Path], container_dir: Path, readonly: bool
 
 
 def _mkdir(path: Path, mode: int) -> bool:
-    """Make a directory with exactly `mode`; False if it was already there."""
     try:
-        path.mkdir(mode)
-    except FileExistsError:
-        if path.is_symlink() or not path.is_dir():
-            raise RootfsError(f"{path} exists and is not a directory (or is a symlink)") from None
-        return False
-    os.chmod(path, mode)  # mkdir's mode went through the umask
-    return True
+        return directories.make_directory(path, mode)
+    except NotADirectoryError as exc:
+        raise RootfsError(str(exc)) from None
 
 
 def _mkdir_parents(path: Path) -> list[Path]:
-    """Make the missing parents of path, outermost first, and say which they were."""
-    missing = []
-    for parent in path.parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    made = []
-    for parent in reversed(missing):
-        if _mkdir(parent, 0o755):
-            made.append(parent)
-    return made
+    try:
+        return directories.make_parents(path)
+    except NotADirectoryError as exc:
+        raise RootfsError(str(exc)) from None
 
 
 def _undo(created: list[Path]) -> None:
