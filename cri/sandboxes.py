@@ -37,6 +37,7 @@ from cri.request_checks import check_cgroup_parent, check_metadata_size, check_p
 from cri.rollback import Rollback, remove_unrecorded
 from cri.store import Record
 from network.cni import CniError, CniPlugins, PodNetworkRequest, PortMapping
+from network.cni_config import CniNetwork
 from network.namespaces import (
     PinnedNamespaces,
     PinRequest,
@@ -458,13 +459,8 @@ class SandboxManager:
         return sandbox_id
 
     async def _build(self, spec: SandboxSpec, sandbox: Sandbox, undo: Rollback) -> None:
-        network = None
-        if not spec.host_network:
-            readiness = self.state.cni.readiness()
-            if readiness.network is None:
-                raise FailedPrecondition(f"the pod network is not ready: {readiness.message}")
-            network = readiness.network
-
+        """Make the pod, each step pushed on `undo`."""
+        network = None if spec.host_network else self._ready_network()
         if spec.log_directory:
             # The kubelet normally made it already; containers' logs go there.
             await self._make_log_directory(spec, undo)
@@ -472,24 +468,7 @@ class SandboxManager:
         await asyncio.to_thread(files_dir.mkdir, 0o755, True)
         failpoints.step("directory-make")
         undo.push("files", lambda: asyncio.to_thread(remove_tree, files_dir))
-
-        # Every pod gets a cgroup: the kubelet's, or one of ours under pod_cgroups.DEFAULT_ROOT.
-        sandbox.cgroup_parent = spec.cgroup_parent or pod_cgroups.default_parent(sandbox.id)
-        missing = await asyncio.to_thread(self._missing_cgroups, sandbox.cgroup_parent)
-        if missing:
-            # Named before they are made: a skiffd that dies before the record is written
-            # removes them at start (`_remove_leftovers`), wherever they are.
-            await asyncio.to_thread(
-                write_file, files_dir / CGROUP_INTENT_FILE, "".join(f"{p}\n" for p in missing)
-            )
-        created = await asyncio.to_thread(
-            self.cgroups.create, sandbox.cgroup_parent, spec.resources
-        )
-        sandbox.cgroup_created = created
-        sandbox.cgroup_ancestors = self._ancestors_of_ours(sandbox.cgroup_parent, missing)
-        if created:
-            undo.push("cgroup", lambda: self._delete_cgroup(sandbox))
-
+        await self._make_cgroup(spec, sandbox, undo)
         pinned = await pin_namespaces(
             PinRequest(
                 sandbox_id=sandbox.id,
@@ -503,29 +482,54 @@ class SandboxManager:
         )
         sandbox.netns, sandbox.ipcns, sandbox.utsns = pinned.net, pinned.ipc, pinned.uts
         undo.push("namespaces", lambda: unpin_namespaces(pinned))
-
         if not spec.host_ipc:
             shm = files_dir / "shm"
             await asyncio.to_thread(mount_tmpfs, shm, self.config.runtime.pod_shm_size)
             sandbox.shm_path = str(shm)
             undo.push("shm", lambda: asyncio.to_thread(unmount, shm))
-
         await asyncio.to_thread(write_file, files_dir / "resolv.conf", resolv_conf(spec.dns))
         await asyncio.to_thread(write_file, files_dir / "hostname", sandbox.hostname + "\n")
-
         if network is not None and pinned.net is not None:
-            request = self._network_request(sandbox)
-            cni = self.cni()
-            try:
-                result = await cni.add(network, request)
-            except CniError as exc:
-                raise exc.naming(_pod_named(sandbox)) from None
-            sandbox.ips = list(result.ips)
-            sandbox.network_name = network.name
-            undo.push("network", lambda: cni.delete(network, request))
-
+            await self._add_network(network, sandbox, undo)
         hosts = hosts_file(sandbox.hostname, sandbox.ips, spec.host_network)
         await asyncio.to_thread(write_file, files_dir / "hosts", hosts)
+
+    def _ready_network(self) -> CniNetwork:
+        readiness = self.state.cni.readiness()
+        if readiness.network is None:
+            raise FailedPrecondition(f"the pod network is not ready: {readiness.message}")
+        return readiness.network
+
+    async def _make_cgroup(self, spec: SandboxSpec, sandbox: Sandbox, undo: Rollback) -> None:
+        """Every pod gets a cgroup: the kubelet's, or one of ours under
+        pod_cgroups.DEFAULT_ROOT."""
+        sandbox.cgroup_parent = spec.cgroup_parent or pod_cgroups.default_parent(sandbox.id)
+        missing = await asyncio.to_thread(self._missing_cgroups, sandbox.cgroup_parent)
+        if missing:
+            # Named before they are made: a skiffd that dies before the record is written
+            # removes them at start (`_remove_leftovers`), wherever they are.
+            intent = "".join(f"{p}\n" for p in missing)
+            await asyncio.to_thread(
+                write_file, Path(sandbox.files_dir) / CGROUP_INTENT_FILE, intent
+            )
+        created = await asyncio.to_thread(
+            self.cgroups.create, sandbox.cgroup_parent, spec.resources
+        )
+        sandbox.cgroup_created = created
+        sandbox.cgroup_ancestors = self._ancestors_of_ours(sandbox.cgroup_parent, missing)
+        if created:
+            undo.push("cgroup", lambda: self._delete_cgroup(sandbox))
+
+    async def _add_network(self, network: CniNetwork, sandbox: Sandbox, undo: Rollback) -> None:
+        request = self._network_request(sandbox)
+        cni = self.cni()
+        try:
+            result = await cni.add(network, request)
+        except CniError as exc:
+            raise exc.naming(_pod_named(sandbox)) from None
+        sandbox.ips = list(result.ips)
+        sandbox.network_name = network.name
+        undo.push("network", lambda: cni.delete(network, request))
 
     async def _make_log_directory(self, spec: SandboxSpec, undo: Rollback) -> None:
         """The pod's log directory, made if missing; a failed run takes back the
