@@ -723,26 +723,7 @@ class CniPlugins:
                 command=command,
             ) from None
         fields["duration_ms"] = _ms(started)
-        stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
-        if stderr.strip():
-            log.debug(
-                "CNI plugin stderr",
-                extra={**fields, "stderr": stderr.decode(errors="replace")[-STDERR_TAIL:]},
-            )
-        if returncode != 0:
-            message, code = plugin_error_message(stdout, stderr, returncode)
-            log.warning(
-                "CNI plugin failed", extra={**fields, "exit_code": returncode, "error": message}
-            )
-            raise CniError(
-                f"{where} failed on {command}: {message}",
-                plugin=kind,
-                network=network,
-                command=command,
-                code=code,
-            )
-        log.info("CNI plugin ran", extra=fields)
-        return stdout
+        return _plugin_output(done, kind, network, command, fields)
 
     @staticmethod
     def _parse_add_output(out: bytes, kind: str, network: str) -> dict[str, Any]:
@@ -978,6 +959,33 @@ def _combine(errors: list[CniError]) -> CniError:
         command=first.command,
         code=first.code,
     )
+
+
+def _plugin_output(
+    done: processes.Finished, kind: str, network: str, command: str, fields: dict[str, Any]
+) -> bytes:
+    """The stdout of a plugin that finished, logged; CniError with the plugin's own
+    words when it failed."""
+    stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
+    if stderr.strip():
+        log.debug(
+            "CNI plugin stderr",
+            extra={**fields, "stderr": stderr.decode(errors="replace")[-STDERR_TAIL:]},
+        )
+    if returncode != 0:
+        message, code = plugin_error_message(stdout, stderr, returncode)
+        log.warning(
+            "CNI plugin failed", extra={**fields, "exit_code": returncode, "error": message}
+        )
+        raise CniError(
+            f"CNI plugin {kind} (network {network}) failed on {command}: {message}",
+            plugin=kind,
+            network=network,
+            command=command,
+            code=code,
+        )
+    log.info("CNI plugin ran", extra=fields)
+    return stdout
 
 
 def _plugin_type(path: str, config: Mapping[str, Any]) -> str:
