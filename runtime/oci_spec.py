@@ -33,7 +33,15 @@ from runtime.cgroups import (
     outside,
     validate,
 )
-from runtime.container_spec import HOST, NEW, ContainerSpec, DeviceSpec, MountSpec, who
+from runtime.container_spec import (
+    HOST,
+    NEW,
+    ContainerSpec,
+    DeviceSpec,
+    MountSpec,
+    SecuritySpec,
+    who,
+)
 from runtime.seccomp import DEFAULT_PROFILE_PATH, RUNTIME_DEFAULT, load_profile, with_capabilities
 
 log = logging.getLogger(__name__)
@@ -216,7 +224,17 @@ def build_spec(spec: ContainerSpec, host: HostFacts) -> dict[str, Any]:
     if spec.hostname and "uts" in joined:
         # runc refuses a hostname without a UTS namespace of the container's own.
         oci["hostname"] = spec.hostname
+    oci["linux"] = _linux(spec, host, namespaces, capabilities)
+    if spec.annotations:
+        oci["annotations"] = dict(spec.annotations)
+    return oci
 
+
+def _linux(
+    spec: ContainerSpec, host: HostFacts, namespaces: list[dict[str, str]], capabilities: list[str]
+) -> dict[str, Any]:
+    """The spec's ``linux`` section."""
+    privileged = spec.security.privileged
     linux: dict[str, Any] = {"namespaces": namespaces}
     if spec.cgroups_path:
         linux["cgroupsPath"] = spec.cgroups_path
@@ -225,29 +243,36 @@ def build_spec(spec: ContainerSpec, host: HostFacts) -> dict[str, Any]:
     if devices:
         linux["devices"] = devices
     if not privileged:
-        masked = DEFAULT_MASKED_PATHS if security.masked_paths is None else security.masked_paths
-        readonly = (
-            DEFAULT_READONLY_PATHS if security.readonly_paths is None else security.readonly_paths
-        )
-        if masked:
-            linux["maskedPaths"] = list(masked)
-        if readonly:
-            linux["readonlyPaths"] = list(readonly)
-        seccomp = load_profile(
-            security.seccomp, security.seccomp_profile_path, host.seccomp_default_path
-        )
-        if seccomp is not None:
-            if security.seccomp == RUNTIME_DEFAULT:
-                seccomp = with_capabilities(seccomp, capabilities)
-            linux["seccomp"] = seccomp
+        linux.update(_confinement(spec.security, host, capabilities))
     if spec.sysctls:
         linux["sysctl"] = dict(spec.sysctls)
     if spec.rootfs_propagation:
         linux["rootfsPropagation"] = spec.rootfs_propagation
-    oci["linux"] = linux
-    if spec.annotations:
-        oci["annotations"] = dict(spec.annotations)
-    return oci
+    return linux
+
+
+def _confinement(
+    security: SecuritySpec, host: HostFacts, capabilities: list[str]
+) -> dict[str, Any]:
+    """What an unprivileged container is kept from: its masked and read-only paths, and
+    the syscalls its seccomp profile denies."""
+    confinement: dict[str, Any] = {}
+    masked = DEFAULT_MASKED_PATHS if security.masked_paths is None else security.masked_paths
+    readonly = (
+        DEFAULT_READONLY_PATHS if security.readonly_paths is None else security.readonly_paths
+    )
+    if masked:
+        confinement["maskedPaths"] = list(masked)
+    if readonly:
+        confinement["readonlyPaths"] = list(readonly)
+    seccomp = load_profile(
+        security.seccomp, security.seccomp_profile_path, host.seccomp_default_path
+    )
+    if seccomp is not None:
+        if security.seccomp == RUNTIME_DEFAULT:
+            seccomp = with_capabilities(seccomp, capabilities)
+        confinement["seccomp"] = seccomp
+    return confinement
 
 
 # ---- process ----------------------------------------------------------------------
