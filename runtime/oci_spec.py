@@ -16,7 +16,7 @@ import os
 import posixpath
 import resource
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -568,16 +568,7 @@ def _resources(
     except InvalidResources as exc:
         raise SpecError(str(exc)) from exc
     r = resources
-    for name, value, present, what in (
-        ("cpuset_cpus", r.cpuset_cpus, host.online_cpus, "CPU"),
-        ("cpuset_mems", r.cpuset_mems, host.online_mems, "memory node"),
-    ):
-        missing = outside(cpu_list_ranges(value), present) if value and present else []
-        if missing:
-            raise SpecError(
-                f"{name} {value[:80]!r} names {what} {missing[0]}, which this node does not "
-                f"have online ({what}s online: {len(present or ())})"
-            )
+    _check_cpusets_online(r, host)
     cpu: dict[str, Any] = {}
     if r.cpu_shares is not None:
         cpu["shares"] = r.cpu_shares
@@ -603,14 +594,37 @@ def _resources(
         out["memory"] = memory
     if r.pids_limit is not None:
         out["pids"] = {"limit": r.pids_limit}
+    hugepages = _hugepage_limits(r.hugepage_limits, host)
+    if hugepages:
+        out["hugepageLimits"] = hugepages
+    if r.unified:
+        out["unified"] = dict(r.unified)
+    return out
+
+
+def _check_cpusets_online(r: CgroupResources, host: HostFacts) -> None:
+    """SpecError when a cpuset names a CPU or memory node the node does not have online."""
+    for name, value, present, what in (
+        ("cpuset_cpus", r.cpuset_cpus, host.online_cpus, "CPU"),
+        ("cpuset_mems", r.cpuset_mems, host.online_mems, "memory node"),
+    ):
+        missing = outside(cpu_list_ranges(value), present) if value and present else []
+        if missing:
+            raise SpecError(
+                f"{name} {value[:80]!r} names {what} {missing[0]}, which this node does not "
+                f"have online ({what}s online: {len(present or ())})"
+            )
+
+
+def _hugepage_limits(limits: Mapping[str, int], host: HostFacts) -> list[dict[str, Any]]:
+    """linux.resources.hugepageLimits, by page size; SpecError for a size the node does
+    not have. Empty on a node without the hugetlb controller."""
     # OCI's hugepage limit is unsigned, so -1 (unlimited) cannot be written; it is
     # what a new cgroup has anyway, so such an entry is left out.
     hugepages = [
-        {"pageSize": size, "limit": limit}
-        for size, limit in sorted(r.hugepage_limits.items())
-        if limit != -1
+        {"pageSize": size, "limit": limit} for size, limit in sorted(limits.items()) if limit != -1
     ]
-    for size in r.hugepage_limits:
+    for size in limits:
         if host.hugepage_sizes is not None and size not in host.hugepage_sizes:
             have = ", ".join(sorted(host.hugepage_sizes)) or "none"
             raise SpecError(
@@ -618,9 +632,5 @@ def _resources(
             )
     if hugepages and not host.hugetlb_controller:
         log.debug("no hugetlb cgroup controller on this node: hugepage limits left out")
-        hugepages = []
-    if hugepages:
-        out["hugepageLimits"] = hugepages
-    if r.unified:
-        out["unified"] = dict(r.unified)
-    return out
+        return []
+    return hugepages
