@@ -277,31 +277,33 @@ def _read_in_root(root: Path, path: str, limit: int) -> bytes:
                     )
                 )
                 continue
-            # The file itself: regular files only. Opening a device node or a fifo
-            # of the image on the host could block or have side effects.
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-            fd = os.open(
-                name,
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=dirs[-1],
-            )
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file", path)
-                chunks = []
-                remaining = limit
-                while remaining > 0:
-                    chunk = os.read(fd, min(remaining, 1 << 16))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    remaining -= len(chunk)
-                return b"".join(chunks)
-            finally:
-                os.close(fd)
+            return _read_regular_file(dirs[-1], name, st, limit, path)
         # The path named a directory (or the root itself).
         raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     finally:
         for fd in dirs:
             os.close(fd)
+
+
+def _read_regular_file(dir_fd: int, name: str, st: os.stat_result, limit: int, path: str) -> bytes:
+    """Up to `limit` bytes of the file `name` in `dir_fd` (`st` its lstat), if it is a
+    regular file: opening a device node or a fifo of the image on the host could block
+    or have side effects."""
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        # Checked again on the open file: it may have been swapped since the lstat.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        chunks = []
+        remaining = limit
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
