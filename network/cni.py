@@ -425,59 +425,10 @@ class CniPlugins:
 
     async def add(self, network: CniNetwork, request: PodNetworkRequest) -> PodNetworkResult:
         """Attach the pod to the network; on any failure the chain is DELeted again."""
-        _check_request(request)
-        if not request.netns:
-            raise CniError(
-                f"CNI ADD for sandbox {request.container_id} (network {network.name}): "
-                "no network namespace path"
-            )
-        paths = self._resolve_all(network.name, network.plugin_types, "ADD")
-        attachment = _Attachment(
-            network_name=network.name,
-            cni_version=network.cni_version,
-            plugins=tuple(copy.deepcopy(p) for p in network.plugins),
-            capabilities=capability_args(request),
-            cni_args=cni_args(request),
-            netns=request.netns,
-            result=None,
-        )
+        paths, attachment = self._plan_add(network, request)
         cache_path = self._cache_path(network.name, request.container_id, request.ifname)
-        if await asyncio.to_thread(cache_path.exists):
-            log.warning(
-                "CNI ADD over an attachment that was never deleted; its cache entry is replaced",
-                extra={"sandbox_id": request.container_id, "network": network.name},
-            )
-        # Written before the first plugin runs: a crash mid-ADD still leaves the exact
-        # config (and capability values) for the DEL that cleans up.
-        await self._store_or_fail(cache_path, attachment, request)
-        chain = chains_prev_result(network.cni_version)
-        prev: dict[str, Any] | None = None
-        try:
-            for plugin, path in zip(attachment.plugins, paths, strict=True):
-                config = plugin_config(
-                    plugin,
-                    name=network.name,
-                    cni_version=network.cni_version,
-                    prev_result=prev if chain else None,
-                    capabilities=attachment.capabilities,
-                )
-                out = await self._exec(path, config, "ADD", request, attachment)
-                result = self._parse_add_output(out, str(plugin["type"]), network.name)
-                prev = result
-            if prev is None:
-                raise CniError(f"CNI network {network.name} produced no result on ADD")
-            try:
-                parsed = parse_result(prev)
-            except ValueError as exc:
-                raise CniError(
-                    f"CNI network {network.name} returned a malformed result on ADD: {exc}",
-                    network=network.name,
-                    command="ADD",
-                ) from None
-            await self._store_or_fail(cache_path, _replace_result(attachment, prev), request)
-        except (Exception, asyncio.CancelledError) as exc:
-            await self._roll_back(cache_path, _replace_result(attachment, prev), request, exc)
-            raise
+        await self._store_before_add(cache_path, attachment, request)
+        parsed = await self._add_or_roll_back(cache_path, attachment, paths, request)
         failpoints.step("cni-add")
         log.info(
             "CNI ADD done",
@@ -598,6 +549,73 @@ class CniPlugins:
                 best = (mtime, raw)
         return None if best is None else best[1]
 
+    # ---- ADD, step by step
+
+    def _plan_add(
+        self, network: CniNetwork, request: PodNetworkRequest
+    ) -> tuple[list[str], _Attachment]:
+        """Everything an ADD checks before it runs anything: the request, the plugins'
+        paths, and the attachment as it will be cached."""
+        _check_request(request)
+        if not request.netns:
+            raise CniError(
+                f"CNI ADD for sandbox {request.container_id} (network {network.name}): "
+                "no network namespace path"
+            )
+        paths = self._resolve_all(network.name, network.plugin_types, "ADD")
+        attachment = _Attachment(
+            network_name=network.name,
+            cni_version=network.cni_version,
+            plugins=tuple(copy.deepcopy(p) for p in network.plugins),
+            capabilities=capability_args(request),
+            cni_args=cni_args(request),
+            netns=request.netns,
+            result=None,
+        )
+        return paths, attachment
+
+    async def _store_before_add(
+        self, cache_path: Path, attachment: _Attachment, request: PodNetworkRequest
+    ) -> None:
+        """Cache the attachment, without a result, before the first plugin runs: a crash
+        mid-ADD still leaves the exact config (and capability values) for the DEL that
+        cleans up."""
+        if await asyncio.to_thread(cache_path.exists):
+            log.warning(
+                "CNI ADD over an attachment that was never deleted; its cache entry is replaced",
+                extra={"sandbox_id": request.container_id, "network": attachment.network_name},
+            )
+        await self._store_or_fail(cache_path, attachment, request)
+
+    async def _add_or_roll_back(
+        self,
+        cache_path: Path,
+        attachment: _Attachment,
+        paths: list[str],
+        request: PodNetworkRequest,
+    ) -> PodNetworkResult:
+        """ADD each plugin in order and cache the final result; on any failure, DEL the
+        chain again, handing it the last result a plugin gave."""
+        chain = chains_prev_result(attachment.cni_version)
+        prev: dict[str, Any] | None = None
+        try:
+            for plugin, path in zip(attachment.plugins, paths, strict=True):
+                config = plugin_config(
+                    plugin,
+                    name=attachment.network_name,
+                    cni_version=attachment.cni_version,
+                    prev_result=prev if chain else None,
+                    capabilities=attachment.capabilities,
+                )
+                out = await self._exec(path, config, "ADD", request, attachment)
+                prev = self._parse_add_output(out, str(plugin["type"]), attachment.network_name)
+            parsed = _pod_result(attachment.network_name, prev)
+            await self._store_or_fail(cache_path, _replace_result(attachment, prev), request)
+        except (Exception, asyncio.CancelledError) as exc:
+            await self._roll_back(cache_path, _replace_result(attachment, prev), request, exc)
+            raise
+        return parsed
+
     # ---- plugin execution
 
     def _resolve_all(self, network: str, kinds: tuple[str, ...], command: str) -> list[str]:
@@ -705,26 +723,7 @@ class CniPlugins:
                 command=command,
             ) from None
         fields["duration_ms"] = _ms(started)
-        stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
-        if stderr.strip():
-            log.debug(
-                "CNI plugin stderr",
-                extra={**fields, "stderr": stderr.decode(errors="replace")[-STDERR_TAIL:]},
-            )
-        if returncode != 0:
-            message, code = plugin_error_message(stdout, stderr, returncode)
-            log.warning(
-                "CNI plugin failed", extra={**fields, "exit_code": returncode, "error": message}
-            )
-            raise CniError(
-                f"{where} failed on {command}: {message}",
-                plugin=kind,
-                network=network,
-                command=command,
-                code=code,
-            )
-        log.info("CNI plugin ran", extra=fields)
-        return stdout
+        return _plugin_output(done, kind, network, command, fields)
 
     @staticmethod
     def _parse_add_output(out: bytes, kind: str, network: str) -> dict[str, Any]:
@@ -924,6 +923,20 @@ def _replace_result(attachment: _Attachment, result: dict[str, Any] | None) -> _
     )
 
 
+def _pod_result(network: str, result: dict[str, Any] | None) -> PodNetworkResult:
+    """The pod's addresses and interfaces from the chain's final result."""
+    if result is None:
+        raise CniError(f"CNI network {network} produced no result on ADD")
+    try:
+        return parse_result(result)
+    except ValueError as exc:
+        raise CniError(
+            f"CNI network {network} returned a malformed result on ADD: {exc}",
+            network=network,
+            command="ADD",
+        ) from None
+
+
 def _del_netns(request: PodNetworkRequest, attachment: _Attachment) -> str:
     """CNI_NETNS for a DEL: the request's path (or the cached one) while it still is a
     network namespace; "" once it is gone, which plugins take as "nothing to undo
@@ -946,6 +959,33 @@ def _combine(errors: list[CniError]) -> CniError:
         command=first.command,
         code=first.code,
     )
+
+
+def _plugin_output(
+    done: processes.Finished, kind: str, network: str, command: str, fields: dict[str, Any]
+) -> bytes:
+    """The stdout of a plugin that finished, logged; CniError with the plugin's own
+    words when it failed."""
+    stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
+    if stderr.strip():
+        log.debug(
+            "CNI plugin stderr",
+            extra={**fields, "stderr": stderr.decode(errors="replace")[-STDERR_TAIL:]},
+        )
+    if returncode != 0:
+        message, code = plugin_error_message(stdout, stderr, returncode)
+        log.warning(
+            "CNI plugin failed", extra={**fields, "exit_code": returncode, "error": message}
+        )
+        raise CniError(
+            f"CNI plugin {kind} (network {network}) failed on {command}: {message}",
+            plugin=kind,
+            network=network,
+            command=command,
+            code=code,
+        )
+    log.info("CNI plugin ran", extra=fields)
+    return stdout
 
 
 def _plugin_type(path: str, config: Mapping[str, Any]) -> str:

@@ -522,25 +522,7 @@ async def _start_tty(
     runtime_stderr: _PipeReader | None = None
     messages: asyncio.Task[bytes] | None = None
     try:
-        try:
-            os.set_blocking(master, False)
-            ttys.setraw(slave)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=slave,
-                    stdout=slave,
-                    stderr=err_w,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                os.close(err_r)
-                raise ExecError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from exc
-            finally:
-                os.close(err_w)
-        finally:
-            os.close(slave)
+        process, err_r = await _spawn_on_pty(argv, master, slave, what)
         runtime_stderr = await _PipeReader.open(err_r)
         # The runtime says nothing on stderr unless it fails; read it all the time so
         # it never blocks on it.
@@ -574,6 +556,34 @@ async def _start_tty(
         pty=pty,
         runtime_messages=(runtime_stderr, messages),
     )
+
+
+async def _spawn_on_pty(
+    argv: list[str], master: int, slave: int, what: str
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Set the pty up (master non-blocking, slave raw) and start the runtime with the
+    slave as its stdin and stdout and a pipe as its stderr; the process and the pipe's
+    read end. The slave is closed here either way: the runtime holds its own copy."""
+    try:
+        os.set_blocking(master, False)
+        ttys.setraw(slave)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=err_w,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(err_r)
+            raise ExecError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from exc
+        finally:
+            os.close(err_w)
+    finally:
+        os.close(slave)
+    return process, err_r
 
 
 async def _wait_started(

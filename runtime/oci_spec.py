@@ -16,7 +16,7 @@ import os
 import posixpath
 import resource
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,15 @@ from runtime.cgroups import (
     outside,
     validate,
 )
-from runtime.container_spec import HOST, NEW, ContainerSpec, DeviceSpec, MountSpec, who
+from runtime.container_spec import (
+    HOST,
+    NEW,
+    ContainerSpec,
+    DeviceSpec,
+    MountSpec,
+    SecuritySpec,
+    who,
+)
 from runtime.seccomp import DEFAULT_PROFILE_PATH, RUNTIME_DEFAULT, load_profile, with_capabilities
 
 log = logging.getLogger(__name__)
@@ -216,7 +224,17 @@ def build_spec(spec: ContainerSpec, host: HostFacts) -> dict[str, Any]:
     if spec.hostname and "uts" in joined:
         # runc refuses a hostname without a UTS namespace of the container's own.
         oci["hostname"] = spec.hostname
+    oci["linux"] = _linux(spec, host, namespaces, capabilities)
+    if spec.annotations:
+        oci["annotations"] = dict(spec.annotations)
+    return oci
 
+
+def _linux(
+    spec: ContainerSpec, host: HostFacts, namespaces: list[dict[str, str]], capabilities: list[str]
+) -> dict[str, Any]:
+    """The spec's ``linux`` section."""
+    privileged = spec.security.privileged
     linux: dict[str, Any] = {"namespaces": namespaces}
     if spec.cgroups_path:
         linux["cgroupsPath"] = spec.cgroups_path
@@ -225,29 +243,36 @@ def build_spec(spec: ContainerSpec, host: HostFacts) -> dict[str, Any]:
     if devices:
         linux["devices"] = devices
     if not privileged:
-        masked = DEFAULT_MASKED_PATHS if security.masked_paths is None else security.masked_paths
-        readonly = (
-            DEFAULT_READONLY_PATHS if security.readonly_paths is None else security.readonly_paths
-        )
-        if masked:
-            linux["maskedPaths"] = list(masked)
-        if readonly:
-            linux["readonlyPaths"] = list(readonly)
-        seccomp = load_profile(
-            security.seccomp, security.seccomp_profile_path, host.seccomp_default_path
-        )
-        if seccomp is not None:
-            if security.seccomp == RUNTIME_DEFAULT:
-                seccomp = with_capabilities(seccomp, capabilities)
-            linux["seccomp"] = seccomp
+        linux.update(_confinement(spec.security, host, capabilities))
     if spec.sysctls:
         linux["sysctl"] = dict(spec.sysctls)
     if spec.rootfs_propagation:
         linux["rootfsPropagation"] = spec.rootfs_propagation
-    oci["linux"] = linux
-    if spec.annotations:
-        oci["annotations"] = dict(spec.annotations)
-    return oci
+    return linux
+
+
+def _confinement(
+    security: SecuritySpec, host: HostFacts, capabilities: list[str]
+) -> dict[str, Any]:
+    """What an unprivileged container is kept from: its masked and read-only paths, and
+    the syscalls its seccomp profile denies."""
+    confinement: dict[str, Any] = {}
+    masked = DEFAULT_MASKED_PATHS if security.masked_paths is None else security.masked_paths
+    readonly = (
+        DEFAULT_READONLY_PATHS if security.readonly_paths is None else security.readonly_paths
+    )
+    if masked:
+        confinement["maskedPaths"] = list(masked)
+    if readonly:
+        confinement["readonlyPaths"] = list(readonly)
+    seccomp = load_profile(
+        security.seccomp, security.seccomp_profile_path, host.seccomp_default_path
+    )
+    if seccomp is not None:
+        if security.seccomp == RUNTIME_DEFAULT:
+            seccomp = with_capabilities(seccomp, capabilities)
+        confinement["seccomp"] = seccomp
+    return confinement
 
 
 # ---- process ----------------------------------------------------------------------
@@ -543,16 +568,7 @@ def _resources(
     except InvalidResources as exc:
         raise SpecError(str(exc)) from exc
     r = resources
-    for name, value, present, what in (
-        ("cpuset_cpus", r.cpuset_cpus, host.online_cpus, "CPU"),
-        ("cpuset_mems", r.cpuset_mems, host.online_mems, "memory node"),
-    ):
-        missing = outside(cpu_list_ranges(value), present) if value and present else []
-        if missing:
-            raise SpecError(
-                f"{name} {value[:80]!r} names {what} {missing[0]}, which this node does not "
-                f"have online ({what}s online: {len(present or ())})"
-            )
+    _check_cpusets_online(r, host)
     cpu: dict[str, Any] = {}
     if r.cpu_shares is not None:
         cpu["shares"] = r.cpu_shares
@@ -578,14 +594,37 @@ def _resources(
         out["memory"] = memory
     if r.pids_limit is not None:
         out["pids"] = {"limit": r.pids_limit}
+    hugepages = _hugepage_limits(r.hugepage_limits, host)
+    if hugepages:
+        out["hugepageLimits"] = hugepages
+    if r.unified:
+        out["unified"] = dict(r.unified)
+    return out
+
+
+def _check_cpusets_online(r: CgroupResources, host: HostFacts) -> None:
+    """SpecError when a cpuset names a CPU or memory node the node does not have online."""
+    for name, value, present, what in (
+        ("cpuset_cpus", r.cpuset_cpus, host.online_cpus, "CPU"),
+        ("cpuset_mems", r.cpuset_mems, host.online_mems, "memory node"),
+    ):
+        missing = outside(cpu_list_ranges(value), present) if value and present else []
+        if missing:
+            raise SpecError(
+                f"{name} {value[:80]!r} names {what} {missing[0]}, which this node does not "
+                f"have online ({what}s online: {len(present or ())})"
+            )
+
+
+def _hugepage_limits(limits: Mapping[str, int], host: HostFacts) -> list[dict[str, Any]]:
+    """linux.resources.hugepageLimits, by page size; SpecError for a size the node does
+    not have. Empty on a node without the hugetlb controller."""
     # OCI's hugepage limit is unsigned, so -1 (unlimited) cannot be written; it is
     # what a new cgroup has anyway, so such an entry is left out.
     hugepages = [
-        {"pageSize": size, "limit": limit}
-        for size, limit in sorted(r.hugepage_limits.items())
-        if limit != -1
+        {"pageSize": size, "limit": limit} for size, limit in sorted(limits.items()) if limit != -1
     ]
-    for size in r.hugepage_limits:
+    for size in limits:
         if host.hugepage_sizes is not None and size not in host.hugepage_sizes:
             have = ", ".join(sorted(host.hugepage_sizes)) or "none"
             raise SpecError(
@@ -593,9 +632,5 @@ def _resources(
             )
     if hugepages and not host.hugetlb_controller:
         log.debug("no hugetlb cgroup controller on this node: hugepage limits left out")
-        hugepages = []
-    if hugepages:
-        out["hugepageLimits"] = hugepages
-    if r.unified:
-        out["unified"] = dict(r.unified)
-    return out
+        return []
+    return hugepages

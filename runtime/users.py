@@ -167,56 +167,73 @@ def resolve_user(
     resolve or an id is out of range."""
     passwd = _Database(rootfs, PASSWD)
     group = _Database(rootfs, GROUP)
+    user_part, group_part = _asked_for(image_user, run_as_user, run_as_username, run_as_group)
+    uid, entry = _user(passwd, user_part)
+    gid = _primary_gid(group, run_as_group, group_part, entry)
+    gids = _additional_gids(group, entry, gid, supplemental_groups, strict_supplemental)
+    return ResolvedUser(uid=uid, gid=gid, additional_gids=gids, home=entry.home if entry else "/")
 
+
+def _asked_for(
+    image_user: str, run_as_user: int | None, run_as_username: str, run_as_group: int | None
+) -> tuple[str, str | None]:
+    """The user ("" for none) and group (None for none) asked for, as written."""
     if run_as_group is not None and run_as_user is None and not run_as_username:
         raise UserError(
             f"run_as_group {run_as_group} is set without run_as_user or run_as_username"
         )
-    group_part: str | None = None
     if run_as_user is not None:
-        user_part = str(_check_id(run_as_user, "run_as_user"))
-    elif run_as_username:
+        return str(_check_id(run_as_user, "run_as_user")), None
+    if run_as_username:
         # The whole string is the user (a ":" is not a group here); digits are a uid.
-        user_part = run_as_username
-    else:
-        user_part, sep, rest = image_user.strip().partition(":")
-        group_part = rest if sep else None
+        return run_as_username, None
+    user_part, sep, rest = image_user.strip().partition(":")
+    return user_part, rest if sep else None
 
-    entry: _PasswdEntry | None = None
+
+def _user(passwd: _Database, user_part: str) -> tuple[int, _PasswdEntry | None]:
+    """The uid, and the passwd entry if there is one (a uid needs none, a name does)."""
     uid = _parse_id(user_part)
     if uid is not None:
-        entry = next((e for e in _passwd_entries(passwd) if e.uid == uid), None)
-    elif not user_part:
-        uid = 0  # no user at all: root, as the image spec says
-        entry = next((e for e in _passwd_entries(passwd) if e.uid == 0), None)
-    else:
-        entry = next((e for e in _passwd_entries(passwd) if e.name == user_part), None)
-        if entry is None:
-            raise passwd.not_found("user", user_part)
-        uid = entry.uid
+        return uid, next((e for e in _passwd_entries(passwd) if e.uid == uid), None)
+    if not user_part:
+        # No user at all: root, as the image spec says.
+        return 0, next((e for e in _passwd_entries(passwd) if e.uid == 0), None)
+    entry = next((e for e in _passwd_entries(passwd) if e.name == user_part), None)
+    if entry is None:
+        raise passwd.not_found("user", user_part)
+    return entry.uid, entry
 
+
+def _primary_gid(
+    group: _Database, run_as_group: int | None, group_part: str | None, entry: _PasswdEntry | None
+) -> int:
     if run_as_group is not None:
-        gid = _check_id(run_as_group, "run_as_group")
-    elif group_part:
+        return _check_id(run_as_group, "run_as_group")
+    if group_part:
         parsed = _parse_id(group_part)
-        if parsed is None:
-            found = next((g for g in _group_entries(group) if g.name == group_part), None)
-            if found is None:
-                raise group.not_found("group", group_part)
-            parsed = found.gid
-        gid = parsed
-    elif entry is not None:
-        gid = entry.gid
-    else:
-        gid = 0
+        if parsed is not None:
+            return parsed
+        found = next((g for g in _group_entries(group) if g.name == group_part), None)
+        if found is None:
+            raise group.not_found("group", group_part)
+        return found.gid
+    return entry.gid if entry is not None else 0
 
+
+def _additional_gids(
+    group: _Database,
+    entry: _PasswdEntry | None,
+    gid: int,
+    supplemental_groups: Sequence[int],
+    strict_supplemental: bool,
+) -> tuple[int, ...]:
     additional: list[int] = []
     if not strict_supplemental and entry is not None:
         additional.extend(g.gid for g in _group_entries(group) if entry.name in g.members)
     additional.extend(_check_id(g, "supplemental group") for g in supplemental_groups)
     # dict keeps first-seen order.
-    gids = tuple(g for g in dict.fromkeys(additional) if g != gid)
-    return ResolvedUser(uid=uid, gid=gid, additional_gids=gids, home=entry.home if entry else "/")
+    return tuple(g for g in dict.fromkeys(additional) if g != gid)
 
 
 # --- reading a file inside the rootfs --------------------------------------------------
@@ -260,31 +277,33 @@ def _read_in_root(root: Path, path: str, limit: int) -> bytes:
                     )
                 )
                 continue
-            # The file itself: regular files only. Opening a device node or a fifo
-            # of the image on the host could block or have side effects.
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-            fd = os.open(
-                name,
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=dirs[-1],
-            )
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file", path)
-                chunks = []
-                remaining = limit
-                while remaining > 0:
-                    chunk = os.read(fd, min(remaining, 1 << 16))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    remaining -= len(chunk)
-                return b"".join(chunks)
-            finally:
-                os.close(fd)
+            return _read_regular_file(dirs[-1], name, st, limit, path)
         # The path named a directory (or the root itself).
         raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     finally:
         for fd in dirs:
             os.close(fd)
+
+
+def _read_regular_file(dir_fd: int, name: str, st: os.stat_result, limit: int, path: str) -> bytes:
+    """Up to `limit` bytes of the file `name` in `dir_fd` (`st` its lstat), if it is a
+    regular file: opening a device node or a fifo of the image on the host could block
+    or have side effects."""
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        # Checked again on the open file: it may have been swapped since the lstat.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        chunks = []
+        remaining = limit
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
