@@ -38,6 +38,9 @@ from base.errors import Internal
 from base.processes import Finished, ProgramTimedOut, finish_even_if_cancelled
 from runtime.pause_process import PAUSE_MARKER
 
+# How long a process takes over its exec, at most, for the stray search to wait out.
+_EXEC_MOMENT = 0.05
+_STRAY_LOOKS = 10
 # The helper runs as a script (see start_pause), so by file, not by module name.
 _HELPER = str(Path(__file__).resolve().with_name("pause_process.py"))
 # How long to wait for a process to go after SIGKILL (it cannot refuse; only a task
@@ -168,15 +171,29 @@ async def start_pause(
             )
     except BaseException as exc:
         try:
-            # By command line, not by the pid the helper printed: the helper may have
-            # been killed between its fork and that line. Its child has the helper's
-            # command line until it execs, the pause's after.
-            await finish_even_if_cancelled(kill_strays(sandbox_id))
+            await finish_even_if_cancelled(_kill_what_the_helper_made(sandbox_id))
         except PauseError as cleanup:
             exc.add_note(f"cleanup after the failure was incomplete too: {cleanup}")
         raise
     failpoints.step("pause-start")
     return pause
+
+
+async def _kill_what_the_helper_made(sandbox_id: str) -> None:
+    """By command line, not by the pid the helper printed: the helper may have been
+    killed between its fork and that line. Its child has the helper's command line
+    until it execs, the pause's after, and none at all for a moment in between (the
+    new program is being loaded): so look until two looks a moment apart find nothing
+    (one look missed a pause, found by a full test run)."""
+    quiet = 0
+    for _ in range(_STRAY_LOOKS):
+        if await kill_strays(sandbox_id):
+            quiet = 0
+            continue
+        quiet += 1
+        if quiet == 2:
+            return
+        await asyncio.sleep(_EXEC_MOMENT)
 
 
 def _parse_answer(sandbox_id: str, done: Finished) -> PauseProcess:

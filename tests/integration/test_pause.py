@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import pause as pause_module
 from runtime.pause import PauseError, PauseProcess, is_running, start_pause, stop_pause
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="PID namespaces need root")
@@ -411,3 +412,24 @@ def test_helper_refuses_bad_arguments() -> None:
     )
     assert done.returncode == 1
     assert "usage" in done.stderr
+
+
+def test_a_failed_start_looks_again_for_a_pause_caught_mid_exec(
+    pauses: Pauses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper's child in the middle of its exec has no command line for a moment: the
+    one search after a failed start missed it, and a pause outlived the failure."""
+    sid = pauses.new_id()
+    pause = asyncio.run(start_pause(sid))
+    pauses.started.append(pause)
+    real = pause_module.running_pauses
+    looks: list[int] = []
+
+    def first_look_misses() -> dict[str, list[PauseProcess]]:
+        looks.append(1)
+        return {} if len(looks) == 1 else real()
+
+    monkeypatch.setattr(pause_module, "running_pauses", first_look_misses)
+    asyncio.run(pause_module._kill_what_the_helper_made(sid))
+    assert not is_running(pause)
+    assert len(looks) >= 3
