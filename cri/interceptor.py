@@ -23,6 +23,7 @@ import grpc.aio
 
 from api.runtime.v1 import api_pb2
 from base import failpoints
+from cri.encoded import Encoded
 from cri.errors import clip, disk_full, status_message, status_of, status_of_typed
 from cri.metrics import Metrics
 
@@ -92,6 +93,9 @@ def _record_call(
 class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # One wrapped handler per method, made at its first call: every call paid for
+        # building them anew.
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
 
     async def intercept_service(
         self,
@@ -100,23 +104,48 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        try:
+            return self._handlers[method]
+        except KeyError:
+            pass
+        handler = self._wrapped(await continuation(handler_call_details), _short(method))
+        self._handlers[method] = handler
+        return handler
+
+    def _wrapped(
+        self, handler: grpc.RpcMethodHandler[Any, Any] | None, rpc: str
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler is None:
             return handler
-        rpc = _short(handler_call_details.method)
+        serializer = _passing_encoded(handler.response_serializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(self.metrics, rpc, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(self.metrics, rpc, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=serializer,
             )
         return handler
+
+
+def _passing_encoded(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The method's serializer, but an answer already encoded (cri.server.encoded) is
+    sent as it is."""
+    if serialize is None:
+        return None
+
+    def serialize_or_pass(response: Any) -> bytes:
+        if isinstance(response, Encoded):
+            return response.data
+        return serialize(response)
+
+    return serialize_or_pass
 
 
 def _wrap_unary(metrics: Metrics, rpc: str, inner: Any) -> Any:

@@ -13,6 +13,7 @@ from api.runtime.v1 import api_pb2 as pb
 from cri.container_plan import ContainerRequest, PidMode
 from cri.container_record import CREATED, EXITED, RUNNING, Container, CriMount, Propagation
 from cri.containers import ContainerManager
+from cri.encoded import EncodedList, as_response
 from cri.errors import InvalidArgument, clip
 from cri.server.common import Context, batches
 from cri.server.convert import known, refuse_user_namespaces, resources
@@ -245,8 +246,15 @@ def status_to_proto(c: Container) -> pb.ContainerStatus:
     return status
 
 
+def container_list() -> EncodedList[Container]:
+    """ListContainers' answers: what it shows of a container changes with its state."""
+    field = pb.ListContainersResponse.DESCRIPTOR.fields_by_name["containers"].number
+    return EncodedList(field, container_to_proto, lambda c: c.id, lambda c: c.state)
+
+
 class ContainerRPCs:
     containers: ContainerManager
+    container_list: EncodedList[Container]
 
     async def CreateContainer(
         self, request: pb.CreateContainerRequest, context: Context
@@ -273,22 +281,23 @@ class ContainerRPCs:
         await self.containers.remove(request.container_id)
         return pb.RemoveContainerResponse()
 
-    async def _listed_containers(self, f: pb.ContainerFilter) -> list[pb.Container]:
+    async def _found_containers(self, f: pb.ContainerFilter) -> list[Container]:
         state = _STATE_NAMES.get(f.state.state) if f.HasField("state") else None
         if f.HasField("state") and state is None:
             return []  # CONTAINER_UNKNOWN: skiff always knows
-        found = await self.containers.select(f.id, state, f.pod_sandbox_id, dict(f.label_selector))
-        return [container_to_proto(c) for c in found]
+        return await self.containers.select(f.id, state, f.pod_sandbox_id, dict(f.label_selector))
 
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Context
     ) -> pb.ListContainersResponse:
-        return pb.ListContainersResponse(containers=await self._listed_containers(request.filter))
+        found = await self._found_containers(request.filter)
+        answer = self.container_list.response(found, everything=request.filter.ByteSize() == 0)
+        return as_response(answer, pb.ListContainersResponse)
 
     async def StreamContainers(
         self, request: pb.StreamContainersRequest, context: Context
     ) -> AsyncIterator[pb.StreamContainersResponse]:
-        items = await self._listed_containers(request.filter)
+        items = [container_to_proto(c) for c in await self._found_containers(request.filter)]
         for batch in batches(items):
             yield pb.StreamContainersResponse(containers=batch)
 

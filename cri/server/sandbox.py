@@ -10,6 +10,7 @@ from google.protobuf.json_format import MessageToDict
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.containers import ContainerManager
+from cri.encoded import EncodedList, as_response
 from cri.errors import InvalidArgument, clip
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
 from cri.server.common import Context, batches
@@ -198,9 +199,16 @@ def status_to_proto(sandbox: Sandbox) -> pb.PodSandboxStatus:
     )
 
 
+def sandbox_list() -> EncodedList[Sandbox]:
+    """ListPodSandbox's answers: what it shows of a pod changes with its state."""
+    field = pb.ListPodSandboxResponse.DESCRIPTOR.fields_by_name["items"].number
+    return EncodedList(field, sandbox_to_proto, lambda s: s.id, lambda s: s.state)
+
+
 class SandboxRPCs:
     sandboxes: SandboxManager
     containers: ContainerManager
+    sandbox_list: EncodedList[Sandbox]
 
     async def RunPodSandbox(
         self, request: pb.RunPodSandboxRequest, context: Context
@@ -227,24 +235,25 @@ class SandboxRPCs:
         info = {"info": sandbox.info_json()} if request.verbose else {}
         return pb.PodSandboxStatusResponse(status=status_to_proto(sandbox), info=info)
 
-    def _listed_sandboxes(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
+    def _found_sandboxes(self, f: pb.PodSandboxFilter) -> list[Sandbox]:
         state = None
         if f.HasField("state"):
             if f.state.state not in pb.PodSandboxState.values():
                 return []  # no pod is in a state the CRI does not name
             state = "ready" if f.state.state == pb.PodSandboxState.SANDBOX_READY else "notready"
-        found = self.sandboxes.select(f.id, state, dict(f.label_selector))
-        return [sandbox_to_proto(s) for s in found]
+        return self.sandboxes.select(f.id, state, dict(f.label_selector))
 
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Context
     ) -> pb.ListPodSandboxResponse:
-        return pb.ListPodSandboxResponse(items=self._listed_sandboxes(request.filter))
+        found = self._found_sandboxes(request.filter)
+        answer = self.sandbox_list.response(found, everything=request.filter.ByteSize() == 0)
+        return as_response(answer, pb.ListPodSandboxResponse)
 
     async def StreamPodSandboxes(
         self, request: pb.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
-        items = self._listed_sandboxes(request.filter)
+        items = [sandbox_to_proto(s) for s in self._found_sandboxes(request.filter)]
         for batch in batches(items):
             yield pb.StreamPodSandboxesResponse(pod_sandboxes=batch)
 

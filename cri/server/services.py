@@ -10,11 +10,11 @@ from cri.containers import ContainerManager
 from cri.daemon_state import DaemonState
 from cri.sandboxes import SandboxManager
 from cri.server.checkpoint import CheckpointRPCs
-from cri.server.container import ContainerRPCs
+from cri.server.container import ContainerRPCs, container_list
 from cri.server.events import EventsRPCs, install_describer
 from cri.server.image import ImageRPCs
 from cri.server.runtime_info import RuntimeInfoRPCs
-from cri.server.sandbox import SandboxRPCs
+from cri.server.sandbox import SandboxRPCs, sandbox_list
 from cri.server.stats import StatsRPCs
 from cri.server.streaming import StreamingRPCs
 from cri.stats import StatsManager
@@ -44,6 +44,8 @@ class RuntimeService(
         self.containers = containers
         self.streaming = streaming
         self.stats = stats
+        self.sandbox_list = sandbox_list()
+        self.container_list = container_list()
 
 
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):
