@@ -1,13 +1,5 @@
 """skiffd: the CRI v1 daemon (config, gRPC server, servicers, managers, state store)."""
 
-import functools
-from importlib import metadata
-
-
-@functools.cache
-def package_version() -> str:
-    """Read once: parsing the package's metadata took a third of a Version call."""
-    try:
-        return metadata.version("skiff-cri")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
+#: skiff's version; pyproject.toml takes it from here (read at run time without
+#: importlib.metadata, which loads email, zipfile and more for it).
+VERSION = "0.1.0"

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc.aio
 
 from base import failpoints
+from cri import VERSION
 from cri import config as config_mod
 from cri import log as log_mod
-from cri import package_version
 from cri.config import Config, ConfigError, ConfigSources
 from cri.containers import ContainerManager
 from cri.daemon_state import DaemonState
@@ -293,7 +293,7 @@ class Daemon:
         log.info(
             "skiffd ready",
             extra={
-                "version": package_version(),
+                "version": VERSION,
                 "socket": str(cfg.socket_path),
                 "root": cfg.root,
                 "runroot": cfg.runroot,

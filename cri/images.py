@@ -9,16 +9,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cri.config import Config
 from cri.errors import DeadlineExceeded, InvalidArgument
 from cri.metrics import Metrics
-from image.auth import Credentials
-from image.pull import ImagePuller, PullSettings
 from image.reference import ReferenceError, looks_like_image_id, parse
 from image.registries import RegistriesConfError, load_conf
-from image.registry_client import RegistryClient
 from image.store import ImageNotFound, ImageRecord, ImageStore
+
+if TYPE_CHECKING:
+    from image.auth import Credentials
+    from image.pull import ImagePuller
 
 log = logging.getLogger("skiff.images")
 
@@ -46,20 +48,29 @@ class ImageManager:
         self.metrics = metrics
         self._config = config
         self._registries = load_conf(Path(config.image.registries_conf))
-        self.client = self._client(config)
-        self.puller = self._puller(config)
+        self._puller: ImagePuller | None = None
 
-    def _client(self, config: Config) -> RegistryClient:
-        return RegistryClient(
+    @property
+    def puller(self) -> ImagePuller:
+        """Made at the first pull: the registry client's stack (TLS, HTTP, the
+        decompressors) was most of the modules an idle skiffd held."""
+        if self._puller is None:
+            self._puller = self._make_puller(self._config)
+        return self._puller
+
+    def _make_puller(self, config: Config) -> ImagePuller:
+        # Here, not at the top: an idle skiffd need not load them (see `puller`).
+        from image.pull import ImagePuller, PullSettings  # noqa: PLC0415
+        from image.registry_client import RegistryClient  # noqa: PLC0415
+
+        client = RegistryClient(
             Path(config.image.certs_dir),
             progress_timeout=config.image.pull_progress_timeout,
             retries=config.image.pull_retries,
         )
-
-    def _puller(self, config: Config) -> ImagePuller:
         return ImagePuller(
             self.store,
-            self.client,
+            client,
             lambda: self._registries,
             Path(config.image.auth_file),
             PullSettings(
@@ -81,8 +92,7 @@ class ImageManager:
                 "registries config not reloaded, keeping the old one", extra={"error": str(exc)}
             )
         if config.image != self._config.image:
-            self.client = self._client(config)
-            self.puller = self._puller(config)
+            self._puller = None  # made again, from the new settings, at the next pull
         self._config = config
 
     # --- names -------------------------------------------------------------------

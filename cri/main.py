@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from base import failpoints
+from cri import VERSION
 from cri import config as config_mod
 from cri import log as log_mod
-from cri import package_version
 from cri.config import DEFAULT_CONFIG_FILE, DEFAULT_DROPIN_DIR, ConfigError, ConfigSources
 from cri.daemon import Daemon, StartupError
 from cri.instance_lock import AlreadyRunning
@@ -83,7 +83,7 @@ SWITCH_INTERVAL = 0.0005
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
-        print(f"skiffd {package_version()} (CRI v1)")
+        print(f"skiffd {VERSION} (CRI v1)")
         return 0
     sources = ConfigSources(
         config_file=args.config or DEFAULT_CONFIG_FILE,

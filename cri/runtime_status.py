@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 
-from cri import package_version
+from cri import VERSION
 from cri.daemon_state import DaemonState
 from runtime.mounts import kernel_has_mount_setattr
 
@@ -59,7 +59,7 @@ class VersionReport:
 
 
 def version() -> VersionReport:
-    return VersionReport(KUBELET_API_VERSION, RUNTIME_NAME, package_version(), RUNTIME_API_VERSION)
+    return VersionReport(KUBELET_API_VERSION, RUNTIME_NAME, VERSION, RUNTIME_API_VERSION)
 
 
 async def runtime_condition(state: DaemonState) -> tuple[Condition, dict[str, object]]:

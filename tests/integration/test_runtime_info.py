@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+from importlib import metadata
 from pathlib import Path
 
 import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from cri import package_version
+from cri import VERSION
 from tests.integration.skiffd import Skiffd, skiffd_process
 
 BRIDGE_CONFLIST = {
@@ -32,7 +33,7 @@ def _conditions(daemon: Skiffd) -> dict[str, pb.RuntimeCondition]:
 def test_version_names_skiff(skiffd: Skiffd) -> None:
     response = skiffd.runtime().Version(pb.VersionRequest(version="0.1.0"))
     assert response.runtime_name == "skiff"
-    assert response.runtime_version == package_version()
+    assert response.runtime_version == VERSION == metadata.version("skiff-cri")
     assert response.runtime_api_version == "v1"
     assert response.version == "0.1.0"
 
