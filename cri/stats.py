@@ -442,12 +442,15 @@ class StatsManager:
             for pod in pods
         }
         everyone = [c for group in members.values() for c in group]
-        container_samples = {
-            s.container.id: s for s in await self._container_samples(everyone, detailed)
-        }
         pod_paths = {p.id: p.cgroup_parent for p in pods if p.cgroup_parent.startswith("/")}
-        pod_usages = await asyncio.to_thread(self._read_cgroups, pod_paths, False)
-        networks = await self._networks(pods)
+        # Three reads on three threads at once: one after the other, a call waited for
+        # each in turn.
+        members_read, pod_usages, networks = await asyncio.gather(
+            self._container_samples(everyone, detailed),
+            asyncio.to_thread(self._read_cgroups, pod_paths, False),
+            self._networks(pods),
+        )
+        container_samples = {s.container.id: s for s in members_read}
         samples = []
         for pod, network in zip(pods, networks, strict=True):
             inside = tuple(
