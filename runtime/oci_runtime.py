@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from base import failpoints, processes
+from base import failpoints, processes, steps
 from base.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
 from base.files import write_atomic
 from base.processes import ProgramTimedOut
@@ -242,6 +242,7 @@ class OciRuntime:
         bundle, log_path, log_existed = await asyncio.to_thread(
             self._prepare, container_id, Path(bundle), log_path, what
         )
+        steps.lap("runtime state dir")
         options = conmon.ConmonOptions(
             container_id=container_id,
             runtime_path=self.handler.runtime_path,
@@ -257,7 +258,9 @@ class OciRuntime:
         try:
             if conmon_cgroup:
                 await asyncio.to_thread(self._make_conmon_cgroup, state, conmon_cgroup, what)
+                steps.lap("conmon cgroup made")
             pid = await self.observed("create", self._start_conmon(options, conmon_cgroup, what))
+            steps.lap("conmon + runtime create")
             failpoints.step("runtime-create")
             memory_cgroup = await asyncio.to_thread(_memory_cgroup_dir, pid)
             meta = {
@@ -267,6 +270,7 @@ class OciRuntime:
                 "handler": self.handler.name,
             }
             await asyncio.to_thread(write_atomic, state / _META, json.dumps(meta).encode())
+            steps.lap("runtime meta")
         except BaseException:
             await asyncio.shield(
                 self._remove(
@@ -397,6 +401,7 @@ class OciRuntime:
         what = f"starting container {container_id}"
         self._dir(container_id)
         rc, out, err = await self._run(["start", container_id], what=what)
+        steps.lap("runtime start")
         if rc != 0:
             if not self._runtime_knows(container_id):
                 raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
@@ -414,6 +419,7 @@ class OciRuntime:
             ["kill", container_id, str(int(signal))], what=what, judged_by_caller=True
         )
         ended = time.monotonic()
+        steps.lap("runtime kill")
         try:
             stopped = rc == 0 or await self._already_stopped(container_id, state, what)
         except ContainerNotFound:
@@ -454,6 +460,7 @@ class OciRuntime:
         if timeout > 0:
             await self.kill(container_id, stop_signal)
             done = await self.wait_exit(container_id, timeout)
+            steps.lap("exit awaited")
             if done is not None:
                 return done
             log.info(
@@ -494,13 +501,17 @@ class OciRuntime:
             pids = [recorded] if recorded is not None else []
         if self._runtime_knows(container_id):
             rc, out, err = await self._run(["delete", "--force", container_id], what=what)
+            steps.lap("runtime delete")
             if rc != 0 and self._runtime_knows(container_id):
                 raise OciRuntimeError(self._failure(what, "delete --force", rc, err, out))
         for pid in pids:
             await self._reap_conmon(state, pid)
+        steps.lap("conmon gone")
         await self._delete_conmon_cgroup(state, what)
+        steps.lap("conmon cgroup removed")
         bundle, log_path = failed_create if failed_create is not None else (None, None)
         await asyncio.to_thread(_remove_state, state, bundle, log_path)
+        steps.lap("runtime state removed")
         if failed_create is None:
             failpoints.step("runtime-delete")
 
