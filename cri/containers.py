@@ -183,9 +183,7 @@ class ContainerManager:
         for name in sorted(handlers, key=lambda h: h != self.state.config.runtime.default_handler):
             with contextlib.suppress(FailedPrecondition):  # a handler not installed
                 await self.runtime(name).delete(container_id)
-        await asyncio.to_thread(container_mounts.unmount_image_volumes, container_dir / "volumes")
-        await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
-        await asyncio.to_thread(remove_tree, container_dir)
+        await asyncio.to_thread(_remove_container_dir, container_dir)
 
     def start_watching(self) -> None:
         """Notice exits as conmon records them, so List reads memory only."""
@@ -489,15 +487,8 @@ class ContainerManager:
             steps.lap("stopped")
             runtime = self.runtime(container.runtime_handler)
             await runtime.delete(container.id)
-            container_dir = Path(container.container_dir)
-            await asyncio.to_thread(
-                container_mounts.unmount_image_volumes, container_dir / "volumes"
-            )
-            steps.lap("image volumes unmounted")
-            await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
-            steps.lap("rootfs unmounted")
-            await asyncio.to_thread(remove_tree, container_dir)
-            steps.lap("directory removed")
+            await asyncio.to_thread(_remove_container_dir, Path(container.container_dir))
+            steps.lap("volumes + rootfs unmounted, directory removed")
             await self.state.store.remove("container", container.id)
             steps.lap("record removed")
             self._containers.pop(container.id, None)
@@ -619,6 +610,14 @@ def _program_unrunnable(message: str, program: str) -> bool:
     `<program>` ..."""
     shapes = (f'exec: "{program}"', f'exec: \\"{program}\\"', f"executable file `{program}`")
     return any(shape in message for shape in shapes)
+
+
+def _remove_container_dir(container_dir: Path) -> None:
+    """Image volumes and the root filesystem unmounted, then the directory removed: in
+    this order, so nothing mounted is ever removed through."""
+    container_mounts.unmount_image_volumes(container_dir / "volumes")
+    unmount_rootfs(container_dir / "rootfs")
+    remove_tree(container_dir)
 
 
 def _write_bundle(bundle: Path, oci: Mapping[str, Any]) -> None:
