@@ -491,7 +491,7 @@ class ContainerManager:
             runtime = self.runtime(container.runtime_handler)
             await runtime.delete(container.id)
             await asyncio.to_thread(_remove_container_dir, Path(container.container_dir))
-            steps.lap("volumes + rootfs unmounted, directory removed")
+            steps.lap("unmounted, directory removed")
             await self.state.store.remove("container", container.id)
             steps.lap("record removed")
             self._containers.pop(container.id, None)

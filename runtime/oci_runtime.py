@@ -536,7 +536,7 @@ class OciRuntime:
         steps.lap("conmon gone")
         bundle, log_path = failed_create if failed_create is not None else (None, None)
         await self._delete_conmon_cgroup_and_state(state, bundle, log_path, what)
-        steps.lap("conmon cgroup + runtime state removed")
+        steps.lap("conmon cgroup + state dir removed")
         if failed_create is None:
             failpoints.step("runtime-delete")
 
