@@ -40,9 +40,11 @@ Run as root from the repository root: ``make bench-lifecycle`` or
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -116,6 +118,8 @@ PHASES = (
     "RemovePodSandbox",
 )
 MODES = ("sequential", "parallel")
+#: The container RPCs whose steps skiffd logs at debug level ("<rpc> steps").
+STEP_CALLS = ("CreateContainer", "StartContainer", "StopContainer", "RemoveContainer")
 LISTS = ("ListContainers", "ListPodSandbox")
 #: Width of the row labels of the report's tables.
 LABEL_WIDTH = 28
@@ -506,6 +510,7 @@ class Options:
     list_calls: int
     warmup: int
     log_level: str
+    skiff_only: bool = False
 
 
 def _log_size(path: Path) -> int:
@@ -590,6 +595,99 @@ def skiff_log_summary(log_path: Path, spans: dict[str, tuple[int, int]]) -> list
             lines.append(f"  {mode:<10} " + ", ".join(parts))
     if lines:
         lines.insert(0, "skiffd's own durations from its log, p50/p99 ms:")
+    return lines
+
+
+def step_entries(text: str) -> Iterator[dict[str, Any]]:
+    """skiffd's ``"<rpc> steps"`` debug lines (`base.steps`)."""
+    for line in text.splitlines():
+        if '"steps_ms"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("steps_ms"), dict):
+            yield entry
+
+
+@dataclass
+class CallSteps:
+    """One RPC's steps over the calls of a mode: ms per call, in the order first seen
+    (a step a call skipped counts 0 in it, so the means add up to the total's)."""
+
+    totals: list[float] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, total: float, laps: dict[str, float]) -> None:
+        for name in laps:
+            self.steps.setdefault(name, [0.0] * len(self.totals))
+        self.totals.append(total)
+        for name, values in self.steps.items():
+            values.append(float(laps.get(name, 0.0)))
+
+
+def skiff_steps(
+    log_path: Path, spans: dict[str, tuple[int, int]]
+) -> dict[str, dict[str, CallSteps]]:
+    """mode -> RPC -> its steps, from skiffd's log (empty below debug level)."""
+    try:
+        data = log_path.read_bytes()
+    except OSError:
+        return {}
+    found: dict[str, dict[str, CallSteps]] = {}
+    for mode, (start, end) in spans.items():
+        calls: dict[str, CallSteps] = {}
+        for entry in step_entries(data[start:end].decode(errors="replace")):
+            call = str(entry.get("call"))
+            if call in STEP_CALLS:
+                calls.setdefault(call, CallSteps()).add(
+                    float(entry.get("total_ms", 0.0)), entry["steps_ms"]
+                )
+        if calls:
+            found[mode] = calls
+    return found
+
+
+def steps_report(
+    steps: dict[str, dict[str, CallSteps]], client: dict[str, ModeResult] | None = None
+) -> list[str]:
+    """Per RPC and step, mean and p50 ms in each mode; with ``client``, the client-side
+    mean beside skiffd's total (the difference is gRPC, the servicer and the wire)."""
+    if not steps:
+        return []
+    modes = [m for m in MODES if m in steps]
+    head = "".join(f"{m + ' mean/p50':>24}" for m in modes)
+    lines = [
+        "skiffd's steps per container RPC (debug log), ms:",
+        f"  {'':<36}{head}",
+    ]
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return f"{'-':>24}"
+        return f"{statistics.fmean(values):>15.2f}{percentile(values, 50):>9.2f}"
+
+    for call in STEP_CALLS:
+        order: list[str] = []
+        for mode in modes:
+            if call in steps[mode]:
+                order += [n for n in steps[mode][call].steps if n not in order]
+        if not order:
+            continue
+        if client is not None:
+            row = "".join(
+                cell([t * 1000 for t in client[m].phase(call)]) if m in client else cell([])
+                for m in modes
+            )
+            lines.append(f"  {call + ', client side':<36}{row}")
+        row = "".join(cell(steps[m][call].totals if call in steps[m] else []) for m in modes)
+        lines.append(f"  {call + ', in skiffd':<36}{row}")
+        for name in order:
+            row = "".join(
+                cell(steps[m][call].steps.get(name, []) if call in steps[m] else []) for m in modes
+            )
+            lines.append(f"    {name:<34}{row}")
     return lines
 
 
@@ -712,6 +810,35 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
 # --------------------------------------------------------------------------------------
 
 
+def report_skiff_only(skiff: RuntimeResult, opts: Options) -> str:
+    """The lifecycle and List rows of skiff alone (``--skiff-only``)."""
+    lines = [f"pod lifecycle, skiff only: {opts.pods} pods per mode; client-side ms"]
+    for mode in MODES:
+        res = skiff.modes[mode]
+        lines += [
+            "",
+            f"{mode_title(mode, opts.parallel):<{LABEL_WIDTH + 2}}{'mean':>9}{'p50':>9}{'p99':>9}",
+        ]
+        for phase in (*PHASES, "full cycle"):
+            ms = [t * 1000 for t in res.phase(phase)]
+            lines.append(
+                f"  {phase:<{LABEL_WIDTH}}{statistics.fmean(ms):>9.1f}"
+                f"{percentile(ms, 50):>9.1f}{percentile(ms, 99):>9.1f}"
+            )
+        container = [sum(c[p] for p in PHASES if "Container" in p) * 1000 for c in res.cycles]
+        lines.append(
+            f"  {'container RPCs (4 of them)':<{LABEL_WIDTH}}{statistics.fmean(container):>9.1f}"
+            f"{percentile(container, 50):>9.1f}{percentile(container, 99):>9.1f}"
+        )
+        lines.append(f"  {f'wall time, {opts.pods} pods':<{LABEL_WIDTH}}{res.wall_s:>8.2f}s")
+    lines += ["", f"list, {opts.list_pods} pods x 2 ctrs, p50/p99 ms"]
+    for name in LISTS:
+        p50, p99 = (percentile(skiff.lists[name], q) * 1000 for q in (50, 99))
+        lines.append(f"  {name:<{LABEL_WIDTH}}{p50:>9.2f}{p99:>9.2f}")
+    lines += ["", leaks_line([("skiff", skiff.leaks)])]
+    return "\n".join(lines)
+
+
 def bench(opts: Options) -> str:
     with pod_bench("lcy", "`make bench-lifecycle` installs it") as env:
         network, log_root, registry = env.network, env.log_root, env.registry
@@ -727,6 +854,11 @@ def bench(opts: Options) -> str:
                     raise BenchError(f"skiff pulled {image} as another image")
                 skiff = measure(target, image, network, log_root, opts)
             notes = skiff_log_summary(target.log_path, skiff.log_spans)
+            breakdown = steps_report(skiff_steps(target.log_path, skiff.log_spans), skiff.modes)
+        if breakdown:
+            notes += ["", *breakdown]
+        if opts.skiff_only:
+            return report_skiff_only(skiff, opts) + "\n\n" + "\n".join(notes)
 
         with containerd_target(registry.host, sandbox_image, env.ctrd_conf) as target:
             for ref, want in ((sandbox_image, pause), (image, busybox)):
@@ -751,14 +883,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--list-calls", type=int, default=200, help="calls of each List (200)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed cycles first (3)")
-    add_skiff_log_level(parser, "its per-RPC durations")
+    add_skiff_log_level(parser, "its per-RPC durations and each container RPC's steps")
+    parser.add_argument(
+        "--skiff-only",
+        action="store_true",
+        help="measure skiff alone, no containerd (to compare skiff with itself)",
+    )
     args = parser.parse_args(argv)
     if args.pods < 2 or args.parallel < 1 or args.list_pods < 1 or args.list_calls < 2:
         parser.error("--pods >= 2, --parallel >= 1, --list-pods >= 1, --list-calls >= 2")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
     opts = Options(
-        args.pods, args.parallel, args.list_pods, args.list_calls, args.warmup, args.skiff_log_level
+        args.pods,
+        args.parallel,
+        args.list_pods,
+        args.list_calls,
+        args.warmup,
+        args.skiff_log_level,
+        args.skiff_only,
     )
     return run_main("bench.lifecycle", lambda: bench(opts))
 

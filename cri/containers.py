@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from base import directories, failpoints
+from base import directories, failpoints, steps
 from base.files import write_atomic
 from base.trees import remove_tree
 from cri import container_mounts, container_plan, events
@@ -183,9 +183,7 @@ class ContainerManager:
         for name in sorted(handlers, key=lambda h: h != self.state.config.runtime.default_handler):
             with contextlib.suppress(FailedPrecondition):  # a handler not installed
                 await self.runtime(name).delete(container_id)
-        await asyncio.to_thread(container_mounts.unmount_image_volumes, container_dir / "volumes")
-        await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
-        await asyncio.to_thread(remove_tree, container_dir)
+        await asyncio.to_thread(_remove_container_dir, container_dir)
 
     def start_watching(self) -> None:
         """Notice exits as conmon records them, so List reads memory only."""
@@ -231,12 +229,17 @@ class ContainerManager:
     # --- create ----------------------------------------------------------------------
 
     async def create(self, request: ContainerRequest) -> str:
+        with steps.timed(log, "CreateContainer"):
+            return await self._create_checked(request)
+
+    async def _create_checked(self, request: ContainerRequest) -> str:
         check_request(request)
         sandbox = self.sandboxes.get(request.sandbox_id)
         self._check_pod_takes_containers(sandbox)
         request = replace(request, sandbox_id=sandbox.id)
         await self._check_recursive_read_only(request, sandbox)
         name = f"{sandbox.id}/{request.name}/{request.attempt}"
+        steps.lap("checks")
 
         def taken() -> Exception | None:
             existing = self.state.store.get_by_name("container", name)
@@ -312,12 +315,16 @@ class ContainerManager:
         # Again, now that this create is one a stopping pod waits for.
         self._check_pod_takes_containers(sandbox)
         plan = self._plan(request, sandbox)
+        steps.note(container_id=plan.id)
+        steps.lap("plan")
         await asyncio.to_thread(container_mounts.check_host_sources, request.name, request.mounts)
+        steps.lap("host sources")
         started = time.monotonic()
         undo = Rollback(container_id=plan.id)
         try:
             container = await self._carry_out(plan, sandbox, undo)
             await self.state.store.add(container.to_record())
+            steps.lap("record")
         except BaseException:
             await undo.run()
             raise
@@ -342,8 +349,11 @@ class ContainerManager:
         layers = [self.state.images.store.layer_path(c) for c in plan.image_chain_ids]
         rootfs = await asyncio.to_thread(mount_rootfs, layers, plan.rootfs_dir)
         undo.push("rootfs", lambda: asyncio.to_thread(unmount_rootfs, plan.rootfs_dir))
+        steps.lap("rootfs mount")
         user = await asyncio.to_thread(self._resolve_user, plan, Path(rootfs.merged))
+        steps.lap("user")
         await self._make_log_directory(plan, undo)
+        steps.lap("log directory")
         volumes = directory / "volumes"
         undo.push(
             "volumes", lambda: asyncio.to_thread(container_mounts.unmount_image_volumes, volumes)
@@ -354,11 +364,15 @@ class ContainerManager:
         await asyncio.to_thread(
             container_mounts.check_against_rootfs, plan.request.name, mounts, Path(rootfs.merged)
         )
+        steps.lap("volumes")
         pid_namespace = plan.namespaces["pid"]
         if pid_namespace == POD_PID:
             pid_namespace = await self.sandboxes.shared_pid_namespace(sandbox)
+            steps.lap("pod pid namespace")
         oci = await self._build_spec(plan.spec(str(rootfs.merged), user, mounts, pid_namespace))
+        steps.lap("spec")
         await asyncio.to_thread(_write_bundle, directory / "bundle", oci)
+        steps.lap("bundle")
         runtime = self.runtime(plan.runtime_handler)
         pid = await self._runtime_create(runtime, plan, oci)
         undo.push("runtime", lambda: runtime.delete(plan.id))
@@ -388,7 +402,13 @@ class ContainerManager:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self, id_or_prefix: str) -> None:
+        with steps.timed(log, "StartContainer"):
+            await self._start(id_or_prefix)
+
+    async def _start(self, id_or_prefix: str) -> None:
         container = await self.get(id_or_prefix)
+        steps.note(container_id=container.id)
+        steps.lap("lookup")
         async with self._lock(container.id):
             if container.state != CREATED:
                 raise FailedPrecondition(
@@ -402,6 +422,7 @@ class ContainerManager:
             # it (`_reconcile_start`).
             container.started_ns = time.time_ns()
             await self.state.store.update(container.to_record())
+            steps.lap("record intent")
             try:
                 await runtime.start(container.id)
             except Exception as exc:
@@ -415,18 +436,26 @@ class ContainerManager:
                 self.state.events.publish(events.STOPPED, container.id, container.sandbox_id)
                 raise
             container.state = RUNNING
-            await self.state.store.update(container.to_record())
+            # No fsync: skiffd's death loses nothing of it, and after a power loss
+            # the container is gone anyway; were the write lost, the start intent
+            # recorded above makes skiffd ask the runtime (`_reconcile_start`).
+            await self.state.store.update(container.to_record(), durable=False)
+            steps.lap("record running")
             self.state.events.publish(events.STARTED, container.id, container.sandbox_id)
             self.exits.watch(container)
+            steps.lap("watch exit")
         log.info("container started", extra={"container_id": container.id})
 
     async def stop(self, id_or_prefix: str, grace: float) -> None:
-        try:
-            container = await self.get(id_or_prefix)
-        except NotFound:
-            return  # CRI: stopping what is not there is fine
-        async with self._lock(container.id):
-            await self._stop_locked(container, grace)
+        with steps.timed(log, "StopContainer"):
+            try:
+                container = await self.get(id_or_prefix)
+            except NotFound:
+                return  # CRI: stopping what is not there is fine
+            steps.note(container_id=container.id)
+            steps.lap("lookup")
+            async with self._lock(container.id):
+                await self._stop_locked(container, grace)
 
     async def _stop_locked(self, container: Container, grace: float) -> None:
         await self.exits.refresh(container)
@@ -443,23 +472,28 @@ class ContainerManager:
             stop_signal = container.stop_signal or signal.SIGTERM
             status = await runtime.stop(container.id, stop_signal, max(grace, 0))
         await self.exits.record(container, status)
+        steps.lap("record exit")
 
     async def remove(self, id_or_prefix: str) -> None:
+        with steps.timed(log, "RemoveContainer"):
+            await self._remove(id_or_prefix)
+
+    async def _remove(self, id_or_prefix: str) -> None:
         try:
             container = await self.get(id_or_prefix)
         except NotFound:
             return
+        steps.note(container_id=container.id)
+        steps.lap("lookup")
         async with self._lock(container.id):
             await self._stop_locked(container, 0)
+            steps.lap("stopped")
             runtime = self.runtime(container.runtime_handler)
             await runtime.delete(container.id)
-            container_dir = Path(container.container_dir)
-            await asyncio.to_thread(
-                container_mounts.unmount_image_volumes, container_dir / "volumes"
-            )
-            await asyncio.to_thread(unmount_rootfs, container_dir / "rootfs")
-            await asyncio.to_thread(remove_tree, container_dir)
+            await asyncio.to_thread(_remove_container_dir, Path(container.container_dir))
+            steps.lap("unmounted, directory removed")
             await self.state.store.remove("container", container.id)
+            steps.lap("record removed")
             self._containers.pop(container.id, None)
             self.state.events.publish(events.DELETED, container.id, container.sandbox_id)
         self._locks.pop(container.id, None)
@@ -579,6 +613,14 @@ def _program_unrunnable(message: str, program: str) -> bool:
     `<program>` ..."""
     shapes = (f'exec: "{program}"', f'exec: \\"{program}\\"', f"executable file `{program}`")
     return any(shape in message for shape in shapes)
+
+
+def _remove_container_dir(container_dir: Path) -> None:
+    """Image volumes and the root filesystem unmounted, then the directory removed: in
+    this order, so nothing mounted is ever removed through."""
+    container_mounts.unmount_image_volumes(container_dir / "volumes")
+    unmount_rootfs(container_dir / "rootfs")
+    remove_tree(container_dir)
 
 
 def _write_bundle(bundle: Path, oci: Mapping[str, Any]) -> None:

@@ -607,7 +607,8 @@ class SandboxManager:
                 break
 
     async def _hand_over(self, kept: list[str], leaving: str) -> None:
-        for pod in self._sandboxes.values():
+        # A snapshot: pods come and go while a record update is awaited.
+        for pod in list(self._sandboxes.values()):
             chain = pod_cgroups.chain(pod.cgroup_parent)[:-1]
             owned = set(pod.cgroup_ancestors) | {a for a in kept if a in chain}
             if pod.id != leaving and owned != set(pod.cgroup_ancestors):

@@ -168,15 +168,19 @@ class StateStore:
         index.add(record)
         failpoints.step(f"{record.kind}-record-add")
 
-    async def update(self, record: Record) -> None:
-        """Replace a stored record's data (its id and name stay)."""
+    async def update(self, record: Record, *, durable: bool = True) -> None:
+        """Replace a stored record's data (its id and name stay). ``durable=False``:
+        committed without an fsync (SQLite WAL, synchronous=NORMAL for this write), so
+        skiffd's death (kill -9) loses nothing but a power loss may; only for state a
+        reboot makes moot and skiffd can learn again (the next durable write syncs it
+        too, in order)."""
         index = self._indexes[record.kind]
         old = index.by_id.get(record.id)
         if old is None:
             raise NotFound(f"{record.kind} {record.id} not found")
         if old.name != record.name:
             raise FailedPrecondition(f"{record.kind} {record.id}: a record's name cannot change")
-        await self._run(lambda: self._write(record, insert=False))
+        await self._run(lambda: self._write(record, insert=False, durable=durable))
         index.add(record)
         failpoints.step(f"{record.kind}-record-update")
 
@@ -190,9 +194,20 @@ class StateStore:
         await self._run(lambda: self._put_setting(key, value))
         self._settings[key] = value
 
-    def _write(self, record: Record, insert: bool) -> None:
+    def _write(self, record: Record, insert: bool, durable: bool = True) -> None:
         db = self._db()
         data = json.dumps(record.data, sort_keys=True)
+        if not durable:
+            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._put(db, record, data, insert)
+            finally:
+                db.execute("PRAGMA synchronous=FULL")
+            return
+        self._put(db, record, data, insert)
+
+    @staticmethod
+    def _put(db: sqlite3.Connection, record: Record, data: str, insert: bool) -> None:
         if insert:
             db.execute(
                 "INSERT INTO records (kind, id, name, created_ns, data) VALUES (?, ?, ?, ?, ?)",

@@ -21,7 +21,8 @@ conmon runs with the state directory as cwd (it writes a second ``oom`` file int
 cwd) and a clean environment. It double-forks, calls setsid and is reparented to init
 (or the nearest subreaper): containers outlive skiffd. There is no shared exits
 directory: ``exit`` is per container. :mod:`runtime.exit_watch` notices it with inotify;
-:meth:`OciRuntime.wait_exit`, used while stopping one container, polls it every 25 ms.
+:meth:`OciRuntime.wait_exit`, used while stopping one container, waits on a pidfd of
+its conmon, which exits right after writing it.
 
 Runtime commands are ``<runtime> --root <runtime_root> <verb> ...`` run as asyncio
 subprocesses, each bounded by ``timeout`` seconds. Errors are :class:`OciRuntimeError`
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from base import failpoints, processes
+from base import failpoints, processes, steps
 from base.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
 from base.files import write_atomic
 from base.processes import ProgramTimedOut
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MAX_ID = 200
 _POLL = 0.025
+# While waiting on conmon's pidfd, the exit file is looked at again this often all the
+# same: a conmon that outlives its container must not make a stop miss the exit.
+_EXIT_RECHECK = 0.5
 _OUTPUT_GRACE = 1.0  # how long exec_sync reads on after the runtime exited
 _META = "container.json"
 _CONMON_CGROUP = "conmon-cgroup"
@@ -239,9 +243,12 @@ class OciRuntime:
         """
         state = self._dir(container_id)
         what = f"creating container {container_id}"
-        bundle, log_path, log_existed = await asyncio.to_thread(
-            self._prepare, container_id, Path(bundle), log_path, what
+        # One trip to a worker thread for the state directory and conmon's cgroup; a
+        # failure to make the cgroup is raised below, where the state dir is undone.
+        (bundle, log_path, log_existed), cgroup_failed = await asyncio.to_thread(
+            self._prepare_and_make_cgroup, container_id, Path(bundle), log_path, conmon_cgroup, what
         )
+        steps.lap("runtime state dir + conmon cgroup")
         options = conmon.ConmonOptions(
             container_id=container_id,
             runtime_path=self.handler.runtime_path,
@@ -255,18 +262,13 @@ class OciRuntime:
             log_size_max=log_size_max,
         )
         try:
-            if conmon_cgroup:
-                await asyncio.to_thread(self._make_conmon_cgroup, state, conmon_cgroup, what)
+            if cgroup_failed is not None:
+                raise cgroup_failed
             pid = await self.observed("create", self._start_conmon(options, conmon_cgroup, what))
+            steps.lap("conmon + runtime create")
             failpoints.step("runtime-create")
-            memory_cgroup = await asyncio.to_thread(_memory_cgroup_dir, pid)
-            meta = {
-                "bundle": str(bundle),
-                "log_path": log_path,
-                "memory_cgroup": memory_cgroup,
-                "handler": self.handler.name,
-            }
-            await asyncio.to_thread(write_atomic, state / _META, json.dumps(meta).encode())
+            await asyncio.to_thread(self._write_meta, state, pid, bundle, log_path)
+            steps.lap("runtime meta")
         except BaseException:
             await asyncio.shield(
                 self._remove(
@@ -275,6 +277,35 @@ class OciRuntime:
             )
             raise
         return pid
+
+    def _prepare_and_make_cgroup(
+        self,
+        container_id: str,
+        bundle: Path,
+        log_path: str,
+        conmon_cgroup: str | None,
+        what: str,
+    ) -> tuple[tuple[Path, str, bool], OciRuntimeError | None]:
+        """`_prepare`, then conmon's cgroup when asked for: what `_prepare` returns, and
+        the error of making the cgroup (for the caller to raise after cleaning up)."""
+        prepared = self._prepare(container_id, bundle, log_path, what)
+        if conmon_cgroup:
+            try:
+                self._make_conmon_cgroup(self._dir(container_id), conmon_cgroup, what)
+            except OciRuntimeError as exc:
+                return prepared, exc
+        return prepared, None
+
+    def _write_meta(self, state: Path, pid: int, bundle: Path, log_path: str) -> None:
+        meta = {
+            "bundle": str(bundle),
+            "log_path": log_path,
+            "memory_cgroup": _memory_cgroup_dir(pid),
+            "handler": self.handler.name,
+        }
+        # The state dir is under the runroot (/run): gone with a reboot, when the
+        # container is too, so no fsync; skiffd's own death leaves the file whole.
+        write_atomic(state / _META, json.dumps(meta).encode(), durable=False)
 
     def _prepare(
         self, container_id: str, bundle: Path, log_path: str, what: str
@@ -397,6 +428,7 @@ class OciRuntime:
         what = f"starting container {container_id}"
         self._dir(container_id)
         rc, out, err = await self._run(["start", container_id], what=what)
+        steps.lap("runtime start")
         if rc != 0:
             if not self._runtime_knows(container_id):
                 raise ContainerNotFound(f"{what}: no such container in {self.handler.name}")
@@ -414,6 +446,7 @@ class OciRuntime:
             ["kill", container_id, str(int(signal))], what=what, judged_by_caller=True
         )
         ended = time.monotonic()
+        steps.lap("runtime kill")
         try:
             stopped = rc == 0 or await self._already_stopped(container_id, state, what)
         except ContainerNotFound:
@@ -454,6 +487,7 @@ class OciRuntime:
         if timeout > 0:
             await self.kill(container_id, stop_signal)
             done = await self.wait_exit(container_id, timeout)
+            steps.lap("exit awaited")
             if done is not None:
                 return done
             log.info(
@@ -494,13 +528,15 @@ class OciRuntime:
             pids = [recorded] if recorded is not None else []
         if self._runtime_knows(container_id):
             rc, out, err = await self._run(["delete", "--force", container_id], what=what)
+            steps.lap("runtime delete")
             if rc != 0 and self._runtime_knows(container_id):
                 raise OciRuntimeError(self._failure(what, "delete --force", rc, err, out))
         for pid in pids:
             await self._reap_conmon(state, pid)
-        await self._delete_conmon_cgroup(state, what)
+        steps.lap("conmon gone")
         bundle, log_path = failed_create if failed_create is not None else (None, None)
-        await asyncio.to_thread(_remove_state, state, bundle, log_path)
+        await self._delete_conmon_cgroup_and_state(state, bundle, log_path, what)
+        steps.lap("conmon cgroup + state dir removed")
         if failed_create is None:
             failpoints.step("runtime-delete")
 
@@ -511,21 +547,32 @@ class OciRuntime:
         except CgroupError as exc:
             raise OciRuntimeError(f"{what}: conmon cgroup: {exc}") from exc
 
-    async def _delete_conmon_cgroup(self, state: Path, what: str) -> None:
-        try:
-            path = (state / _CONMON_CGROUP).read_text()
-        except FileNotFoundError:
-            return
+    async def _delete_conmon_cgroup_and_state(
+        self, state: Path, bundle: Path | None, log_path: str | None, what: str
+    ) -> None:
+        """conmon's cgroup, then the state dir (which names the cgroup), in one trip to
+        a worker thread unless the cgroup has to be waited for."""
         # conmon is gone by now, but a killed one may still be leaving its cgroup.
         deadline = time.monotonic() + _CGROUP_DRAIN_SECONDS
         while True:
             try:
-                await asyncio.to_thread(self.cgroups.delete, path)
+                await asyncio.to_thread(self._delete_cgroup_and_state, state, bundle, log_path)
                 return
             except CgroupError as exc:
                 if time.monotonic() >= deadline:
                     raise OciRuntimeError(f"{what}: conmon cgroup: {exc}") from exc
                 await asyncio.sleep(0.05)
+
+    def _delete_cgroup_and_state(
+        self, state: Path, bundle: Path | None, log_path: str | None
+    ) -> None:
+        try:
+            path = (state / _CONMON_CGROUP).read_text()
+        except FileNotFoundError:
+            path = None
+        if path is not None:
+            self.cgroups.delete(path)
+        _remove_state(state, bundle, log_path)
 
     def _join_cgroup(self, path: str, pid: int, what: str) -> None:
         try:
@@ -536,6 +583,14 @@ class OciRuntime:
     async def _reap_conmon(self, state: Path, pid: int) -> None:
         """Wait for conmon to write the exit file and go; SIGKILL it after a while."""
         deadline = time.monotonic() + self.timeout
+        pidfd = _conmon_pidfd(pid, state)
+        try:
+            await self._wait_conmon_gone(state, pid, pidfd, deadline)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+
+    async def _wait_conmon_gone(self, state: Path, pid: int, pidfd: int, deadline: float) -> None:
         killed = False
         while conmon.is_conmon_of(pid, state):
             if time.monotonic() >= deadline:
@@ -548,7 +603,7 @@ class OciRuntime:
                     os.kill(pid, signals.SIGKILL)
                 killed = True
                 deadline = time.monotonic() + self.timeout
-            await asyncio.sleep(_POLL)
+            await _readable(pidfd, _POLL if pidfd < 0 else _EXIT_RECHECK)
 
     async def state(self, container_id: str) -> dict[str, Any] | None:
         """``<runtime> state``: the OCI state document, None for an unknown container."""
@@ -596,29 +651,41 @@ class OciRuntime:
         container_id: str,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> ExitStatus | None:
-        """Poll for the exit file; None after ``timeout`` s or for an unknown container.
-        Raises when conmon is gone without writing one."""
+        """Wait for the exit file; None after ``timeout`` s or for an unknown container.
+        Raises when conmon is gone without writing one.
+
+        conmon writes the exit file and then exits: the wait is on a pidfd of conmon
+        (readable once it exited), not a poll, so the exit is seen when it happens."""
         state = self._dir(container_id)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            done = self.exit_status(container_id)
-            if done is not None:
-                return done
-            if not state.is_dir():
-                return None
-            if self.conmon_pid(container_id) is None:
+        pidfd = -1
+        try:
+            while True:
                 done = self.exit_status(container_id)
                 if done is not None:
                     return done
-                raise OciRuntimeError(
-                    f"waiting for container {container_id}: its conmon is gone and wrote "
-                    "no exit file; the exit code is lost"
-                )
-            now = loop.time()
-            if deadline is not None and now >= deadline:
-                return None
-            await asyncio.sleep(_POLL if deadline is None else min(_POLL, deadline - now))
+                if not state.is_dir():
+                    return None
+                pid = self.conmon_pid(container_id)
+                if pid is None:
+                    done = self.exit_status(container_id)
+                    if done is not None:
+                        return done
+                    raise OciRuntimeError(
+                        f"waiting for container {container_id}: its conmon is gone and wrote "
+                        "no exit file; the exit code is lost"
+                    )
+                if pidfd < 0:
+                    pidfd = _conmon_pidfd(pid, state)
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    return None
+                pause = _EXIT_RECHECK if pidfd >= 0 else _POLL
+                await _readable(pidfd, pause if deadline is None else min(pause, deadline - now))
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
 
     def conmon_pid(self, container_id: str) -> int | None:
         """The running conmon of this container, None once it is gone."""
@@ -831,6 +898,39 @@ class OciRuntime:
 
 
 # ---- helpers (blocking ones run in threads) --------------------------------------------
+
+
+def _conmon_pidfd(pid: int, state: Path) -> int:
+    """A pidfd of the container's conmon ``pid``; -1 when none can be had (then callers
+    poll). Checked again once open: the pid read from a file may have been reused."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return -1
+    if not conmon.is_conmon_of(pid, state):
+        os.close(pidfd)
+        return -1
+    return pidfd
+
+
+async def _readable(fd: int, timeout: float) -> None:  # noqa: ASYNC109
+    """Until ``fd`` is readable (a pidfd: its process exited) or ``timeout`` s passed;
+    no fd (-1): just the timeout."""
+    if fd < 0:
+        await asyncio.sleep(timeout)
+        return
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait({ready}, timeout=timeout)
+    finally:
+        loop.remove_reader(fd)
 
 
 def _process_group(pid: int) -> int | None:

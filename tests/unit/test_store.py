@@ -147,3 +147,23 @@ def test_schema_version_is_recorded(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
+
+
+def test_a_write_without_fsync_is_read_back_and_leaves_full_sync_on(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+
+    async def write(store: StateStore) -> None:
+        await store.add(_sandbox("aaa111", state="created"))
+        await store.update(_sandbox("aaa111", state="running"), durable=False)
+        # The connection's own setting is back for every later write.
+        conn = store._db()
+        level = await asyncio.get_running_loop().run_in_executor(
+            store._executor, lambda: conn.execute("PRAGMA synchronous").fetchone()[0]
+        )
+        assert level == 2  # FULL
+
+    _run(write, db)
+    # What another process (skiffd started again after kill -9) reads.
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT data FROM records WHERE id = 'aaa111'").fetchall()
+    assert rows == [('{"state": "running"}',)]
