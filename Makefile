@@ -113,3 +113,10 @@ bench-lifecycle: bench-packages bench-tools venv-dev
 .PHONY: bench-streaming
 bench-streaming: bench-packages bench-tools venv-dev
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
+
+# The kubelet-shaped scale benchmark (110 pods x 3 containers, a minute of relists and
+# stats lists) against containerd 1.6 and 2.x (bench/README.md), as root.
+# BENCH_ARGS="--pods 20 --containers 2 --seconds 20" for a quick one.
+.PHONY: bench-scale
+bench-scale: bench-packages bench-tools venv-dev
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)
