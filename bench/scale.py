@@ -38,11 +38,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,6 @@ from bench.lifecycle import (
     Memory,
     Target,
     containerd_target,
-    remove_all,
     skiff_target,
 )
 from bench.peer import (
@@ -375,6 +376,71 @@ def kubelet_window(
 
 
 # --------------------------------------------------------------------------------------
+# Removal
+# --------------------------------------------------------------------------------------
+
+
+def internal_error_details(log_path: Path, message: str) -> str:
+    """skiffd's log entry for the error id an "internal error <id>" message names: its
+    exception's last line (skiff only; "" otherwise)."""
+    match = re.search(r"internal error ([0-9a-f]+)", message)
+    if match is None:
+        return ""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        with suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("error_id") == match.group(1):
+                trace = str(entry.get("error") or "").strip().splitlines()
+                if not trace:
+                    return str(entry)[:300]
+                frames = [t.strip() for t in trace if t.strip().startswith("File ")]
+                where = f" at {frames[-1]}" if frames else ""
+                return f"{trace[-1]}{where}"[:400]
+    return ""
+
+
+def remove_pods(target: Target) -> list[str]:
+    """Stop and remove every pod the runtime lists (their containers go with them), 10
+    at a time, each pod tried twice; what still failed (with the daemon's own word on
+    an internal error), for the leak report."""
+    rt = target.runtime
+    failed: list[str] = []
+
+    def remove(pod: pb.PodSandbox) -> None:
+        why = ""
+        for _ in range(2):
+            try:
+                rt.StopPodSandbox(
+                    pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=RPC_TIMEOUT
+                )
+                rt.RemovePodSandbox(
+                    pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=RPC_TIMEOUT
+                )
+                if why:
+                    failed.append(f"pod {pod.id[:12]} removed on a second try after: {why}")
+                return
+            except grpc.RpcError as exc:
+                details = exc.details() or str(exc.code())
+                why = details
+                more = internal_error_details(target.log_path, details)
+                if more:
+                    why += f" [{more}]"
+        failed.append(f"cannot remove pod {pod.id[:12]}: {why}")
+
+    try:
+        listed = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=RPC_TIMEOUT).items
+    except grpc.RpcError as exc:
+        return [f"cannot list the pods to remove them: {exc.details()}"]
+    with ThreadPoolExecutor(max_workers=SETUP_WORKERS, thread_name_prefix="rm") as pool:
+        list(pool.map(remove, listed))
+    return failed
+
+
+# --------------------------------------------------------------------------------------
 # One runtime
 # --------------------------------------------------------------------------------------
 
@@ -435,13 +501,12 @@ def measure(
             f" CPU {window.per_minute(window.daemon_cpu_s):.2f} s/min",
             file=sys.stderr,
         )
-        remove_all(target)
     except BaseException:
-        with suppress(grpc.RpcError):
-            remove_all(target)  # best effort: leave nothing running behind the error
+        remove_pods(target)  # best effort: leave nothing running behind the error
         remove_cgroups(cgroup_top(tag))
         raise
-    found = lifecycle.leaks(target, network, idle_mounts, cni_cache)
+    found = remove_pods(target)
+    found += lifecycle.leaks(target, network, idle_mounts, cni_cache)
     cgroups = remove_cgroups(cgroup_top(tag))
     if cgroups:
         found.append(f"{len(cgroups)} cgroup(s) still in use: {cgroups[:3]}")
