@@ -75,7 +75,7 @@ clean:
 .PHONY: bench bench-packages
 BENCH_ARGS ?=
 
-bench: bench-packages venv-dev
+bench: bench-packages bench-tools venv-dev
 	$(BIN)/python -m bench.pull $(BENCH_ARGS)
 
 # The test packages (registry, busybox) plus the peer runtime, Debian's containerd.
@@ -86,21 +86,37 @@ bench-packages: test-packages
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q && apt-get install -y -q --no-install-recommends containerd; }
 
+# The second peer, containerd 2.x and its runc shim, built from the Go module pinned in
+# bench/tools/containerd into the tools cache (as e2e-tools); left out without Go.
+.PHONY: bench-tools
+bench-tools: venv-dev
+	@if ! command -v go >/dev/null; then \
+		echo "bench: no go in PATH: containerd 2.x is left out of the comparison"; \
+	elif ! $(BIN)/python -m bench.containerd2; then \
+		echo "bench: containerd 2.x did not build: it is left out of the comparison"; fi
+
 # The pod sandbox lifecycle benchmark against containerd's CRI (bench/README.md), as root.
 # BENCH_ARGS="--pods 100 --parallel 20" to pass options.
 .PHONY: bench-sandbox
-bench-sandbox: bench-packages venv-dev
+bench-sandbox: bench-packages bench-tools venv-dev
 	$(BIN)/python -m bench.sandbox $(BENCH_ARGS)
 
 # The pod + container lifecycle, List latency and memory benchmark against containerd's
 # CRI (bench/README.md), as root. BENCH_ARGS="--pods 100 --parallel 20 --list-pods 50".
 .PHONY: bench-lifecycle
-bench-lifecycle: bench-packages venv-dev
+bench-lifecycle: bench-packages bench-tools venv-dev
 	$(BIN)/python -m bench.lifecycle $(BENCH_ARGS)
 
 # Exec round trips (ExecSync, streaming exec over SPDY and WebSocket) and port-forward
 # throughput against containerd's CRI (bench/README.md), as root.
 # BENCH_ARGS="--execs 200 --pf-runs 5 --size-mb 100".
 .PHONY: bench-streaming
-bench-streaming: bench-packages venv-dev
+bench-streaming: bench-packages bench-tools venv-dev
 	$(BIN)/python -m bench.streaming $(BENCH_ARGS)
+
+# The kubelet-shaped scale benchmark (110 pods x 3 containers, a minute of relists and
+# stats lists) against containerd 1.6 and 2.x (bench/README.md), as root.
+# BENCH_ARGS="--pods 20 --containers 2 --seconds 20" for a quick one.
+.PHONY: bench-scale
+bench-scale: bench-packages bench-tools venv-dev
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)

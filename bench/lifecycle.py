@@ -26,12 +26,13 @@ through each runtime's CRI ImageService before anything is timed:
    reported and removed.
 
 skiff: skiffd through `tests.integration.skiffd.Skiffd`, the registry marked insecure in
-its ``registries.conf``. containerd: Debian's 1.6 through `bench.peer.containerd_cri`
-(its sandbox image a busybox ``sleep`` image from the same registry). Printed: p50/p99
-per RPC and per cycle, list p50/p99, memory, with ratio skiff/containerd, and the
-targets: lifecycle p50 no slower than containerd's, List p99 ≤ 5 ms with 200
-containers, memory with the pods no more than containerd's. Exit status 0 whatever the
-numbers; 1 when the benchmark could not run.
+its ``registries.conf``. containerd: Debian's 1.6 and 2.x (``--peers``), one after the
+other, through `bench.peer.containerd_cri` (its sandbox image a busybox ``sleep`` image
+from the same registry). Printed: p50/p99 per RPC and per cycle, list p50/p99, memory,
+with the ratio skiff/containerd for each, and the targets: lifecycle p50 no slower
+than containerd's, List p99 ≤ 5 ms with 200 containers, memory with the pods no more
+than containerd's. Exit status 0 whatever the numbers; 1 when the benchmark could not
+run.
 
 Run as root from the repository root: ``make bench-lifecycle`` or
 ``.venv/bin/python -m bench.lifecycle``.
@@ -62,6 +63,8 @@ from bench import peer as shared
 from bench.peer import (
     BenchError,
     BenchNetwork,
+    PeerKind,
+    add_peers_option,
     add_skiff_log_level,
     containerd_cri,
     delete_containers,
@@ -77,6 +80,7 @@ from bench.peer import (
     print_mode,
     pull_image,
     ratio,
+    resolve_peers,
     run_main,
     shims_under,
     skiff_pod_settings,
@@ -86,6 +90,7 @@ from bench.peer import (
     tail,
     temp_base,
     timed_counts,
+    value_row,
 )
 from runtime.pause_process import PAUSE_MARKER
 from tests.integration import images as img
@@ -284,16 +289,16 @@ def skiff_target(
 
 @contextmanager
 def containerd_target(
-    registry_host: str, sandbox_image: str, cni_conf_dir: Path
+    kind: PeerKind, registry_host: str, sandbox_image: str, cni_conf_dir: Path
 ) -> Iterator[Target]:
     """`bench.peer.containerd_cri` as a Target; its helpers are its shims."""
-    with containerd_cri(registry_host, sandbox_image, cni_conf_dir) as peer:
+    with containerd_cri(kind, registry_host, sandbox_image, cni_conf_dir) as peer:
 
         def helpers(sandbox_ids: Iterable[str]) -> list[int]:
             return [shim.pid for shim in shims_under(peer.base)]
 
         yield Target(
-            "containerd",
+            kind.name,
             peer.pid,
             peer.base,
             peer.runtime(),
@@ -493,6 +498,7 @@ def leaks(
 
 @dataclass
 class RuntimeResult:
+    label: str
     modes: dict[str, ModeResult] = field(default_factory=dict)
     lists: dict[str, list[float]] = field(default_factory=dict)
     idle: Memory | None = None
@@ -511,6 +517,7 @@ class Options:
     warmup: int
     log_level: str
     skiff_only: bool = False
+    peers: str | None = None
 
 
 def _log_size(path: Path) -> int:
@@ -522,13 +529,14 @@ def _log_size(path: Path) -> int:
 
 def measure(
     target: Target,
+    label: str,
     image: str,
     network: BenchNetwork,
     log_root: Path,
     opts: Options,
     cni_cache: bool = False,
 ) -> RuntimeResult:
-    result = RuntimeResult()
+    result = RuntimeResult(label)
     tag = secrets.token_hex(3)
     name = target.name
     try:
@@ -696,54 +704,69 @@ def steps_report(
 # --------------------------------------------------------------------------------------
 
 
-def _row(label: str, skiff: str, peer: str, ratio: float | None) -> str:
-    return table_row(label, skiff, peer, ratio, LABEL_WIDTH)
-
-
-def _header(title: str) -> str:
-    return table_header(title, LABEL_WIDTH)
-
-
 def _verdict(label: str, value: str, ok: bool) -> str:
-    return f"  {label:<44}{value:>10}   " + ("PASS" if ok else "MISS")
+    return f"  {label:<56}{value:>10}   " + ("PASS" if ok else "MISS")
 
 
-def _mem(m: Memory) -> str:
-    return f"{m.pss / MB:.1f} MB"
+def _mb(value: float) -> str:
+    return f"{value / MB:.1f} MB"
 
 
-def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: BenchNetwork) -> str:
+def report(
+    skiff: RuntimeResult, peers: Sequence[RuntimeResult], opts: Options, network: BenchNetwork
+) -> str:
+    head = [p.label for p in peers]
     lines = [
         f"pod lifecycle: {opts.pods} pods per mode, 1 busybox container each; CNI bridge + "
         f"host-local ({network.subnet}) + portmap; client-side latency of each RPC",
     ]
     verdicts: list[str] = []
     for mode in MODES:
-        lines += ["", _header(mode_title(mode, opts.parallel))]
-        a_mode, b_mode = skiff.modes[mode], peer.modes[mode]
+        lines += ["", table_header(mode_title(mode, opts.parallel), LABEL_WIDTH, head)]
+        a_mode, b_modes = skiff.modes[mode], [p.modes[mode] for p in peers]
         for phase in (*PHASES, "full cycle"):
             qs = (50, 99) if phase == "full cycle" else (50,)
             lines += percentile_rows(
-                phase, a_mode.phase(phase), b_mode.phase(phase), qs, pad=22, width=LABEL_WIDTH
+                phase,
+                a_mode.phase(phase),
+                [m.phase(phase) for m in b_modes],
+                qs,
+                pad=22,
+                width=LABEL_WIDTH,
             )
-        x, y = a_mode.wall_s, b_mode.wall_s
-        lines.append(_row(f"wall time, {opts.pods} pods", f"{x:.2f} s", f"{y:.2f} s", ratio(x, y)))
-        p50 = ratio(
-            percentile(a_mode.phase("full cycle"), 50), percentile(b_mode.phase("full cycle"), 50)
-        )
-        verdicts.append(
-            _verdict(
-                f"{mode} lifecycle p50 ratio <= {RATIO_TARGET:.1f}",
-                f"{p50:.2f}",
-                p50 <= RATIO_TARGET,
+        lines.append(
+            value_row(
+                f"wall time, {opts.pods} pods",
+                a_mode.wall_s,
+                [m.wall_s for m in b_modes],
+                lambda v: f"{v:.2f} s",
+                LABEL_WIDTH,
             )
         )
+        for peer, b_mode in zip(peers, b_modes, strict=True):
+            p50 = ratio(
+                percentile(a_mode.phase("full cycle"), 50),
+                percentile(b_mode.phase("full cycle"), 50),
+            )
+            verdicts.append(
+                _verdict(
+                    f"{mode} lifecycle p50 ratio <= {RATIO_TARGET:.1f} ({peer.label})",
+                    f"{p50:.2f}",
+                    p50 <= RATIO_TARGET,
+                )
+            )
 
     n_containers = 2 * opts.list_pods
-    lines += ["", _header(f"list, {opts.list_pods} pods x 2 ctrs")]
+    lines += ["", table_header(f"list, {opts.list_pods} pods x 2 ctrs", LABEL_WIDTH, head)]
     for name in LISTS:
         lines += percentile_rows(
-            name, skiff.lists[name], peer.lists[name], (50, 99), pad=22, width=LABEL_WIDTH, digits=2
+            name,
+            skiff.lists[name],
+            [p.lists[name] for p in peers],
+            (50, 99),
+            pad=22,
+            width=LABEL_WIDTH,
+            digits=2,
         )
         p99 = percentile(skiff.lists[name], 99) * 1000
         verdicts.append(
@@ -754,50 +777,53 @@ def report(skiff: RuntimeResult, peer: RuntimeResult, opts: Options, network: Be
             )
         )
 
-    assert skiff.idle and skiff.loaded and peer.idle and peer.loaded
-    lines += ["", _header("memory (PSS, daemon + helpers)")]
-    for label, a_m, b_m in (
-        ("idle, no pod", skiff.idle, peer.idle),
-        (f"{opts.list_pods} pods, {n_containers} ctrs", skiff.loaded, peer.loaded),
-    ):
-        lines.append(_row(label, _mem(a_m), _mem(b_m), ratio(a_m.pss, b_m.pss)))
+    assert skiff.idle and skiff.loaded
+    lines += ["", table_header("memory (PSS, daemon + helpers)", LABEL_WIDTH, head)]
+    moments: list[tuple[str, Callable[[RuntimeResult], Memory | None]]] = [
+        ("idle, no pod", lambda r: r.idle),
+        (f"{opts.list_pods} pods, {n_containers} ctrs", lambda r: r.loaded),
+    ]
+    for label, when in moments:
+        measured = [when(r) for r in (skiff, *peers)]
+        assert all(measured)
+        ours, *theirs = [m for m in measured if m is not None]
+        lines.append(value_row(label, ours.pss, [m.pss for m in theirs], _mb, LABEL_WIDTH))
         lines.append(
-            _row(
+            value_row(
                 "  of which the daemon",
-                f"{a_m.daemon_pss / MB:.1f} MB",
-                f"{b_m.daemon_pss / MB:.1f} MB",
-                ratio(a_m.daemon_pss, b_m.daemon_pss),
+                ours.daemon_pss,
+                [m.daemon_pss for m in theirs],
+                _mb,
+                LABEL_WIDTH,
             )
         )
         lines.append(
-            _row(
+            table_row(
                 "  helpers (conmon / shim)",
-                str(a_m.helpers),
-                str(b_m.helpers),
-                None,
+                str(ours.helpers),
+                [(str(m.helpers), None) for m in theirs],
+                LABEL_WIDTH,
             )
         )
         lines.append(
-            _row(
-                "  RSS sum, for reference",
-                f"{a_m.rss / MB:.1f} MB",
-                f"{b_m.rss / MB:.1f} MB",
-                ratio(a_m.rss, b_m.rss),
+            value_row(
+                "  RSS sum, for reference", ours.rss, [m.rss for m in theirs], _mb, LABEL_WIDTH
             )
         )
-    mem = ratio(skiff.loaded.pss, peer.loaded.pss)
-    verdicts.append(
-        _verdict(
-            f"memory with {opts.list_pods} pods ratio <= {RATIO_TARGET:.1f}",
-            f"{mem:.2f}",
-            mem <= RATIO_TARGET,
+    for peer in peers:
+        assert peer.loaded
+        mem = ratio(skiff.loaded.pss, peer.loaded.pss)
+        verdicts.append(
+            _verdict(
+                f"memory with {opts.list_pods} pods ratio <= {RATIO_TARGET:.1f} ({peer.label})",
+                f"{mem:.2f}",
+                mem <= RATIO_TARGET,
+            )
         )
-    )
 
-    results = (("skiff", skiff), ("containerd", peer))
     lines += [
         "",
-        leaks_line((n, r.leaks) for n, r in results),
+        leaks_line((r.label, r.leaks) for r in (skiff, *peers)),
         "",
         "targets (issue 5):",
         *verdicts,
@@ -840,7 +866,10 @@ def report_skiff_only(skiff: RuntimeResult, opts: Options) -> str:
 
 
 def bench(opts: Options) -> str:
-    with pod_bench("lcy", "`make bench-lifecycle` installs it") as env:
+    kinds = (
+        [] if opts.skiff_only else resolve_peers(opts.peers, "`make bench-lifecycle` installs it")
+    )
+    with pod_bench("lcy") as env:
         network, log_root, registry = env.network, env.log_root, env.registry
         print("building and pushing the images ...", file=sys.stderr)
         busybox = img.busybox_image()
@@ -852,7 +881,7 @@ def bench(opts: Options) -> str:
             with skiff_target(skiff_base, env.skiff_conf, registry.host, opts.log_level) as target:
                 if target.pull(image) != busybox.config_digest:
                     raise BenchError(f"skiff pulled {image} as another image")
-                skiff = measure(target, image, network, log_root, opts)
+                skiff = measure(target, "skiff", image, network, log_root, opts)
             notes = skiff_log_summary(target.log_path, skiff.log_spans)
             breakdown = steps_report(skiff_steps(target.log_path, skiff.log_spans), skiff.modes)
         if breakdown:
@@ -860,12 +889,16 @@ def bench(opts: Options) -> str:
         if opts.skiff_only:
             return report_skiff_only(skiff, opts) + "\n\n" + "\n".join(notes)
 
-        with containerd_target(registry.host, sandbox_image, env.ctrd_conf) as target:
-            for ref, want in ((sandbox_image, pause), (image, busybox)):
-                if target.pull(ref) != want.config_digest:
-                    raise BenchError(f"containerd pulled {ref} as another image")
-            ctrd = measure(target, image, network, log_root, opts, cni_cache=True)
-    return report(skiff, ctrd, opts, network) + ("\n\n" + "\n".join(notes) if notes else "")
+        peers: list[RuntimeResult] = []
+        for kind in kinds:
+            with containerd_target(kind, registry.host, sandbox_image, env.ctrd_conf) as target:
+                for ref, want in ((sandbox_image, pause), (image, busybox)):
+                    if target.pull(ref) != want.config_digest:
+                        raise BenchError(f"{kind.name} pulled {ref} as another image")
+                peers.append(
+                    measure(target, kind.label, image, network, log_root, opts, cni_cache=True)
+                )
+    return report(skiff, peers, opts, network) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -883,6 +916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--list-calls", type=int, default=200, help="calls of each List (200)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed cycles first (3)")
+    add_peers_option(parser)
     add_skiff_log_level(parser, "its per-RPC durations and each container RPC's steps")
     parser.add_argument(
         "--skiff-only",
@@ -902,6 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.warmup,
         args.skiff_log_level,
         args.skiff_only,
+        args.peers,
     )
     return run_main("bench.lifecycle", lambda: bench(opts))
 

@@ -2,11 +2,17 @@
 
 - `BenchError`, `tail`, `mounts_under` / `unmount_under`: errors of a benchmark that
   cannot run, log tails for them, mounts left behind.
-- `containerd_process`: Debian's containerd (1.6) started with a config of the caller's,
+- The peers: `PeerKind` is one containerd to compare with, ``containerd1`` (Debian's
+  1.6, from PATH) or ``containerd2`` (2.x, built from the Go module pinned in
+  ``bench/tools/containerd`` by `bench.containerd2`, its runc shim first in its PATH);
+  `add_peers_option` / `resolve_peers` are every benchmark's ``--peers`` (default both,
+  2.x only when it can be built).
+- `containerd_process`: a `PeerKind` started with a config of the caller's,
   everything of its own (root, state, sockets, ``certs.d/<registry>/hosts.toml`` for
   a plain-HTTP registry) under a temp directory, stopped by pid on the way out.
-  `containerd_cri` is its variant set up to run pod sandboxes: network namespaces of
-  its own under that directory, a sandbox (pause) image of ours, a CNI config
+  `containerd_cri` is its variant set up to run pod sandboxes (`containerd_pod_config`,
+  version 2, for 1.6; `containerd2_pod_config`, version 3, for 2.x): network namespaces
+  of its own under that directory, a sandbox (pause) image of ours, a CNI config
   directory and plugin directory, AppArmor off and ``restrict_oom_score_adj`` on (root
   here lacks CAP_SYS_RESOURCE). On the way out it also ends the shims it left (found by
   the ``-address`` under its temp directory), unmounts what is left there and removes it.
@@ -19,8 +25,10 @@
   and the removal of its bridge. `pod_bench`: that network, its config directories and
   a loopback registry for one pod benchmark.
 - CRI helpers (`pull_image`, `pod_config`, `pool_map`) and report helpers
-  (`percentile`, `ratio`, `table_header`, `table_row`, `percentile_rows`, ...);
-  `timed_counts` times List-like calls that must each see a given number of items.
+  (`percentile`, `ratio`, `table_header`, `table_row`, `value_row`, `percentile_rows`,
+  ...: a column for skiff, then one for each peer with skiff's ratio to it);
+  `timed_counts` times List-like calls that must each see a given number of items;
+  `cpu_seconds` is a process's user + system time.
 """
 
 from __future__ import annotations
@@ -424,11 +432,10 @@ class PodBench:
 
 
 @contextmanager
-def pod_bench(tag: str, install_hint: str) -> Iterator[PodBench]:
-    """Root and containerd checked, then the `PodBench`; on the way out the bridge is
-    removed and the work directory unmounted and removed."""
+def pod_bench(tag: str) -> Iterator[PodBench]:
+    """Root checked, then the `PodBench`; on the way out the bridge is removed and the
+    work directory unmounted and removed. (The peers are checked by `resolve_peers`.)"""
     require_root("network namespaces, bridges and mounts need it")
-    require_containerd(install_hint)
     work = short_tempdir(tag)
     network = BenchNetwork.create(work / "ipam")
     try:
@@ -457,8 +464,109 @@ def pause_image() -> img.Image:
 # containerd
 # --------------------------------------------------------------------------------------
 
-#: The head of a TOML table of containerd's CRI plugin: ``f"{CRI}.cni]"``.
+#: The peers a benchmark can compare with (``--peers``): Debian's containerd 1.6 and
+#: containerd 2.x built from the Go module in bench/tools/containerd.
+PEER_NAMES = ("containerd1", "containerd2")
+
+
+@dataclass(frozen=True)
+class PeerKind:
+    """One containerd the benchmarks compare skiff with."""
+
+    name: str  # as in --peers
+    binary: Path
+    version: str  # as ``containerd --version`` says, e.g. "1.6.20~ds1" or "v2.4.2"
+    #: put first in the daemon's PATH (2.x: where its own runc shim is).
+    path_dir: Path | None = None
+
+    @property
+    def major(self) -> int:
+        return int(self.version.lstrip("v").split(".")[0])
+
+    @property
+    def label(self) -> str:
+        """The column head: ``containerd 1.6``."""
+        return "containerd " + ".".join(self.version.lstrip("v").split(".")[:2])
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.path_dir is not None:
+            env["PATH"] = f"{self.path_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        return env
+
+    def pod_config(self, base: Path, *, sandbox_image: str, cni_conf_dir: Path) -> str:
+        """Its config (version 2 or 3) for running pods, everything under ``base``."""
+        make = containerd_pod_config if self.major < 2 else containerd2_pod_config
+        return make(base, sandbox_image=sandbox_image, cni_conf_dir=cni_conf_dir)
+
+
+def _version_of(binary: Path) -> str:
+    """``containerd --version``: ``containerd <package> <version> <revision>``."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"{binary} --version failed: {exc}") from None
+    if len(out) < 3 or not out[2].lstrip("v")[:1].isdigit():
+        raise BenchError(f"{binary} --version says {' '.join(out)!r}: no version")
+    return out[2]
+
+
+def containerd1(install_hint: str) -> PeerKind:
+    """Debian's containerd (1.6), from PATH."""
+    binary = Path(require_containerd(install_hint))
+    return PeerKind("containerd1", binary, _version_of(binary))
+
+
+def containerd2() -> PeerKind:
+    """containerd 2.x from the tools cache, built first when missing (minutes)."""
+    from bench import containerd2 as module  # noqa: PLC0415 (imports tests.e2e)
+
+    if shutil.which("go") is None and module.built() is None:
+        raise BenchError("containerd 2.x needs Go to be built (`make bench-tools`)")
+    print("containerd 2.x: building it when not in the cache ...", file=sys.stderr)
+    try:
+        directory = module.build(lambda line: print(f"containerd 2.x: {line}", file=sys.stderr))
+    except RuntimeError as exc:
+        raise BenchError(f"cannot build containerd 2.x: {exc}") from None
+    binary = directory / module.DAEMON
+    return PeerKind("containerd2", binary, _version_of(binary), path_dir=directory)
+
+
+def add_peers_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="comma-separated peers among "
+        + ", ".join(PEER_NAMES)
+        + " (default both; containerd2 only when Go can build it)",
+    )
+
+
+def resolve_peers(spec: str | None, install_hint: str) -> list[PeerKind]:
+    """The peers ``--peers`` names, ready to start. By default both, but containerd 2.x
+    only when it can be built (a warning otherwise)."""
+    if spec is None:
+        peers = [containerd1(install_hint)]
+        try:
+            peers.append(containerd2())
+        except BenchError as exc:
+            print(f"warning: comparing with containerd 1.6 only: {exc}", file=sys.stderr)
+        return peers
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEER_NAMES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise BenchError(f"--peers {spec!r}: name each of {', '.join(PEER_NAMES)} at most once")
+    return [containerd1(install_hint) if n == "containerd1" else containerd2() for n in names]
+
+
+#: The head of a TOML table of containerd 1.6's CRI plugin: ``f"{CRI}.cni]"``.
 CRI = '[plugins."io.containerd.grpc.v1.cri"'
+#: containerd 2.x (config version 3) splits its CRI into these plugins.
+CRI_IMAGES = "[plugins.'io.containerd.cri.v1.images'"
+CRI_RUNTIME = "[plugins.'io.containerd.cri.v1.runtime'"
+CRI_GRPC = "[plugins.'io.containerd.grpc.v1.cri'"
 
 
 def containerd_config_head(base: Path) -> str:
@@ -534,6 +642,84 @@ def containerd_pod_config(
     config_path = "{base}/certs.d"
 """
     )
+
+
+def containerd2_pod_config(
+    base: Path, *, sandbox_image: str, cni_conf_dir: Path, cni_bin_dir: str = CNI_BIN
+) -> str:
+    """containerd 2.x config (version 3) for running pod sandboxes on this host: the
+    settings of `containerd_pod_config` in their 2.x places, and its shim sockets under
+    ``base`` too (2.x can be told; 1.6 always uses /run/containerd/s). NRI is off: it
+    would listen on /var/run/nri."""
+    return f"""\
+version = 3
+root = "{base}/root"
+state = "{base}/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = "{base}/containerd.sock"
+
+[ttrpc]
+  address = "{base}/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{base}/opt"
+
+[plugins.'io.containerd.shim.v1.manager']
+  socket_dir = "{base}/s"
+
+{CRI_GRPC}]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+{CRI_IMAGES}]
+  snapshotter = "overlayfs"
+
+  {CRI_IMAGES}.pinned_images]
+    sandbox = "{sandbox_image}"
+
+  {CRI_IMAGES}.registry]
+    config_path = "{base}/certs.d"
+
+{CRI_RUNTIME}]
+  disable_apparmor = true
+  # Root here lacks CAP_SYS_RESOURCE: no negative oom_score_adj.
+  restrict_oom_score_adj = true
+  # Pod network namespaces under {base}/state, not /var/run/netns.
+  netns_mounts_under_state_dir = true
+
+  {CRI_RUNTIME}.containerd]
+    default_runtime_name = "runc"
+
+    {CRI_RUNTIME}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      {CRI_RUNTIME}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        # runc's state (default /run/containerd/runc) under {base} as well.
+        Root = "{base}/runc"
+
+  {CRI_RUNTIME}.cni]
+    bin_dirs = ["{cni_bin_dir}"]
+    conf_dir = "{cni_conf_dir}"
+    max_conf_num = 1
+"""
 
 
 def containerd_hosts_toml(registry_host: str) -> str:
@@ -632,6 +818,7 @@ class Peer:
     base: Path
     channel: grpc.Channel
     log_path: Path
+    kind: PeerKind
 
     def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
         return api_pb2_grpc.RuntimeServiceStub(self.channel)
@@ -664,14 +851,14 @@ def _end_pods(base: Path) -> None:
 
 @contextmanager
 def containerd_process(
+    kind: PeerKind,
     registry_host: str,
     config: Callable[[Path], str],
     *,
-    install_hint: str,
     dirs: Iterable[str] = ("root", "state", "opt"),
     pods: bool = False,
 ) -> Iterator[Peer]:
-    """Debian's containerd with ``config(base)``, everything of its own under a fresh
+    """containerd ``kind`` with ``config(base)``, everything of its own under a fresh
     ``base`` in /tmp (``dirs`` made there first).
 
     The registry at ``registry_host`` speaks plain HTTP (``certs.d/<host>/hosts.toml``).
@@ -679,7 +866,6 @@ def containerd_process(
     and the host directories it made removed again when empty; whatever is mounted below
     its directory is unmounted and the directory removed.
     """
-    binary = require_containerd(install_hint)
     base = short_tempdir("ctrd")
     for sub in dirs:
         (base / sub).mkdir(parents=True)
@@ -696,14 +882,15 @@ def containerd_process(
     try:
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [binary, "--config", str(config_path)],
+                [str(kind.binary), "--config", str(config_path)],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                env=kind.env(),
             )
         channel = grpc.insecure_channel(f"unix://{socket}")
-        wait_cri_ready(proc, channel, socket, log_path, "containerd")
-        yield Peer("containerd", proc.pid, base, channel, log_path)
+        wait_cri_ready(proc, channel, socket, log_path, kind.name)
+        yield Peer(kind.name, proc.pid, base, channel, log_path, kind)
         channel.close()
         channel = None
         proc.send_signal(signal.SIGTERM)
@@ -711,7 +898,7 @@ def containerd_process(
             proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise BenchError(
-                f"containerd ignored SIGTERM for {STOP_TIMEOUT}s:\n{tail(log_path)}"
+                f"{kind.name} ignored SIGTERM for {STOP_TIMEOUT}s:\n{tail(log_path)}"
             ) from None
     finally:
         if channel is not None:
@@ -723,7 +910,7 @@ def containerd_process(
             _end_pods(base)
         left = unmount_under(base)
         if left:
-            print(f"warning: containerd left mounts behind: {left}", file=sys.stderr)
+            print(f"warning: {kind.name} left mounts behind: {left}", file=sys.stderr)
         shutil.rmtree(base, ignore_errors=True)
         for directory in reversed(new_host_dirs):
             with suppress(OSError):
@@ -731,21 +918,34 @@ def containerd_process(
 
 
 @contextmanager
-def containerd_cri(registry_host: str, sandbox_image: str, cni_conf_dir: Path) -> Iterator[Peer]:
+def containerd_cri(
+    kind: PeerKind, registry_host: str, sandbox_image: str, cni_conf_dir: Path
+) -> Iterator[Peer]:
     """`containerd_process` set up to run pods, with everything of its own under /tmp."""
 
     def config(base: Path) -> str:
-        return containerd_pod_config(base, sandbox_image=sandbox_image, cni_conf_dir=cni_conf_dir)
+        return kind.pod_config(base, sandbox_image=sandbox_image, cni_conf_dir=cni_conf_dir)
 
-    with containerd_process(
-        registry_host, config, install_hint="`make bench-sandbox` installs it", pods=True
-    ) as peer:
+    with containerd_process(kind, registry_host, config, pods=True) as peer:
         yield peer
 
 
 # --------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError as exc:
+        raise BenchError(f"the daemon (pid {pid}) is gone: {exc.strerror}") from None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def timed_counts(call: Callable[[], int], calls: int, want: int, name: str) -> list[float]:
@@ -774,34 +974,62 @@ def ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
 
 
-def table_header(title: str, width: int) -> str:
-    """The head of a skiff/containerd/ratio table whose labels are ``width`` wide."""
-    return f"{title:<{width + 2}}{'skiff':>11}{'containerd':>13}{'ratio':>8}"
+#: Widths of skiff's column, of each peer's and of the ratio after each peer's.
+SKIFF_WIDTH = 11
+PEER_WIDTH = 16
+RATIO_WIDTH = 7
+
+#: One peer's cell of a row: the value shown and skiff's ratio to it (None: not one).
+Cell = tuple[str, float | None]
 
 
-def table_row(label: str, skiff: str, peer: str, ratio: float | None, width: int) -> str:
-    shown = "-" if ratio is None else f"{ratio:.2f}"
-    return f"  {label:<{width}}{skiff:>11}{peer:>13}{shown:>8}"
+def table_header(title: str, width: int, peers: Sequence[str]) -> str:
+    """The head of a table whose labels are ``width`` wide: skiff, then each of
+    ``peers`` (their column heads) followed by skiff's ratio to it."""
+    head = f"{title:<{width + 2}}{'skiff':>{SKIFF_WIDTH}}"
+    for name in peers:
+        head += f"{name:>{PEER_WIDTH}}{'ratio':>{RATIO_WIDTH}}"
+    return head
+
+
+def table_row(label: str, skiff: str, peers: Sequence[Cell], width: int) -> str:
+    row = f"  {label:<{width}}{skiff:>{SKIFF_WIDTH}}"
+    for value, r in peers:
+        shown = "-" if r is None else f"{r:.2f}"
+        row += f"{value:>{PEER_WIDTH}}{shown:>{RATIO_WIDTH}}"
+    return row
+
+
+def value_row(
+    label: str, skiff: float, peers: Sequence[float], show: Callable[[float], str], width: int
+) -> str:
+    """A row of numbers, each peer's with skiff's ratio to it."""
+    return table_row(label, show(skiff), [(show(p), ratio(skiff, p)) for p in peers], width)
 
 
 def percentile_rows(
     name: str,
     skiff: Sequence[float],
-    peer: Sequence[float],
+    peers: Sequence[Sequence[float]],
     qs: Sequence[int],
     *,
     pad: int,
     width: int,
     digits: int = 1,
 ) -> list[str]:
-    """One row per percentile in ``qs`` of two samples of seconds, shown in ms; the
-    p50 row carries ``name`` (``pad`` wide)."""
+    """One row per percentile in ``qs`` of samples of seconds (skiff's, then each
+    peer's), shown in ms; the p50 row carries ``name`` (``pad`` wide)."""
     rows: list[str] = []
     for q in qs:
-        x, y = percentile(skiff, q) * 1000, percentile(peer, q) * 1000
         label = f"{name if q == 50 else '':<{pad}}p{q}"
         rows.append(
-            table_row(label, f"{x:.{digits}f} ms", f"{y:.{digits}f} ms", ratio(x, y), width)
+            value_row(
+                label,
+                percentile(skiff, q) * 1000,
+                [percentile(p, q) * 1000 for p in peers],
+                lambda ms: f"{ms:.{digits}f} ms",
+                width,
+            )
         )
     return rows
 

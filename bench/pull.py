@@ -8,12 +8,13 @@ a real `docker-registry` on 127.0.0.1 as ``bench/big:v1`` and, the same content 
   daemon's peak RSS meanwhile (VmRSS sampled every 20 ms, and VmHWM read right after);
 - cached pull: ``PullImage(v2)`` on the same daemon, every layer already present.
 
-The peer is Debian's containerd (1.6) started here with its own root, state, sockets and
-config (``/run/containerd`` and ``/var/lib/containerd`` are never touched), reaching the
-plain-HTTP registry through a ``certs.d``-style ``hosts.toml``. Medians over ``--runs``
-are printed as a table with the ratio skiff/containerd, with the targets: cold pull no
-slower than containerd's, skiffd's peak RSS under 100 MB. Exit status 0 whatever the
-numbers; 1 when the benchmark itself could not run.
+The peers (``--peers``) are Debian's containerd (1.6) and containerd 2.x (built from
+the Go module in ``bench/tools/containerd``), each started here with its own root,
+state, sockets and config (``/run/containerd`` and ``/var/lib/containerd`` are never
+touched), reaching the plain-HTTP registry through a ``certs.d``-style ``hosts.toml``.
+Medians over ``--runs`` are printed as a table with the ratio skiff/containerd for each,
+with the targets: cold pull no slower than containerd's, skiffd's peak RSS under 100 MB.
+Exit status 0 whatever the numbers; 1 when the benchmark itself could not run.
 
 Run as root from the repository root: ``make bench`` or
 ``.venv/bin/python -m bench.pull --runs 3``.
@@ -26,9 +27,10 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -37,15 +39,20 @@ from api.runtime.v1 import api_pb2_grpc
 from bench.peer import (
     CRI,
     BenchError,
+    PeerKind,
+    add_peers_option,
+    containerd2_pod_config,
     containerd_config_head,
     containerd_process,
     pull_image,
     ratio,
-    require_containerd,
     require_root,
+    resolve_peers,
     run_main,
     skiffd_running,
+    table_header,
     temp_base,
+    value_row,
 )
 from tests.integration import images as img
 from tests.integration.registry import TestRegistry
@@ -57,6 +64,9 @@ RSS_TARGET_MB = 100.0
 COLD_RATIO_TARGET = 1.0
 MB = 1_000_000
 INSTALL_HINT = "`make bench` (or apt-get install containerd)"
+#: containerd 2.x's config names a sandbox image; the pull benchmark never pulls it.
+UNUSED_SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
+LABEL_WIDTH = 22
 
 
 # --------------------------------------------------------------------------------------
@@ -140,8 +150,17 @@ def skiff_daemon(registry_host: str) -> Iterator[Daemon]:
         yield Daemon("skiff", daemon.proc.pid, daemon.images(), daemon.log_path)
 
 
-def containerd_config(base: Path) -> str:
-    """containerd 1.6 config (version 2): every path of its own under ``base``."""
+def containerd_config(kind: PeerKind, base: Path) -> str:
+    """containerd's config, every path of its own under ``base``: 1.6's (version 2) with
+    the CRI's image options only; 2.x's (version 3) that of the pod benchmarks (its
+    sandbox image is never pulled here)."""
+    if kind.major >= 2:
+        return containerd2_pod_config(
+            base,
+            sandbox_image=UNUSED_SANDBOX_IMAGE,
+            cni_conf_dir=base / "cni" / "net.d",
+            cni_bin_dir=str(base / "cni" / "bin"),
+        )
     return (
         containerd_config_head(base)
         + f"""\
@@ -160,15 +179,15 @@ def containerd_config(base: Path) -> str:
 
 
 @contextmanager
-def containerd_daemon(registry_host: str) -> Iterator[Daemon]:
-    """Debian's containerd with a fresh root, state and socket of its own under /tmp."""
+def containerd_daemon(kind: PeerKind, registry_host: str) -> Iterator[Daemon]:
+    """containerd ``kind`` with a fresh root, state and socket of its own under /tmp."""
     with containerd_process(
+        kind,
         registry_host,
-        containerd_config,
-        install_hint=INSTALL_HINT,
+        lambda base: containerd_config(kind, base),
         dirs=("root", "state", "opt", "cni/bin", "cni/net.d"),
     ) as peer:
-        yield Daemon("containerd", peer.pid, peer.images(), peer.log_path)
+        yield Daemon(kind.name, peer.pid, peer.images(), peer.log_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -235,48 +254,33 @@ class Summary:
         )
 
 
-def report(skiff: Summary, peer: Summary, runs: int, image_mb: float) -> str:
-    rows = [
-        ("cold pull", f"{skiff.cold_s:.3f} s", f"{peer.cold_s:.3f} s", skiff.cold_s, peer.cold_s),
-        (
-            "cached pull",
-            f"{skiff.cached_s:.3f} s",
-            f"{peer.cached_s:.3f} s",
-            skiff.cached_s,
-            peer.cached_s,
-        ),
-        (
-            "peak RSS (cold pull)",
-            f"{skiff.peak_mb:.1f} MB",
-            f"{peer.peak_mb:.1f} MB",
-            skiff.peak_mb,
-            peer.peak_mb,
-        ),
-        (
-            "RSS before the pull",
-            f"{skiff.idle_mb:.1f} MB",
-            f"{peer.idle_mb:.1f} MB",
-            skiff.idle_mb,
-            peer.idle_mb,
-        ),
+def report(skiff: Summary, peers: Sequence[tuple[str, Summary]], runs: int, image_mb: float) -> str:
+    theirs = [summary for _, summary in peers]
+    rows: list[tuple[str, Callable[[Summary], float], Callable[[float], str]]] = [
+        ("cold pull", lambda m: m.cold_s, lambda v: f"{v:.3f} s"),
+        ("cached pull", lambda m: m.cached_s, lambda v: f"{v:.3f} s"),
+        ("peak RSS (cold pull)", lambda m: m.peak_mb, lambda v: f"{v:.1f} MB"),
+        ("RSS before the pull", lambda m: m.idle_mb, lambda v: f"{v:.1f} MB"),
     ]
-    cold_ratio = ratio(skiff.cold_s, peer.cold_s)
     lines = [
         f"image pull: {image_mb:.1f} MB image (2 layers, incompressible), loopback registry; "
         f"times: median of {runs} runs, RSS: max over runs",
         "",
-        f"{'':<22}{'skiff':>12}{'containerd':>14}{'ratio':>9}",
+        table_header("", LABEL_WIDTH, [label for label, _ in peers]),
     ]
-    for label, a, b, x, y in rows:
-        lines.append(f"{label:<22}{a:>12}{b:>14}{ratio(x, y):>9.2f}")
-    lines += [
-        "",
-        "targets:",
-        f"  cold pull ratio <= {COLD_RATIO_TARGET:.1f}        {cold_ratio:>9.2f}   "
-        + ("PASS" if cold_ratio <= COLD_RATIO_TARGET else "MISS"),
-        f"  skiffd peak RSS < {RSS_TARGET_MB:.0f} MB       {skiff.peak_mb:>6.1f} MB   "
-        + ("PASS" if skiff.peak_mb < RSS_TARGET_MB else "MISS"),
-    ]
+    for label, get, show in rows:
+        lines.append(value_row(label, get(skiff), [get(t) for t in theirs], show, LABEL_WIDTH))
+    lines += ["", "targets:"]
+    for label, summary in peers:
+        cold_ratio = ratio(skiff.cold_s, summary.cold_s)
+        lines.append(
+            f"  {f'cold pull ratio <= {COLD_RATIO_TARGET:.1f} ({label})':<44}{cold_ratio:>9.2f}   "
+            + ("PASS" if cold_ratio <= COLD_RATIO_TARGET else "MISS")
+        )
+    lines.append(
+        f"  {f'skiffd peak RSS < {RSS_TARGET_MB:.0f} MB':<44}{skiff.peak_mb:>6.1f} MB   "
+        + ("PASS" if skiff.peak_mb < RSS_TARGET_MB else "MISS")
+    )
     return "\n".join(lines)
 
 
@@ -285,9 +289,9 @@ def report(skiff: Summary, peer: Summary, runs: int, image_mb: float) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def bench(runs: int, size_mb: int) -> str:
+def bench(runs: int, size_mb: int, peers: str | None) -> str:
     require_root("containerd's overlayfs snapshotter needs it")
-    require_containerd(INSTALL_HINT)
+    kinds = resolve_peers(peers, INSTALL_HINT)
     with TestRegistry("insecure") as registry:
         with temp_base("bench-img") as workdir:
             print(f"building and pushing a {size_mb} MiB image ...", file=sys.stderr)
@@ -296,7 +300,13 @@ def bench(runs: int, size_mb: int) -> str:
             img.push(registry, REPO, "v2", image)
         cold_ref = f"{registry.host}/{REPO}:v1"
         cached_ref = f"{registry.host}/{REPO}:v2"
-        starters = {"skiff": skiff_daemon, "containerd": containerd_daemon}
+        starters: dict[str, Callable[[str], AbstractContextManager[Daemon]]] = {
+            "skiff": skiff_daemon
+        }
+        labels = {"skiff": "skiff"}
+        for kind in kinds:
+            starters[kind.name] = partial(containerd_daemon, kind)
+            labels[kind.name] = kind.label
         results: dict[str, list[Run]] = {name: [] for name in starters}
         for i in range(runs):
             for name, start in starters.items():
@@ -304,13 +314,16 @@ def bench(runs: int, size_mb: int) -> str:
                     run = measure(daemon, cold_ref, cached_ref, image.config_digest)
                 results[name].append(run)
                 print(
-                    f"run {i + 1}/{runs} {name:<10} cold {run.cold_s:7.3f} s   "
+                    f"run {i + 1}/{runs} {name:<11} cold {run.cold_s:7.3f} s   "
                     f"cached {run.cached_s:6.3f} s   "
                     f"peak RSS {run.peak_rss_kib * 1024 / MB:6.1f} MB",
                     file=sys.stderr,
                 )
     return report(
-        Summary.of(results["skiff"]), Summary.of(results["containerd"]), runs, image.size / MB
+        Summary.of(results["skiff"]),
+        [(labels[k.name], Summary.of(results[k.name])) for k in kinds],
+        runs,
+        image.size / MB,
     )
 
 
@@ -323,10 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--size-mb", type=int, default=100, help="random data in the image, MiB (default 100)"
     )
+    add_peers_option(parser)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.size_mb < 1:
         parser.error("--runs and --size-mb must be at least 1")
-    return run_main("bench.pull", lambda: bench(args.runs, args.size_mb))
+    return run_main("bench.pull", lambda: bench(args.runs, args.size_mb, args.peers))
 
 
 if __name__ == "__main__":

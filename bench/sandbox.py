@@ -9,14 +9,15 @@ own, plugins from ``/usr/lib/cni``. Every 5th pod's PodSandboxStatus must show a
 that subnet (untimed), so both do the real network work.
 
 skiff: skiffd through `tests.integration.skiffd.Skiffd` (namespaces pinned, no infra
-container). containerd: Debian's 1.6 through `bench.peer.containerd_cri`, its sandbox
-image a busybox ``sleep`` image pushed to a loopback registry and pulled through its
-CRI before timing (it runs one sandbox container per pod under runc).
+container). containerd: Debian's 1.6 and 2.x (``--peers``), one after the other,
+through `bench.peer.containerd_cri`, its sandbox image a busybox ``sleep`` image pushed
+to a loopback registry and pulled through its CRI before timing (it runs one sandbox
+container per pod under runc).
 
 After each runtime: leak checks (pods still listed, IPs left in the ``dataDir``, veths
 left on the bridge). Printed: p50/p99 per RPC and per full cycle, and wall time, per
-mode, with the ratio skiff/containerd, and the target: skiff's full-cycle p50 no slower
-than containerd's, sequential and parallel. Exit status 0 whatever the numbers; 1 when
+mode, with the ratio skiff/containerd for each, and the target: skiff's full-cycle p50 no
+slower than containerd's, sequential and parallel. Exit status 0 whatever the numbers; 1 when
 the benchmark could not run.
 
 Run as root from the repository root: ``make bench-sandbox`` or
@@ -43,6 +44,7 @@ from bench import peer as shared
 from bench.peer import (
     BenchError,
     BenchNetwork,
+    add_peers_option,
     add_skiff_log_level,
     containerd_cri,
     duration_entries,
@@ -55,13 +57,14 @@ from bench.peer import (
     pool_map,
     print_mode,
     ratio,
+    resolve_peers,
     run_main,
     skiff_pod_settings,
     skiffd_running,
     table_header,
-    table_row,
     tail,
     temp_base,
+    value_row,
 )
 from tests.integration import images as img
 
@@ -260,6 +263,7 @@ def skiff_log_summary(log_path: Path) -> list[str]:
 
 @dataclass
 class RuntimeResult:
+    label: str
     modes: dict[str, ModeResult] = field(default_factory=dict)
     leaks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -269,7 +273,11 @@ MODES = ("sequential", "parallel")
 
 
 def report(
-    skiff: RuntimeResult, peer: RuntimeResult, pods: int, workers: int, network: BenchNetwork
+    skiff: RuntimeResult,
+    peers: Sequence[RuntimeResult],
+    pods: int,
+    workers: int,
+    network: BenchNetwork,
 ) -> str:
     lines = [
         f"pod sandbox lifecycle: {pods} pods per mode; CNI bridge + host-local "
@@ -277,27 +285,34 @@ def report(
     ]
     verdicts: list[str] = []
     for mode in MODES:
-        lines += ["", table_header(mode_title(mode, workers), LABEL_WIDTH)]
-        a_mode, b_mode = skiff.modes[mode], peer.modes[mode]
+        lines += [
+            "",
+            table_header(mode_title(mode, workers), LABEL_WIDTH, [p.label for p in peers]),
+        ]
+        a_mode, b_modes = skiff.modes[mode], [p.modes[mode] for p in peers]
         for phase in PHASES:
             a = [c.phase(phase) for c in a_mode.cycles]
-            b = [c.phase(phase) for c in b_mode.cycles]
+            b = [[c.phase(phase) for c in m.cycles] for m in b_modes]
             lines += percentile_rows(phase, a, b, (50, 99), pad=19, width=LABEL_WIDTH)
-        x, y = a_mode.wall_s, b_mode.wall_s
         lines.append(
-            table_row(
-                f"wall time, {pods} pods", f"{x:.2f} s", f"{y:.2f} s", ratio(x, y), LABEL_WIDTH
+            value_row(
+                f"wall time, {pods} pods",
+                a_mode.wall_s,
+                [m.wall_s for m in b_modes],
+                lambda v: f"{v:.2f} s",
+                LABEL_WIDTH,
             )
         )
-        p50 = ratio(
-            percentile([c.total_s for c in a_mode.cycles], 50),
-            percentile([c.total_s for c in b_mode.cycles], 50),
-        )
-        verdicts.append(
-            f"  {mode:<10} full-cycle p50 ratio <= {P50_RATIO_TARGET:.1f}   {p50:>6.2f}   "
-            + ("PASS" if p50 <= P50_RATIO_TARGET else "MISS")
-        )
-    results = (("skiff", skiff), ("containerd", peer))
+        for peer, b_mode in zip(peers, b_modes, strict=True):
+            p50 = ratio(
+                percentile([c.total_s for c in a_mode.cycles], 50),
+                percentile([c.total_s for c in b_mode.cycles], 50),
+            )
+            verdicts.append(
+                f"  {mode:<10} full-cycle p50 ratio <= {P50_RATIO_TARGET:.1f}"
+                f" ({peer.label})  {p50:>6.2f}   " + ("PASS" if p50 <= P50_RATIO_TARGET else "MISS")
+            )
+    results = [(r.label, r) for r in (skiff, *peers)]
     lines += [
         "",
         "pod IPs checked (PodSandboxStatus.network.ip in the subnet): "
@@ -305,7 +320,7 @@ def report(
         leaks_line((n, r.leaks) for n, r in results),
         *skiff.notes,
         "",
-        "target (issue 4): skiff's full-cycle p50 no slower than containerd's",
+        "target (issue 4): skiff's full-cycle p50 no slower than each containerd's",
         *verdicts,
     ]
     return "\n".join(lines)
@@ -318,6 +333,7 @@ def report(
 
 def measure(
     target: Target,
+    label: str,
     network: BenchNetwork,
     log_root: Path,
     pods: int,
@@ -325,7 +341,7 @@ def measure(
     warmup: int,
     cni_cache: bool = False,
 ) -> RuntimeResult:
-    result = RuntimeResult()
+    result = RuntimeResult(label)
     tag = secrets.token_hex(3)
     try:
         if warmup:
@@ -342,8 +358,9 @@ def measure(
     return result
 
 
-def bench(pods: int, workers: int, warmup: int, log_level: str) -> str:
-    with pod_bench("sbx", "`make bench-sandbox` installs it") as env:
+def bench(pods: int, workers: int, warmup: int, log_level: str, peers: str | None) -> str:
+    kinds = resolve_peers(peers, "`make bench-sandbox` installs it")
+    with pod_bench("sbx") as env:
         network, log_root = env.network, env.log_root
         print("building and pushing the sandbox image for containerd ...", file=sys.stderr)
         pause = pause_image()
@@ -351,16 +368,22 @@ def bench(pods: int, workers: int, warmup: int, log_level: str) -> str:
 
         with temp_base("sbxd") as skiff_base:
             with skiff_target(skiff_base, env.skiff_conf, log_level) as target:
-                skiff = measure(target, network, log_root, pods, workers, warmup)
+                skiff = measure(target, "skiff", network, log_root, pods, workers, warmup)
             skiff.notes = skiff_log_summary(target.log_path)
 
-        with containerd_cri(env.registry.host, sandbox_image, env.ctrd_conf) as peer:
-            image_id = peer.pull(sandbox_image)
-            if image_id != pause.config_digest:
-                raise BenchError(f"containerd pulled {sandbox_image} as {image_id!r}")
-            target = Target("containerd", peer.runtime(), peer.log_path)
-            ctrd = measure(target, network, log_root, pods, workers, warmup, cni_cache=True)
-    return report(skiff, ctrd, pods, workers, network)
+        results: list[RuntimeResult] = []
+        for kind in kinds:
+            with containerd_cri(kind, env.registry.host, sandbox_image, env.ctrd_conf) as peer:
+                image_id = peer.pull(sandbox_image)
+                if image_id != pause.config_digest:
+                    raise BenchError(f"{kind.name} pulled {sandbox_image} as {image_id!r}")
+                target = Target(kind.name, peer.runtime(), peer.log_path)
+                results.append(
+                    measure(
+                        target, kind.label, network, log_root, pods, workers, warmup, cni_cache=True
+                    )
+                )
+    return report(skiff, results, pods, workers, network)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -375,13 +398,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=int, default=3, help="untimed pods per runtime first (default 3)"
     )
+    add_peers_option(parser)
     add_skiff_log_level(parser, "CNI detail")
     args = parser.parse_args(argv)
     if args.pods < 2 or args.parallel < 1 or args.warmup < 0:
         parser.error("--pods must be at least 2, --parallel at least 1, --warmup at least 0")
     return run_main(
         "bench.sandbox",
-        lambda: bench(args.pods, args.parallel, args.warmup, args.skiff_log_level),
+        lambda: bench(args.pods, args.parallel, args.warmup, args.skiff_log_level, args.peers),
     )
 
 

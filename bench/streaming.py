@@ -31,8 +31,9 @@ Then, client side, after ``--warmup`` untimed rounds of each:
 The client is the same for both runtimes: the SPDY/WebSocket client of skiff's
 integration tests (`tests.integration.test_streaming`, on `cri.streaming.spdy` and
 `cri.streaming.websocket`), in one asyncio loop in this process. skiff: skiffd through
-`bench.lifecycle.skiff_target`; containerd: Debian's 1.6 through
-`bench.lifecycle.containerd_target` (its streaming server on a free loopback port).
+`bench.lifecycle.skiff_target`; containerd: Debian's 1.6 and 2.x (``--peers``), all
+side by side, through `bench.lifecycle.containerd_target` (its streaming server on a
+free loopback port).
 
 Printed: p50/p99 of each round trip with the ratio skiff/containerd (lower is
 better), throughput in MB/s (MB = 10^6 bytes; median of the runs) with the ratio
@@ -48,13 +49,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,12 +65,15 @@ from bench import lifecycle
 from bench.lifecycle import Target, containerd_target, remove_all, skiff_target, wait_ready
 from bench.peer import (
     BenchError,
+    Cell,
+    add_peers_option,
     add_skiff_log_level,
+    cpu_seconds,
     pause_image,
     percentile,
-    percentile_rows,
     pod_bench,
     ratio,
+    resolve_peers,
     run_main,
     table_header,
     table_row,
@@ -93,7 +96,6 @@ TRANSFER_TIMEOUT = 300.0
 UPLOAD_PORT = 9001
 DOWNLOAD_PORT = 9002
 MB = 1_000_000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Width of the row labels of the report's tables.
 LABEL_WIDTH = 28
 ROUND_TRIPS = ("ExecSync", "exec over SPDY", "exec over WebSocket")
@@ -130,6 +132,7 @@ class Options:
     pause: float
     size_mb: int
     log_level: str
+    peers: str | None = None
 
 
 @dataclass
@@ -273,6 +276,8 @@ class Runner:
     """One runtime under test with its server pod, and what was measured on it."""
 
     target: Target
+    #: its column head
+    label: str
     sandbox_id: str = ""
     container_id: str = ""
     result: Result = field(default_factory=Result)
@@ -370,16 +375,6 @@ async def streaming_rounds(runners: Sequence[Runner], opts: Options) -> None:
         print(f"  {direction:<22} {speeds} MB/s", file=sys.stderr)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (all its threads)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError as exc:
-        raise BenchError(f"the daemon (pid {pid}) is gone: {exc.strerror}") from None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def times_of(runner: Runner, direction: str) -> list[float]:
     return runner.result.transfers.get(direction, [])
 
@@ -426,66 +421,94 @@ def measure(runners: Sequence[Runner], image: str, log_root: Path, opts: Options
 
 
 def _verdict(label: str, value: str, ok: bool) -> str:
-    return f"  {label:<48}{value:>8}   " + ("PASS" if ok else "MISS")
+    return f"  {label:<58}{value:>8}   " + ("PASS" if ok else "MISS")
 
 
-def report(skiff: Result, peer: Result, opts: Options) -> str:
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def report(skiff: Runner, peers: Sequence[Runner], opts: Options) -> str:
+    head = [p.label for p in peers]
+    ours = skiff.result
     lines = [
         f"streaming: exec of `true` {opts.execs} times each (after {opts.warmup} untimed), "
         f"port-forward of {opts.size_mb} MB x {opts.pf_runs} each way; client side",
         "",
-        table_header("round trips (lower is better)", LABEL_WIDTH),
+        table_header("round trips (lower is better)", LABEL_WIDTH, head),
     ]
     verdicts: list[str] = []
     for kind in ROUND_TRIPS:
-        a, b = skiff.round_trips.get(kind), peer.round_trips.get(kind)
-        if a and b:
-            lines += percentile_rows(kind, a, b, (50, 99), pad=22, width=LABEL_WIDTH, digits=1)
-            p50 = ratio(percentile(a, 50), percentile(b, 50))
-            verdicts.append(_verdict(f"{kind} p50 ratio <= 1.0", f"{p50:.2f}", p50 <= 1.0))
-        else:
-            shown_a = f"{percentile(a, 50) * 1000:.1f} ms" if a else "failed"
-            shown_b = f"{percentile(b, 50) * 1000:.1f} ms" if b else "failed"
-            lines.append(table_row(f"{kind:<22}p50", shown_a, shown_b, None, LABEL_WIDTH))
+        a = ours.round_trips.get(kind)
+        bs = [p.result.round_trips.get(kind) for p in peers]
+        for q in (50, 99):
+            label = f"{kind if q == 50 else '':<22}p{q}"
+            x = percentile(a, q) if a else None
+            cells: list[Cell] = []
+            for b in bs:
+                y = percentile(b, q) if b else None
+                ratio_to = None if x is None or y is None else ratio(x, y)
+                cells.append((_ms(y) if y is not None else "failed", ratio_to))
+            lines.append(
+                table_row(label, _ms(x) if x is not None else "failed", cells, LABEL_WIDTH)
+            )
+        for peer, b in zip(peers, bs, strict=True):
+            if a and b:
+                p50 = ratio(percentile(a, 50), percentile(b, 50))
+                verdicts.append(
+                    _verdict(f"{kind} p50 ratio <= 1.0 ({peer.label})", f"{p50:.2f}", p50 <= 1.0)
+                )
     lines += [
         "",
-        table_header(f"port-forward, {opts.size_mb} MB (higher)", LABEL_WIDTH),
+        table_header(f"port-forward, {opts.size_mb} MB (higher)", LABEL_WIDTH, head),
     ]
+
+    def speed(runner: Runner, direction: str) -> float | None:
+        times = runner.result.transfers.get(direction)
+        return opts.size_mb / statistics.median(times) if times else None
+
+    def cpu(runner: Runner, direction: str) -> float | None:
+        used = runner.result.cpu.get(direction)
+        return statistics.median(used) if used else None
+
     for direction in DIRECTIONS:
-        a_t = statistics.median(skiff.transfers[direction])
-        b_t = statistics.median(peer.transfers[direction])
-        a_s, b_s = opts.size_mb / a_t, opts.size_mb / b_t
-        lines.append(
-            table_row(direction, f"{a_s:.0f} MB/s", f"{b_s:.0f} MB/s", ratio(a_s, b_s), LABEL_WIDTH)
-        )
-        verdicts.append(
-            _verdict(
-                f"port-forward {direction.split()[0]} MB/s ratio >= 1.0",
-                f"{a_s / b_s:.2f}",
-                a_s >= b_s,
-            )
-        )
+        a_s = speed(skiff, direction)
+        cells = []
+        for peer in peers:
+            b_s = speed(peer, direction)
+            shown = f"{b_s:.0f} MB/s" if b_s is not None else "failed"
+            cells.append((shown, None if a_s is None or b_s is None else ratio(a_s, b_s)))
+            if a_s is not None and b_s is not None:
+                verdicts.append(
+                    _verdict(
+                        f"port-forward {direction.split()[0]} MB/s ratio >= 1.0 ({peer.label})",
+                        f"{a_s / b_s:.2f}",
+                        a_s >= b_s,
+                    )
+                )
+        ours_shown = f"{a_s:.0f} MB/s" if a_s is not None else "failed"
+        lines.append(table_row(direction, ours_shown, cells, LABEL_WIDTH))
     for direction in DIRECTIONS:
-        a_c = statistics.median(skiff.cpu[direction])
-        b_c = statistics.median(peer.cpu[direction])
+        a_c = cpu(skiff, direction)
+        cells = []
+        for peer in peers:
+            b_c = cpu(peer, direction)
+            shown = f"{b_c * 1000:.0f} ms" if b_c is not None else "failed"
+            cells.append((shown, None if a_c is None or b_c is None else ratio(a_c, b_c)))
+        ours_shown = f"{a_c * 1000:.0f} ms" if a_c is not None else "failed"
         lines.append(
-            table_row(
-                f"daemon CPU per {direction.split()[0]}",
-                f"{a_c * 1000:.0f} ms",
-                f"{b_c * 1000:.0f} ms",
-                ratio(a_c, b_c),
-                LABEL_WIDTH,
-            )
+            table_row(f"daemon CPU per {direction.split()[0]}", ours_shown, cells, LABEL_WIDTH)
         )
-    for name, res in (("skiff", skiff), ("containerd", peer)):
-        for kind, why in res.failures.items():
-            lines.append(f"{name}: {kind} could not run: {why}")
+    everyone = (skiff, *peers)
+    for runner in everyone:
+        for kind, why in runner.result.failures.items():
+            lines.append(f"{runner.label}: {kind} could not run: {why}")
     lines += [
         "",
         "processes left in the container after the execs: "
         + "; ".join(
-            f"{n} {', '.join(r.leftovers) if r.leftovers else 'none'}"
-            for n, r in (("skiff", skiff), ("containerd", peer))
+            f"{r.label} {', '.join(r.result.leftovers) if r.result.leftovers else 'none'}"
+            for r in everyone
         ),
         "",
         "targets (issue 6): skiff no slower than containerd",
@@ -500,7 +523,8 @@ def report(skiff: Result, peer: Result, opts: Options) -> str:
 
 
 def bench(opts: Options) -> str:
-    with pod_bench("stm", "`make bench-streaming` installs it") as env:
+    kinds = resolve_peers(opts.peers, "`make bench-streaming` installs it")
+    with pod_bench("stm") as env:
         registry, log_root = env.registry, env.log_root
         print("building and pushing the images ...", file=sys.stderr)
         busybox = img.busybox_image()
@@ -511,16 +535,22 @@ def bench(opts: Options) -> str:
         with (
             temp_base("stmd") as skiff_base,
             skiff_target(skiff_base, env.skiff_conf, registry.host, opts.log_level) as skiff,
-            containerd_target(registry.host, sandbox_image, env.ctrd_conf) as ctrd,
+            ExitStack() as stack,
         ):
+            runners = [Runner(skiff, "skiff")]
+            for kind in kinds:
+                ctrd = stack.enter_context(
+                    containerd_target(kind, registry.host, sandbox_image, env.ctrd_conf)
+                )
+                runners.append(Runner(ctrd, kind.label))
             if skiff.pull(image) != busybox.config_digest:
                 raise BenchError(f"skiff pulled {image} as another image")
-            for ref, want in ((sandbox_image, pause), (image, busybox)):
-                if ctrd.pull(ref) != want.config_digest:
-                    raise BenchError(f"containerd pulled {ref} as another image")
-            runners = [Runner(skiff), Runner(ctrd)]
+            for runner in runners[1:]:
+                for ref, want in ((sandbox_image, pause), (image, busybox)):
+                    if runner.target.pull(ref) != want.config_digest:
+                        raise BenchError(f"{runner.name} pulled {ref} as another image")
             measure(runners, image, log_root, opts)
-    return report(runners[0].result, runners[1].result, opts)
+    return report(runners[0], runners[1:], opts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -535,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pause-ms", type=int, default=50, help="untimed pause after each measurement (50)"
     )
     parser.add_argument("--size-mb", type=int, default=100, help="MB per transfer (100)")
+    add_peers_option(parser)
     add_skiff_log_level(parser, "nothing here")
     args = parser.parse_args(argv)
     if args.execs < 2 or args.warmup < 0 or args.pf_runs < 1 or args.size_mb < 1:
@@ -548,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.pause_ms / 1000,
         args.size_mb,
         args.skiff_log_level,
+        args.peers,
     )
     return run_main("bench.streaming", lambda: bench(opts))
 

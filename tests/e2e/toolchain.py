@@ -5,6 +5,9 @@ Each module directory (its go.mod and go.sum) is one build: its programs land in
 ``<cache>/<module>-<hash>/`` where the hash covers go.mod, go.sum, the build recipe and
 the Go version, so a second ``make test`` rebuilds nothing and a version bump rebuilds
 only its module. ``python -m tests.e2e.toolchain`` (``make e2e-tools``) builds them all.
+
+A module kept elsewhere (the benchmarks' containerd 2.x, ``bench/tools/``) is a
+`ToolModule` with its own ``root``, built into the same cache by `build_module`.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ class Program:
 
 @dataclass(frozen=True)
 class ToolModule:
-    directory: str  # under tests/e2e/tools/
+    directory: str  # under ``root``
     programs: tuple[Program, ...]
     # The module whose version the programs report, and the -X flags that say so.
     version_module: str
     version_flags: Callable[[str], list[str]]
     tags: str = ""
+    root: Path = TOOLS_DIR  # where ``directory`` (its go.mod and go.sum) lies
+
+    @property
+    def source(self) -> Path:
+        return self.root / self.directory
 
 
 def _kubernetes_version_flags(version: str) -> list[str]:
@@ -128,7 +136,7 @@ def _go_version() -> str:
 
 
 def build_dir(module: ToolModule) -> Path:
-    source = TOOLS_DIR / module.directory
+    source = module.source
     digest = hashlib.sha256()
     for part in (
         (source / "go.mod").read_bytes(),
@@ -149,11 +157,12 @@ def tool(name: str) -> Path:
     return path
 
 
-def _build_module(module: ToolModule, log: Callable[[str], None]) -> Path:
+def build_module(module: ToolModule, log: Callable[[str], None]) -> Path:
+    """The cache directory holding ``module``'s programs, built first when missing."""
     target = build_dir(module)
     if all((target / p.name).is_file() for p in module.programs):
         return target
-    source = TOOLS_DIR / module.directory
+    source = module.source
     version = _go(["list", "-m", "-f", "{{.Version}}", module.version_module], source).strip()
     ldflags = " ".join(["-s", "-w", *module.version_flags(version)])
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +188,7 @@ def build_all(log: Callable[[str], None] = print) -> dict[str, Path]:
     """Builds what the cache lacks; returns every program's path."""
     paths: dict[str, Path] = {}
     for module in MODULES:
-        directory = _build_module(module, log)
+        directory = build_module(module, log)
         paths.update({p.name: directory / p.name for p in module.programs})
     return paths
 
