@@ -220,6 +220,14 @@ class SandboxManager:
         # Pods a stop or removal is working on: no container may be created in them.
         self._stopping: set[str] = set()
         self._pause_locks: dict[str, asyncio.Lock] = {}
+        # Pods' cgroups are made and deleted one pod at a time: the ancestors skiff
+        # makes are shared, and the last pod using one removes it (or hands it to the
+        # pods still below it).
+        self._cgroup_tree = asyncio.Lock()
+        # Ancestors made for pods, including pods still being made (not yet listed).
+        self._parents_made: set[str] = set()
+        # Pods whose cgroups are deleted: their removal is under way.
+        self._cgroups_deleted: set[str] = set()
 
     @property
     def config(self) -> Any:
@@ -442,6 +450,7 @@ class SandboxManager:
             await self.state.store.add(sandbox.to_record())
         except BaseException:
             await undo.run()
+            self._cgroups_deleted.discard(sandbox_id)
             raise
         self._sandboxes[sandbox_id] = sandbox
         # As for a pod's infra container: the kubelet's evented PLEG keys on these.
@@ -504,19 +513,21 @@ class SandboxManager:
         """Every pod gets a cgroup: the kubelet's, or one of ours under
         pod_cgroups.DEFAULT_ROOT."""
         sandbox.cgroup_parent = spec.cgroup_parent or pod_cgroups.default_parent(sandbox.id)
-        missing = await asyncio.to_thread(self._missing_cgroups, sandbox.cgroup_parent)
-        if missing:
-            # Named before they are made: a skiffd that dies before the record is written
-            # removes them at start (`_remove_leftovers`), wherever they are.
-            intent = "".join(f"{p}\n" for p in missing)
-            await asyncio.to_thread(
-                write_file, Path(sandbox.files_dir) / CGROUP_INTENT_FILE, intent
+        async with self._cgroup_tree:
+            missing = await asyncio.to_thread(self._missing_cgroups, sandbox.cgroup_parent)
+            if missing:
+                # Named before they are made: a skiffd that dies before the record is
+                # written removes them at start (`_remove_leftovers`), wherever they are.
+                intent = "".join(f"{p}\n" for p in missing)
+                await asyncio.to_thread(
+                    write_file, Path(sandbox.files_dir) / CGROUP_INTENT_FILE, intent
+                )
+            created = await asyncio.to_thread(
+                self.cgroups.create, sandbox.cgroup_parent, spec.resources
             )
-        created = await asyncio.to_thread(
-            self.cgroups.create, sandbox.cgroup_parent, spec.resources
-        )
-        sandbox.cgroup_created = created
-        sandbox.cgroup_ancestors = self._ancestors_of_ours(sandbox.cgroup_parent, missing)
+            sandbox.cgroup_created = created
+            sandbox.cgroup_ancestors = self._ancestors_of_ours(sandbox.cgroup_parent, missing)
+            self._parents_made.update(sandbox.cgroup_ancestors)
         if created:
             undo.push("cgroup", lambda: self._delete_cgroup(sandbox))
 
@@ -587,11 +598,14 @@ class SandboxManager:
     def _ancestors_of_ours(self, path: str, missing: list[str]) -> list[str]:
         """The ancestors of `path` that skiff made: now, or for a pod still here (the
         last pod to go takes an ancestor its pods share)."""
-        ours = set(missing) | {a for pod in self._sandboxes.values() for a in pod.cgroup_ancestors}
+        ours = set(missing) | self._parents_made
+        ours.update(a for pod in self._sandboxes.values() for a in pod.cgroup_ancestors)
         return [a for a in pod_cgroups.chain(path)[:-1] if a in ours]
 
     async def _delete_cgroup(self, sandbox: Sandbox) -> None:
-        await self._delete_cgroups(sandbox.cgroup_parent, sandbox.cgroup_ancestors, sandbox.id)
+        async with self._cgroup_tree:
+            await self._delete_cgroups(sandbox.cgroup_parent, sandbox.cgroup_ancestors, sandbox.id)
+            self._cgroups_deleted.add(sandbox.id)
 
     async def _delete_cgroups(self, cgroup: str, ancestors: list[str], sandbox_id: str) -> None:
         """The pod's cgroup, then the ancestors made for it that nothing else uses now."""
@@ -599,7 +613,10 @@ class SandboxManager:
         if cgroup == pod_cgroups.default_parent(sandbox_id):
             ancestors = [pod_cgroups.DEFAULT_ROOT]  # shared by pods: it goes with the last one
         for depth in range(len(ancestors) - 1, -1, -1):
-            if not await asyncio.to_thread(self.cgroups.remove_if_unused, ancestors[depth]):
+            removed = await asyncio.to_thread(self.cgroups.remove_if_unused, ancestors[depth])
+            if removed:
+                self._parents_made.discard(ancestors[depth])
+            else:
                 # Another pod's cgroup keeps it, and so every one above it: the pods
                 # below take them over, to go with the last of them (a pod cut short by
                 # skiffd's death made them, and no record said so).
@@ -607,8 +624,11 @@ class SandboxManager:
                 break
 
     async def _hand_over(self, kept: list[str], leaving: str) -> None:
-        # A snapshot: pods come and go while a record update is awaited.
+        # A snapshot: pods come and go while a record update is awaited. A pod whose
+        # cgroups are gone already is going too (its record may be gone next).
         for pod in list(self._sandboxes.values()):
+            if pod.id in self._cgroups_deleted:
+                continue
             chain = pod_cgroups.chain(pod.cgroup_parent)[:-1]
             owned = set(pod.cgroup_ancestors) | {a for a in kept if a in chain}
             if pod.id != leaving and owned != set(pod.cgroup_ancestors):
@@ -729,6 +749,7 @@ class SandboxManager:
             self._sandboxes.pop(sandbox.id, None)
         self._locks.pop(sandbox.id, None)
         self._pause_locks.pop(sandbox.id, None)
+        self._cgroups_deleted.discard(sandbox.id)
         self.creations.forget(sandbox.id)
         log.info("sandbox removed", extra={"sandbox_id": sandbox.id})
 
