@@ -66,6 +66,15 @@ class EncodedList(Generic[T]):
         self._id_of = id_of
         self._version_of = version_of
         self._cache: dict[str, tuple[Hashable, bytes]] = {}
+        self._whole: tuple[int, Encoded] | None = None
+
+    def everything(self, generation: int, objects: Callable[[], Iterable[T]]) -> Encoded:
+        """The response listing all ``objects``, built again only when ``generation``
+        (the store's, for their kind) moved since the last one: a relist between
+        changes costs nothing but the lookup."""
+        if self._whole is None or self._whole[0] != generation:
+            self._whole = (generation, self.response(objects(), everything=True))
+        return self._whole[1]
 
     def response(self, objects: Iterable[T], *, everything: bool) -> Encoded:
         """The response listing ``objects``. ``everything``: they are all there is, so

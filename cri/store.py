@@ -67,8 +67,12 @@ class _Index:
     def __init__(self) -> None:
         self.by_id: dict[str, Record] = {}
         self.by_name: dict[str, str] = {}
+        # Moves with every change: what was built from the records (a List answer)
+        # holds while it stays.
+        self.generation = 0
 
     def add(self, record: Record) -> None:
+        self.generation += 1
         old = self.by_id.get(record.id)
         if old is not None and old.name:
             self.by_name.pop(old.name, None)
@@ -77,6 +81,7 @@ class _Index:
             self.by_name[record.name] = record.id
 
     def remove(self, record_id: str) -> None:
+        self.generation += 1
         old = self.by_id.pop(record_id, None)
         if old is not None and old.name:
             self.by_name.pop(old.name, None)
@@ -243,6 +248,10 @@ class StateStore:
 
     def count(self, kind: Kind) -> int:
         return len(self._indexes[kind].by_id)
+
+    def generation(self, kind: Kind) -> int:
+        """A number that changes whenever a record of ``kind`` is written or removed."""
+        return self._indexes[kind].generation
 
     def setting(self, key: str) -> str | None:
         return self._settings.get(key)

@@ -13,6 +13,7 @@ from api.runtime.v1 import api_pb2 as pb
 from cri.container_plan import ContainerRequest, PidMode
 from cri.container_record import CREATED, EXITED, RUNNING, Container, CriMount, Propagation
 from cri.containers import ContainerManager
+from cri.daemon_state import DaemonState
 from cri.encoded import EncodedList, as_response
 from cri.errors import InvalidArgument, clip
 from cri.server.common import Context, batches
@@ -253,6 +254,7 @@ def container_list() -> EncodedList[Container]:
 
 
 class ContainerRPCs:
+    state: DaemonState
     containers: ContainerManager
     container_list: EncodedList[Container]
 
@@ -290,8 +292,14 @@ class ContainerRPCs:
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Context
     ) -> pb.ListContainersResponse:
-        found = await self._found_containers(request.filter)
-        answer = self.container_list.response(found, everything=request.filter.ByteSize() == 0)
+        if request.filter.ByteSize() == 0:  # the kubelet's relist, every second
+            answer = self.container_list.everything(
+                self.state.store.generation("container"),
+                lambda: sorted(self.containers.everything(), key=lambda c: c.created_ns),
+            )
+        else:
+            found = await self._found_containers(request.filter)
+            answer = self.container_list.response(found, everything=False)
         return as_response(answer, pb.ListContainersResponse)
 
     async def StreamContainers(

@@ -10,6 +10,7 @@ from google.protobuf.json_format import MessageToDict
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.containers import ContainerManager
+from cri.daemon_state import DaemonState
 from cri.encoded import EncodedList, as_response
 from cri.errors import InvalidArgument, clip
 from cri.sandboxes import READY, Sandbox, SandboxManager, SandboxSpec
@@ -206,6 +207,7 @@ def sandbox_list() -> EncodedList[Sandbox]:
 
 
 class SandboxRPCs:
+    state: DaemonState
     sandboxes: SandboxManager
     containers: ContainerManager
     sandbox_list: EncodedList[Sandbox]
@@ -246,8 +248,14 @@ class SandboxRPCs:
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Context
     ) -> pb.ListPodSandboxResponse:
-        found = self._found_sandboxes(request.filter)
-        answer = self.sandbox_list.response(found, everything=request.filter.ByteSize() == 0)
+        if request.filter.ByteSize() == 0:  # the kubelet's relist, every second
+            answer = self.sandbox_list.everything(
+                self.state.store.generation("sandbox"), self.sandboxes.select
+            )
+        else:
+            answer = self.sandbox_list.response(
+                self._found_sandboxes(request.filter), everything=False
+            )
         return as_response(answer, pb.ListPodSandboxResponse)
 
     async def StreamPodSandboxes(

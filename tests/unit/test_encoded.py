@@ -62,3 +62,23 @@ def test_objects_gone_are_forgotten_at_a_full_listing_only() -> None:
     listing.response([a], everything=True)  # b is gone
     listing.response([b], everything=False)
     assert made == ["a", "b", "b"]
+
+
+def test_the_whole_list_is_built_again_only_when_the_generation_moves() -> None:
+    listing, made = _listing()
+    things = [Thing("a", "running", {})]
+    asked: list[int] = []
+
+    def objects() -> list[Thing]:
+        asked.append(1)
+        return things
+
+    first = listing.everything(1, objects)
+    assert listing.everything(1, objects) is first
+    assert len(asked) == 1
+    things[0].state = "exited"
+    moved = listing.everything(2, objects)
+    assert len(asked) == 2 and made == ["a", "a"]
+    assert pb.ListContainersResponse.FromString(moved.data).containers[0].state == (
+        pb.CONTAINER_EXITED
+    )
