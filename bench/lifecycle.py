@@ -289,15 +289,20 @@ def skiff_target(
 
 @contextmanager
 def containerd_target(
-    kind: PeerKind, registry_host: str, sandbox_image: str, cni_conf_dir: Path
+    kind: PeerKind,
+    registry_host: str,
+    sandbox_image: str,
+    cni_conf_dir: Path,
+    pulled: Sequence[tuple[str, str]] = (),
 ) -> Iterator[Target]:
-    """`bench.peer.containerd_cri` as a Target; its helpers are its shims."""
+    """`bench.peer.containerd_cri` as a Target; its helpers are its shims. ``pulled``:
+    (reference, config digest) of images it pulls first, untimed, and must get."""
     with containerd_cri(kind, registry_host, sandbox_image, cni_conf_dir) as peer:
 
         def helpers(sandbox_ids: Iterable[str]) -> list[int]:
             return [shim.pid for shim in shims_under(peer.base)]
 
-        yield Target(
+        target = Target(
             kind.name,
             peer.pid,
             peer.base,
@@ -306,6 +311,10 @@ def containerd_target(
             peer.log_path,
             helpers,
         )
+        for ref, digest in pulled:
+            if target.pull(ref) != digest:
+                raise BenchError(f"{kind.name} pulled {ref} as another image")
+        yield target
 
 
 # --------------------------------------------------------------------------------------
@@ -890,11 +899,11 @@ def bench(opts: Options) -> str:
             return report_skiff_only(skiff, opts) + "\n\n" + "\n".join(notes)
 
         peers: list[RuntimeResult] = []
+        pulled = ((sandbox_image, pause.config_digest), (image, busybox.config_digest))
         for kind in kinds:
-            with containerd_target(kind, registry.host, sandbox_image, env.ctrd_conf) as target:
-                for ref, want in ((sandbox_image, pause), (image, busybox)):
-                    if target.pull(ref) != want.config_digest:
-                        raise BenchError(f"{kind.name} pulled {ref} as another image")
+            with containerd_target(
+                kind, registry.host, sandbox_image, env.ctrd_conf, pulled
+            ) as target:
                 peers.append(
                     measure(target, kind.label, image, network, log_root, opts, cni_cache=True)
                 )

@@ -625,11 +625,11 @@ def bench(opts: Options) -> str:
             skiff = measure(target, "skiff", image, network, log_root, opts)
 
         peers: list[Result] = []
+        pulled = ((sandbox_image, pause.config_digest), (image, busybox.config_digest))
         for kind in kinds:
-            with containerd_target(kind, registry.host, sandbox_image, env.ctrd_conf) as target:
-                for ref, want in ((sandbox_image, pause), (image, busybox)):
-                    if target.pull(ref) != want.config_digest:
-                        raise BenchError(f"{kind.name} pulled {ref} as another image")
+            with containerd_target(
+                kind, registry.host, sandbox_image, env.ctrd_conf, pulled
+            ) as target:
                 peers.append(
                     measure(target, kind.label, image, network, log_root, opts, cni_cache=True)
                 )
