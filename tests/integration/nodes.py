@@ -68,25 +68,27 @@ class World:
 def world() -> Iterator[World]:
     tag = secrets.token_hex(3)
     ipam = short_tempdir("ipam")
-    with TestRegistry("insecure") as registry:
-        busybox = img.busybox_image(
-            run=img.RunConfig(
-                cmd=("sh",), env=(img.DEFAULT_PATH_ENV, "FROM_IMAGE=yes", "SHARED=image")
+    # Removed even when the registry does not start (it was left then).
+    try:
+        with TestRegistry("insecure") as registry:
+            busybox = img.busybox_image(
+                run=img.RunConfig(
+                    cmd=("sh",), env=(img.DEFAULT_PATH_ENV, "FROM_IMAGE=yes", "SHARED=image")
+                )
             )
-        )
-        img.push(registry, "library/busybox", "1.35", busybox)
-        stopper = img.busybox_image(
-            run=img.RunConfig(
-                entrypoint=("sh", "-c"),
-                cmd=(
-                    "trap 'echo got usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done",
-                ),
-                stop_signal="SIGUSR1",
-                user="app",
+            img.push(registry, "library/busybox", "1.35", busybox)
+            stopper = img.busybox_image(
+                run=img.RunConfig(
+                    entrypoint=("sh", "-c"),
+                    cmd=(
+                        "trap 'echo got usr1; exit 0' USR1; echo ready; "
+                        "while true; do sleep 0.1; done",
+                    ),
+                    stop_signal="SIGUSR1",
+                    user="app",
+                )
             )
-        )
-        img.push(registry, "test/stopper", "v1", stopper)
-        try:
+            img.push(registry, "test/stopper", "v1", stopper)
             yield World(
                 registry=registry,
                 busybox=f"{registry.host}/library/busybox:1.35",
@@ -95,9 +97,9 @@ def world() -> Iterator[World]:
                 subnet_prefix=f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}.",
                 ipam_dir=ipam,
             )
-        finally:
-            subprocess.run(["ip", "link", "del", f"skc{tag}"], capture_output=True, check=False)
-            shutil.rmtree(ipam, ignore_errors=True)
+    finally:
+        subprocess.run(["ip", "link", "del", f"skc{tag}"], capture_output=True, check=False)
+        shutil.rmtree(ipam, ignore_errors=True)
 
 
 @dataclass
