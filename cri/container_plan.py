@@ -299,10 +299,6 @@ class ContainerPlan:
     def rootfs_dir(self) -> Path:
         return self.directory / "rootfs"
 
-    @property
-    def what(self) -> str:
-        return f"container {clip(self.request.name)!r}"
-
     def spec(
         self, rootfs: str, user: ResolvedUser, mounts: Sequence[CriMount], pid_namespace: str
     ) -> ContainerSpec:
