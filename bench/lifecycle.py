@@ -94,6 +94,7 @@ from bench.peer import (
 )
 from runtime.pause_process import PAUSE_MARKER
 from tests.integration import images as img
+from tests.integration.registry import TestRegistry
 
 BUSYBOX_REPO = "bench/busybox"
 PAUSE_REPO = "bench/pause"
@@ -257,6 +258,37 @@ def end_skiff_leftovers(base: Path) -> list[str]:
             os.kill(pid, signal.SIGKILL)
             found.append(f"conmon {pid} killed")
     return found
+
+
+@dataclass(frozen=True)
+class BenchImages:
+    """busybox for the containers and the pause image a containerd peer's sandboxes
+    run, pushed to the bench's registry."""
+
+    busybox: img.Image
+    image: str
+    pause: img.Image
+    sandbox_image: str
+
+    @property
+    def pulled(self) -> tuple[tuple[str, str], ...]:
+        """What a containerd peer pulls first (`containerd_target`)."""
+        return (
+            (self.sandbox_image, self.pause.config_digest),
+            (self.image, self.busybox.config_digest),
+        )
+
+
+def push_images(registry: TestRegistry) -> BenchImages:
+    print("building and pushing the images ...", file=sys.stderr)
+    busybox = img.busybox_image()
+    pause = pause_image()
+    return BenchImages(
+        busybox,
+        img.push(registry, BUSYBOX_REPO, "bench", busybox).reference,
+        pause,
+        img.push(registry, PAUSE_REPO, "bench", pause).reference,
+    )
 
 
 @contextmanager
@@ -880,11 +912,8 @@ def bench(opts: Options) -> str:
     )
     with pod_bench("lcy") as env:
         network, log_root, registry = env.network, env.log_root, env.registry
-        print("building and pushing the images ...", file=sys.stderr)
-        busybox = img.busybox_image()
-        image = img.push(registry, BUSYBOX_REPO, "bench", busybox).reference
-        pause = pause_image()
-        sandbox_image = img.push(registry, PAUSE_REPO, "bench", pause).reference
+        images = push_images(registry)
+        busybox, image, sandbox_image = images.busybox, images.image, images.sandbox_image
 
         with temp_base("lcyd") as skiff_base:
             with skiff_target(skiff_base, env.skiff_conf, registry.host, opts.log_level) as target:
@@ -899,7 +928,7 @@ def bench(opts: Options) -> str:
             return report_skiff_only(skiff, opts) + "\n\n" + "\n".join(notes)
 
         peers: list[RuntimeResult] = []
-        pulled = ((sandbox_image, pause.config_digest), (image, busybox.config_digest))
+        pulled = images.pulled
         for kind in kinds:
             with containerd_target(
                 kind, registry.host, sandbox_image, env.ctrd_conf, pulled

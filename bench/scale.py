@@ -54,15 +54,14 @@ import grpc
 from api.runtime.v1 import api_pb2 as pb
 from bench import lifecycle
 from bench.lifecycle import (
-    BUSYBOX_REPO,
     CONTAINER_COMMAND,
-    PAUSE_REPO,
     RPC_TIMEOUT,
     SETUP_WORKERS,
     Calls,
     Memory,
     Target,
     containerd_target,
+    push_images,
     skiff_target,
 )
 from bench.peer import (
@@ -74,7 +73,6 @@ from bench.peer import (
     cpu_seconds,
     leaks_line,
     mounts_under,
-    pause_image,
     percentile,
     pod_bench,
     pool_map,
@@ -86,7 +84,6 @@ from bench.peer import (
     temp_base,
     value_row,
 )
-from tests.integration import images as img
 
 INSTALL_HINT = "`make bench-scale` installs it"
 NAMESPACE = "bench-scale"
@@ -610,11 +607,8 @@ def bench(opts: Options) -> str:
     kinds = resolve_peers(opts.peers, INSTALL_HINT)
     with pod_bench("scl") as env:
         network, log_root, registry = env.network, env.log_root, env.registry
-        print("building and pushing the images ...", file=sys.stderr)
-        busybox = img.busybox_image()
-        image = img.push(registry, BUSYBOX_REPO, "bench", busybox).reference
-        pause = pause_image()
-        sandbox_image = img.push(registry, PAUSE_REPO, "bench", pause).reference
+        images = push_images(registry)
+        busybox, image, sandbox_image = images.busybox, images.image, images.sandbox_image
 
         with (
             temp_base("scld") as skiff_base,
@@ -625,7 +619,7 @@ def bench(opts: Options) -> str:
             skiff = measure(target, "skiff", image, network, log_root, opts)
 
         peers: list[Result] = []
-        pulled = ((sandbox_image, pause.config_digest), (image, busybox.config_digest))
+        pulled = images.pulled
         for kind in kinds:
             with containerd_target(
                 kind, registry.host, sandbox_image, env.ctrd_conf, pulled

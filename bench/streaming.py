@@ -62,14 +62,20 @@ import grpc
 
 from api.runtime.v1 import api_pb2 as pb
 from bench import lifecycle
-from bench.lifecycle import Target, containerd_target, remove_all, skiff_target, wait_ready
+from bench.lifecycle import (
+    Target,
+    containerd_target,
+    push_images,
+    remove_all,
+    skiff_target,
+    wait_ready,
+)
 from bench.peer import (
     BenchError,
     Cell,
     add_peers_option,
     add_skiff_log_level,
     cpu_seconds,
-    pause_image,
     percentile,
     pod_bench,
     ratio,
@@ -80,7 +86,6 @@ from bench.peer import (
     tail,
     temp_base,
 )
-from tests.integration import images as img
 from tests.integration.test_streaming import (
     PORTFORWARD_HEADERS,
     drain,
@@ -89,8 +94,6 @@ from tests.integration.test_streaming import (
     ws_exec,
 )
 
-BUSYBOX_REPO = "bench/busybox"
-PAUSE_REPO = "bench/pause"
 RPC_TIMEOUT = 60.0
 TRANSFER_TIMEOUT = 300.0
 UPLOAD_PORT = 9001
@@ -526,11 +529,8 @@ def bench(opts: Options) -> str:
     kinds = resolve_peers(opts.peers, "`make bench-streaming` installs it")
     with pod_bench("stm") as env:
         registry, log_root = env.registry, env.log_root
-        print("building and pushing the images ...", file=sys.stderr)
-        busybox = img.busybox_image()
-        image = img.push(registry, BUSYBOX_REPO, "bench", busybox).reference
-        pause = pause_image()
-        sandbox_image = img.push(registry, PAUSE_REPO, "bench", pause).reference
+        images = push_images(registry)
+        busybox, image, sandbox_image = images.busybox, images.image, images.sandbox_image
 
         with (
             temp_base("stmd") as skiff_base,
@@ -538,7 +538,7 @@ def bench(opts: Options) -> str:
             ExitStack() as stack,
         ):
             runners = [Runner(skiff, "skiff")]
-            pulled = ((sandbox_image, pause.config_digest), (image, busybox.config_digest))
+            pulled = images.pulled
             for kind in kinds:
                 ctrd = stack.enter_context(
                     containerd_target(kind, registry.host, sandbox_image, env.ctrd_conf, pulled)
