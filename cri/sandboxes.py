@@ -224,7 +224,8 @@ class SandboxManager:
         # makes are shared, and the last pod using one removes it (or hands it to the
         # pods still below it).
         self._cgroup_tree = asyncio.Lock()
-        # Ancestors made for pods, including pods still being made (not yet listed).
+        # Ancestors made for pods (every pod's cgroup_ancestors, and those of pods
+        # still being made, not yet listed), until one is removed.
         self._parents_made: set[str] = set()
         # Pods whose cgroups are deleted: their removal is under way.
         self._cgroups_deleted: set[str] = set()
@@ -258,6 +259,7 @@ class SandboxManager:
         for record in self.state.store.records("sandbox"):
             sandbox = Sandbox.from_record(record)
             self._sandboxes[sandbox.id] = sandbox
+            self._parents_made.update(sandbox.cgroup_ancestors)
             strays = [p for p in pauses.get(sandbox.id, []) if p != sandbox.pause]
             if strays:
                 # Started by a CreateContainer cut short before it recorded the pause:
@@ -599,7 +601,6 @@ class SandboxManager:
         """The ancestors of `path` that skiff made: now, or for a pod still here (the
         last pod to go takes an ancestor its pods share)."""
         ours = set(missing) | self._parents_made
-        ours.update(a for pod in self._sandboxes.values() for a in pod.cgroup_ancestors)
         return [a for a in pod_cgroups.chain(path)[:-1] if a in ours]
 
     async def _delete_cgroup(self, sandbox: Sandbox) -> None:
@@ -633,6 +634,7 @@ class SandboxManager:
             owned = set(pod.cgroup_ancestors) | {a for a in kept if a in chain}
             if pod.id != leaving and owned != set(pod.cgroup_ancestors):
                 pod.cgroup_ancestors = [a for a in chain if a in owned]
+                self._parents_made.update(pod.cgroup_ancestors)
                 await self.state.store.update(pod.to_record())
 
     async def update_resources(
